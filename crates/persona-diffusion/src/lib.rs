@@ -1,0 +1,1 @@
+//! Stable Diffusion on candle.
