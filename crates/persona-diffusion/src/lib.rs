@@ -1,1 +1,11 @@
-//! Stable Diffusion on candle.
+//! Stable Diffusion on candle, numerically equal to diffusers.
+//!
+//! The modules follow the data flow: building blocks (`nn`) → models
+//! (`models`: text encoder, UNet, VAE) → pipeline pieces (`tokenizer`,
+//! `schedulers`, `loading`) → sampling (`pipeline`).
+
+pub mod error;
+pub mod schedulers;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
