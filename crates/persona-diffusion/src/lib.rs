@@ -5,6 +5,11 @@
 //! `schedulers`, `loading`) → sampling (`pipeline`).
 
 pub mod error;
+pub mod loading;
+pub mod pipeline;
+pub mod testing;
+pub mod models;
+pub mod nn;
 pub mod schedulers;
 pub mod tokenizer;
 

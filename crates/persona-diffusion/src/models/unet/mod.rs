@@ -1,0 +1,295 @@
+//! diffusers' `UNet2DConditionModel` for SD 1.x and 2.x: the noise predictor, configured from its own
+//! `config.json`, with parameter names exactly as diffusers' state dict.
+
+mod blocks;
+mod transformer;
+
+use std::path::Path;
+
+use candle_core::{DType, Module, Tensor};
+
+pub use blocks::{CrossAttnInput, Downsample, ResnetBlock2D, ResnetOptions, Upsample};
+use blocks::{BlockSpec, DownBlock, MidBlock, UpBlock};
+use transformer::TransformerOptions;
+
+use crate::nn::{read_json, Activation, AttentionControl, Condition, Conv2d, GroupNorm, Linear, Weights};
+use crate::{Error, Result};
+
+/// A config value that is either one number for every block or one per block.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub enum PerBlock {
+    One(usize),
+    Each(Vec<usize>),
+}
+
+impl PerBlock {
+    fn get(&self, i: usize) -> usize {
+        match self {
+            PerBlock::One(v) => *v,
+            PerBlock::Each(v) => v[i.min(v.len() - 1)],
+        }
+    }
+
+    fn len_ok(&self, n: usize) -> bool {
+        matches!(self, PerBlock::One(_)) || matches!(self, PerBlock::Each(v) if v.len() == n)
+    }
+}
+
+fn one(v: usize) -> PerBlock {
+    PerBlock::One(v)
+}
+
+/// The `UNet2DConditionModel` config keys SD 1.x and 2.x use. Keys for features this model does not
+/// implement (class embeddings, SDXL's added conditioning) are read so that a config using them is refused
+/// with a clear error instead of being silently misread.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct Config {
+    #[serde(default = "d_sample")]
+    pub sample_size: usize,
+    #[serde(default = "d_four")]
+    pub in_channels: usize,
+    #[serde(default = "d_four")]
+    pub out_channels: usize,
+    #[serde(default = "d_true")]
+    pub flip_sin_to_cos: bool,
+    #[serde(default)]
+    pub freq_shift: f64,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    #[serde(default)]
+    pub mid_block_type: Option<String>,
+    pub block_out_channels: Vec<usize>,
+    #[serde(default = "d_layers")]
+    pub layers_per_block: PerBlock,
+    #[serde(default = "d_one")]
+    pub downsample_padding: usize,
+    #[serde(default = "d_silu")]
+    pub act_fn: Activation,
+    #[serde(default = "d_groups")]
+    pub norm_num_groups: usize,
+    #[serde(default = "d_eps")]
+    pub norm_eps: f64,
+    pub cross_attention_dim: usize,
+    #[serde(default = "d_one_per_block")]
+    pub transformer_layers_per_block: PerBlock,
+    #[serde(default = "d_head_dim")]
+    pub attention_head_dim: PerBlock,
+    /// Head counts; when absent diffusers takes `attention_head_dim` as the head count (a historical naming).
+    #[serde(default)]
+    pub num_attention_heads: Option<PerBlock>,
+    #[serde(default)]
+    pub use_linear_projection: bool,
+    /// Softmax in f32 for fp16 models; always true here since persona computes in f32.
+    #[serde(default)]
+    pub upcast_attention: bool,
+    #[serde(default)]
+    pub class_embed_type: Option<String>,
+    #[serde(default)]
+    pub addition_embed_type: Option<String>,
+    #[serde(default)]
+    pub only_cross_attention: serde_json::Value,
+    #[serde(default)]
+    pub dual_cross_attention: bool,
+    #[serde(default = "d_default")]
+    pub resnet_time_scale_shift: String,
+    #[serde(default = "d_positional")]
+    pub time_embedding_type: String,
+}
+
+fn d_sample() -> usize { 64 }
+fn d_four() -> usize { 4 }
+fn d_true() -> bool { true }
+fn d_layers() -> PerBlock { one(2) }
+fn d_one() -> usize { 1 }
+fn d_silu() -> Activation { Activation::Silu }
+fn d_groups() -> usize { 32 }
+fn d_eps() -> f64 { 1e-5 }
+fn d_one_per_block() -> PerBlock { one(1) }
+fn d_head_dim() -> PerBlock { one(8) }
+fn d_default() -> String { "default".into() }
+fn d_positional() -> String { "positional".into() }
+
+impl Config {
+    pub fn read(path: &Path) -> Result<Self> {
+        let c: Self = read_json(path)?;
+        c.validate().map_err(|msg| Error::file(path, msg))?;
+        Ok(c)
+    }
+
+    /// Refuses configs that describe an architecture this model does not build.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let n = self.block_out_channels.len();
+        let unsupported = |what: &str| Err(format!("UNet config uses {what}, which persona does not support yet"));
+        if self.class_embed_type.is_some() {
+            return unsupported("class_embed_type");
+        }
+        if self.addition_embed_type.is_some() {
+            return unsupported("addition_embed_type (SDXL conditioning)");
+        }
+        if self.dual_cross_attention || self.only_cross_attention.as_bool().unwrap_or(false) {
+            return unsupported("dual/only cross-attention");
+        }
+        if self.resnet_time_scale_shift != "default" || self.time_embedding_type != "positional" {
+            return unsupported("a non-default time embedding");
+        }
+        if self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return Err(format!("{n} block_out_channels but {} down / {} up block types", self.down_block_types.len(), self.up_block_types.len()));
+        }
+        for t in self.down_block_types.iter().chain(&self.up_block_types) {
+            if !matches!(t.as_str(), "CrossAttnDownBlock2D" | "DownBlock2D" | "CrossAttnUpBlock2D" | "UpBlock2D") {
+                return Err(format!("unsupported block type {t}"));
+            }
+        }
+        if let Some(m) = &self.mid_block_type {
+            if m != "UNetMidBlock2DCrossAttn" {
+                return Err(format!("unsupported mid block {m}"));
+            }
+        }
+        let lists = [&self.layers_per_block, &self.transformer_layers_per_block, self.heads_config()];
+        if lists.iter().any(|l| !l.len_ok(n)) {
+            return Err(format!("a per-block list does not have {n} entries"));
+        }
+        Ok(())
+    }
+
+    fn heads_config(&self) -> &PerBlock {
+        self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim)
+    }
+
+    /// Number of attention heads of down block `i`.
+    pub fn heads(&self, i: usize) -> usize {
+        self.heads_config().get(i)
+    }
+}
+
+/// Sinusoidal timestep features, diffusers' `get_timestep_embedding` (max period 10000).
+fn timestep_features(t: &Tensor, dim: usize, flip_sin_to_cos: bool, shift: f64) -> Result<Tensor> {
+    let half = dim / 2;
+    let freqs: Vec<f32> =
+        (0..half).map(|i| (-(10000f64.ln()) * i as f64 / (half as f64 - shift)).exp() as f32).collect();
+    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
+    let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?;
+    let (sin, cos) = (args.sin()?, args.cos()?);
+    Ok(if flip_sin_to_cos { Tensor::cat(&[cos, sin], 1)? } else { Tensor::cat(&[sin, cos], 1)? })
+}
+
+pub struct UNet2DConditionModel {
+    conv_in: Conv2d,
+    time_linear_1: Linear,
+    time_linear_2: Linear,
+    down_blocks: Vec<DownBlock>,
+    mid_block: MidBlock,
+    up_blocks: Vec<UpBlock>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+    config: Config,
+}
+
+impl UNet2DConditionModel {
+    pub fn load(w: &Weights, c: &Config) -> Result<Self> {
+        c.validate().map_err(Error::Msg)?;
+        let ch = &c.block_out_channels;
+        let n = ch.len();
+        let temb_dim = ch[0] * 4;
+        let resnet = ResnetOptions { groups: c.norm_num_groups, eps: c.norm_eps, temb_channels: Some(temb_dim), act: c.act_fn };
+        let transformer = |i: usize| TransformerOptions {
+            layers: c.transformer_layers_per_block.get(i),
+            heads: c.heads(i),
+            context_dim: c.cross_attention_dim,
+            groups: c.norm_num_groups,
+            linear_projection: c.use_linear_projection,
+            norm_eps: c.norm_eps,
+        };
+        let mut down_blocks = Vec::new();
+        let mut skip_channels = vec![ch[0]];
+        for i in 0..n {
+            let (cin, cout, last) = (if i == 0 { ch[0] } else { ch[i - 1] }, ch[i], i == n - 1);
+            let layers = c.layers_per_block.get(i);
+            let cross = c.down_block_types[i].starts_with("CrossAttn");
+            let spec = BlockSpec {
+                w: &w.pp("down_blocks").pp(i),
+                name: format!("down_blocks.{i}"),
+                cin,
+                cout,
+                layers,
+                resnet,
+                transformer: cross.then(|| transformer(i)),
+                resample: (!last).then_some(c.downsample_padding),
+            };
+            down_blocks.push(DownBlock::load(spec)?);
+            skip_channels.extend(std::iter::repeat_n(cout, layers + usize::from(!last)));
+        }
+        let mid_block = MidBlock::load(&w.pp("mid_block"), ch[n - 1], resnet, transformer(n - 1))?;
+        let mut up_blocks = Vec::new();
+        let mut prev = ch[n - 1];
+        for i in 0..n {
+            let rev = n - 1 - i;
+            let layers = c.layers_per_block.get(rev) + 1;
+            let skips: Vec<usize> = (0..layers).map(|_| skip_channels.pop().unwrap_or(0)).collect();
+            let cross = c.up_block_types[i].starts_with("CrossAttn");
+            let spec = BlockSpec {
+                w: &w.pp("up_blocks").pp(i),
+                name: format!("up_blocks.{i}"),
+                cin: prev,
+                cout: ch[rev],
+                layers,
+                resnet,
+                transformer: cross.then(|| transformer(rev)),
+                resample: (i != n - 1).then_some(1),
+            };
+            up_blocks.push(UpBlock::load(spec, &skips)?);
+            prev = ch[rev];
+        }
+        Ok(Self {
+            conv_in: Conv2d::load(&w.pp("conv_in"), c.in_channels, ch[0], 3, 1, 1)?,
+            time_linear_1: Linear::load(&w.pp("time_embedding.linear_1"), ch[0], temb_dim, true)?,
+            time_linear_2: Linear::load(&w.pp("time_embedding.linear_2"), temb_dim, temb_dim, true)?,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: GroupNorm::load(&w.pp("conv_norm_out"), c.norm_num_groups, ch[0], c.norm_eps)?,
+            conv_out: Conv2d::load(&w.pp("conv_out"), ch[0], c.out_channels, 3, 1, 1)?,
+            config: c.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Predicts noise (or v) for `sample` `[B, C, h, w]` at `timesteps` (`[B]`, or one value for the whole
+    /// batch) under `condition`; `control` steers the cross-attention layers.
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        condition: &Condition,
+        control: Option<&dyn AttentionControl>,
+    ) -> Result<Tensor> {
+        let b = sample.dim(0)?;
+        let t = if timesteps.elem_count() == 1 { timesteps.flatten_all()?.broadcast_as(b)? } else { timesteps.clone() };
+        let c = &self.config;
+        let features = timestep_features(&t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)?;
+        let temb = self.time_linear_2.forward(&self.time_linear_1.forward(&features)?.silu()?)?;
+        let cross = CrossAttnInput { condition, control };
+
+        let mut x = self.conv_in.forward(sample)?;
+        let mut skips = vec![x.clone()];
+        for (i, block) in self.down_blocks.iter().enumerate() {
+            let attn = c.down_block_types[i].starts_with("CrossAttn").then_some(cross);
+            let (out, states) = block.forward(&x, Some(&temb), attn)?;
+            x = out;
+            skips.extend(states);
+        }
+        x = self.mid_block.forward(&x, &temb, cross)?;
+        for (i, block) in self.up_blocks.iter().enumerate() {
+            let n_resnets = c.layers_per_block.get(c.block_out_channels.len() - 1 - i) + 1;
+            // The upsampler must reach the size of the next skip connection (diffusers' forward_upsample_size).
+            let next_size = skips.len().checked_sub(n_resnets + 1).map(|k| (skips[k].dim(2).unwrap_or(0), skips[k].dim(3).unwrap_or(0)));
+            x = block.forward(&x, &mut skips, &temb, cross, next_size)?;
+        }
+        let x = c.act_fn.forward(&self.conv_norm_out.forward(&x)?)?;
+        Ok(self.conv_out.forward(&x)?)
+    }
+}

@@ -1,0 +1,160 @@
+//! Text-to-image sampling, step for step as diffusers' `StableDiffusionPipeline.__call__`: encode prompt and
+//! negative prompt, scale the initial noise by `init_noise_sigma`, run the scheduler with classifier-free
+//! guidance `ε = ε_u + s·(ε_c − ε_u)`, decode `z / scaling_factor`.
+
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+
+use super::StableDiffusion;
+use crate::models::clip_text::Output;
+use crate::nn::{AttentionControl, Condition};
+use crate::schedulers::{self, SchedulerKind};
+use crate::{Error, Result};
+
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub guidance: f64,
+    /// `None`: the model's own scheduler (PNDM configs sample with DDIM).
+    pub scheduler: Option<SchedulerKind>,
+    pub height: usize,
+    pub width: usize,
+    pub seed: u64,
+    pub num_images: usize,
+    /// Images denoised together (each costs two UNet rows with guidance).
+    pub batch_size: usize,
+    /// Initial latents `[num_images, C, h, w]` in place of drawn noise (scaled by `init_noise_sigma` like noise).
+    pub latents: Option<Tensor>,
+    pub text_output: Output,
+}
+
+/// Reported after every denoising step.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub step: usize,
+    pub steps: usize,
+    pub batch: usize,
+    pub batches: usize,
+}
+
+/// Standard normal values from a seeded generator: image `i` of a run draws from seed `seed + i`, so an image
+/// does not depend on the batch size and can be regenerated alone.
+pub fn seeded_normal(rng: &mut rand::rngs::StdRng, shape: &[usize], device: &Device) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
+    Ok(Tensor::from_vec(v, shape, device)?)
+}
+
+impl StableDiffusion {
+    /// The scheduler a run uses.
+    pub fn scheduler_kind(&self, choice: Option<SchedulerKind>) -> SchedulerKind {
+        choice.unwrap_or_else(|| SchedulerKind::for_model(&self.scheduler_config)).sampler()
+    }
+
+    /// Generates images; returns them as `[N, 3, H, W]` in [0, 1].
+    pub fn generate(&self, p: &GenerateParams, progress: &mut dyn FnMut(Progress)) -> Result<Tensor> {
+        self.generate_with(p, None, progress)
+    }
+
+    /// [`Self::generate`] with a cross-attention plug-in (identities, heat maps).
+    pub fn generate_with(
+        &self,
+        p: &GenerateParams,
+        control: Option<&dyn AttentionControl>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Tensor> {
+        let f = self.vae_scale();
+        if p.height % f != 0 || p.width % f != 0 || p.height == 0 || p.width == 0 {
+            return Err(Error::Msg(format!("height and width must be positive multiples of {f}, got {}×{}", p.height, p.width)));
+        }
+        let shape = [self.unet.config().in_channels, p.height / f, p.width / f];
+        if let Some(l) = &p.latents {
+            let want = [p.num_images, shape[0], shape[1], shape[2]];
+            if l.dims() != want {
+                return Err(Error::Msg(format!("latents have shape {:?}, expected {want:?}", l.dims())));
+            }
+        }
+        let cond = self.encode_prompts(&[&p.prompt], p.text_output)?;
+        let uncond = self.encode_prompts(&[&p.negative_prompt], p.text_output)?;
+        let batch = p.batch_size.max(1);
+        let batches = p.num_images.div_ceil(batch);
+        let mut images = Vec::new();
+        for b in 0..batches {
+            let first = b * batch;
+            let n = batch.min(p.num_images - first);
+            let mut rngs: Vec<_> = (first..first + n).map(|i| rand::rngs::StdRng::seed_from_u64(p.seed.wrapping_add(i as u64))).collect();
+            let latents = match &p.latents {
+                Some(l) => l.narrow(0, first, n)?,
+                None => {
+                    let rows = rngs.iter_mut().map(|r| seeded_normal(r, &shape, &self.device)).collect::<Result<Vec<_>>>()?;
+                    Tensor::stack(&rows, 0)?
+                }
+            };
+            let mut report = |step, steps| progress(Progress { step, steps, batch: b, batches });
+            let z = self.denoise(latents, &cond, &uncond, p, control, &mut rngs, &mut report)?;
+            images.push(self.decode(&z)?);
+        }
+        Ok(Tensor::cat(&images, 0)?)
+    }
+
+    /// The denoising loop for one batch of initial latents (unscaled).
+    #[allow(clippy::too_many_arguments)]
+    fn denoise(
+        &self,
+        latents: Tensor,
+        cond: &Tensor,
+        uncond: &Tensor,
+        p: &GenerateParams,
+        control: Option<&dyn AttentionControl>,
+        rngs: &mut [rand::rngs::StdRng],
+        report: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        let n = latents.dim(0)?;
+        let mut sched = schedulers::build(self.scheduler_kind(p.scheduler), &self.scheduler_config, p.steps)?;
+        let guided = p.guidance > 1.0;
+        let condition = if guided {
+            Tensor::cat(&[uncond.repeat((n, 1, 1))?, cond.repeat((n, 1, 1))?], 0)?
+        } else {
+            cond.repeat((n, 1, 1))?
+        };
+        let condition = Condition::new(condition);
+        let mut x = (latents * sched.init_noise_sigma())?;
+        let timesteps = sched.timesteps().to_vec();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let input = if guided { Tensor::cat(&[&x, &x], 0)? } else { x.clone() };
+            let input = sched.scale_model_input(&input, i)?;
+            let t_tensor = Tensor::new(&[t as f32], &self.device)?;
+            let eps = self.unet.forward(&input, &t_tensor, &condition, control)?;
+            let eps = if guided {
+                let (u, c) = (eps.narrow(0, 0, n)?, eps.narrow(0, n, n)?);
+                (&u + ((c - &u)? * p.guidance)?)?
+            } else {
+                eps
+            };
+            let noise = if sched.needs_noise() {
+                let dims = x.dims()[1..].to_vec();
+                let rows = rngs.iter_mut().map(|r| seeded_normal(r, &dims, &self.device)).collect::<Result<Vec<_>>>()?;
+                Some(Tensor::stack(&rows, 0)?)
+            } else {
+                None
+            };
+            x = sched.step(&eps, i, &x, noise.as_ref())?;
+            report(i + 1, timesteps.len());
+        }
+        Ok(x)
+    }
+
+    /// Latents → images `[N, 3, H, W]` in [0, 1] (diffusers' `postprocess`: `(x/2 + 0.5).clamp(0, 1)`).
+    pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        let c = self.vae.config();
+        let mut z = (z / c.scaling_factor)?;
+        if let Some(shift) = c.shift_factor {
+            z = (z + shift)?;
+        }
+        let x = self.vae.decode(&z)?;
+        Ok(((x / 2.0)? + 0.5)?.clamp(0f32, 1f32)?.to_dtype(DType::F32)?)
+    }
+}

@@ -1,0 +1,98 @@
+//! A loaded Stable Diffusion pipeline (tokenizer, text encoder, UNet, VAE, scheduler config) and text-to-image
+//! sampling with classifier-free guidance, as diffusers' `StableDiffusionPipeline` does it.
+
+mod generate;
+pub mod image;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+pub use generate::{GenerateParams, Progress};
+
+use crate::loading::{component_files, resolve_model};
+use crate::models::clip_text::{self, Output};
+use crate::models::{unet, vae, AutoencoderKL, ClipTextModel, UNet2DConditionModel};
+use crate::nn::Weights;
+use crate::schedulers::SchedulerConfig;
+use crate::tokenizer::ClipTokenizer;
+use crate::{Error, Result};
+
+/// Which weight files to read.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// e.g. `fp16` for `*.fp16.safetensors` files.
+    pub variant: Option<String>,
+}
+
+pub struct StableDiffusion {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+    pub scheduler_config: SchedulerConfig,
+    pub dir: PathBuf,
+    pub device: Device,
+}
+
+impl StableDiffusion {
+    /// Loads a diffusers folder or a hub id from the local cache.
+    pub fn load(model: &str, opts: &LoadOptions) -> Result<Self> {
+        let dir = resolve_model(model)?;
+        let device = Device::Cpu;
+        let variant = opts.variant.as_deref();
+        let tokenizer = ClipTokenizer::from_dir(dir.join("tokenizer"))?;
+        let text_encoder = load_component(&dir.join("text_encoder"), "model", variant, &device, |w, path| {
+            ClipTextModel::load(w, &clip_text::Config::read(path)?)
+        })?;
+        let unet = load_component(&dir.join("unet"), "diffusion_pytorch_model", variant, &device, |w, path| {
+            UNet2DConditionModel::load(w, &unet::Config::read(path)?)
+        })?;
+        let vae = load_component(&dir.join("vae"), "diffusion_pytorch_model", variant, &device, |w, path| {
+            AutoencoderKL::load(w, &vae::Config::read(path)?)
+        })?;
+        let scheduler_config = SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?;
+        Ok(Self { tokenizer, text_encoder, unet, vae, scheduler_config, dir, device })
+    }
+
+    /// Pixels per latent per side (8 for the real models).
+    pub fn vae_scale(&self) -> usize {
+        self.vae.config().downscale_factor()
+    }
+
+    /// Default image size: the UNet's `sample_size` × the VAE factor.
+    pub fn default_size(&self) -> usize {
+        self.unet.config().sample_size * self.vae_scale()
+    }
+
+    /// Token ids of prompts, padded to 77, as `[B, 77]` u32.
+    pub fn tokenize(&self, prompts: &[&str]) -> Result<Tensor> {
+        let rows = prompts.iter().map(|p| self.tokenizer.encode(p)).collect::<Result<Vec<_>>>()?;
+        let len = rows.first().map_or(0, Vec::len);
+        Ok(Tensor::from_vec(rows.concat(), (prompts.len(), len), &self.device)?)
+    }
+
+    /// Text condition `[B, 77, d]` of prompts.
+    pub fn encode_prompts(&self, prompts: &[&str], output: Output) -> Result<Tensor> {
+        self.text_encoder.forward(&self.tokenize(prompts)?, output)
+    }
+}
+
+/// Opens a component folder's weights and config, builds it and reports every weight problem in one error.
+fn load_component<T>(
+    dir: &Path,
+    stem: &str,
+    variant: Option<&str>,
+    device: &Device,
+    build: impl FnOnce(&Weights, &Path) -> Result<T>,
+) -> Result<T> {
+    let config = dir.join("config.json");
+    if !config.is_file() {
+        return Err(Error::file(config, "missing"));
+    }
+    let files = component_files(dir, stem, variant)?;
+    let weights = Weights::from_files(&files, device)?;
+    let model = build(&weights, &config)?;
+    weights.finish()?;
+    Ok(model)
+}
