@@ -1,0 +1,97 @@
+//! `persona bench`: seconds per forward of model parts on random weights with the real architectures, to
+//! compare with the PyTorch peer scripts in `tools/bench/` (see docs/performance.md).
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use clap::{Args, ValueEnum};
+use persona_diffusion::models::clip_text::{self, Output};
+use persona_diffusion::models::{unet, ClipTextModel, UNet2DConditionModel};
+use persona_diffusion::nn::{Condition, Weights};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Part {
+    /// UNet forward on [B, 4, S, S] latents with a [B, 77, d] condition.
+    Unet,
+    /// Text-encoder forward on [B, 77] token ids.
+    TextEncoder,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Arch {
+    Sd21Base,
+    Sd15,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    part: Part,
+    /// Which real architecture to build (random weights).
+    #[arg(long, value_enum, default_value = "sd21-base")]
+    arch: Arch,
+    /// Latent size (64 = 512² images).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Timed runs after one warm-up; the best and the mean are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+fn config_text(arch: Arch, component: &str) -> &'static str {
+    match (arch, component) {
+        (Arch::Sd21Base, "unet") => include_str!("../../../fixtures/manifests/sd21-base/unet/config.json"),
+        (Arch::Sd21Base, _) => include_str!("../../../fixtures/manifests/sd21-base/text_encoder/config.json"),
+        (Arch::Sd15, "unet") => include_str!("../../../fixtures/manifests/sd15/unet/config.json"),
+        (Arch::Sd15, _) => include_str!("../../../fixtures/manifests/sd15/text_encoder/config.json"),
+    }
+}
+
+fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+    f()?;
+    let mut times = Vec::new();
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    Ok((best, times.iter().sum::<f64>() / times.len() as f64))
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let dev = Device::Cpu;
+    let w = Weights::random(0, &dev);
+    let (best, mean) = match a.part {
+        Part::Unet => {
+            let c: unet::Config = serde_json::from_str(config_text(a.arch, "unet"))?;
+            let model = UNet2DConditionModel::load(&w, &c)?;
+            let x = Tensor::randn(0f32, 1., (a.batch, c.in_channels, a.size, a.size), &dev)?;
+            let cond = Condition::new(Tensor::randn(0f32, 1., (a.batch, 77, c.cross_attention_dim), &dev)?);
+            let t = Tensor::new(&[500f32], &dev)?;
+            time(a.runs, || {
+                model.forward(&x, &t, &cond, None)?;
+                Ok(())
+            })?
+        }
+        Part::TextEncoder => {
+            let c: clip_text::Config = serde_json::from_str(config_text(a.arch, "text_encoder"))?;
+            let model = ClipTextModel::load(&w, &c)?;
+            let ids = Tensor::arange(0u32, 77, &dev)?.unsqueeze(0)?.repeat((a.batch, 1))?;
+            time(a.runs, || {
+                model.forward(&ids, Output::Last)?;
+                Ok(())
+            })?
+        }
+    };
+    if !best.is_finite() {
+        bail!("no timing");
+    }
+    println!(
+        "{{\"part\": \"{:?}\", \"arch\": \"{:?}\", \"size\": {}, \"batch\": {}, \"threads\": {}, \"best_s\": {best:.3}, \"mean_s\": {mean:.3}}}",
+        a.part, a.arch, a.size, a.batch, candle_core::utils::get_num_threads()
+    );
+    Ok(())
+}
