@@ -1,0 +1,1 @@
+//! Evaluation of personalized generation (the Celeb Basis protocol).
