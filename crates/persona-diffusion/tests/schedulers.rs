@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use persona_diffusion::schedulers::{
-    build, DdimConfig, DdpmConfig, DpmSolverConfig, EulerAncestralConfig, EulerConfig, NoiseSchedule,
-    PredictionType, SchedulerConfig, SchedulerKind,
+    build, DdimConfig, DdpmConfig, DpmSolverConfig, EulerAncestralConfig, EulerConfig,
+    NoiseSchedule, PredictionType, SchedulerConfig, SchedulerKind,
 };
 use serde_json::Value;
 
@@ -43,7 +43,11 @@ fn cases() -> Vec<(String, Value)> {
         .filter(|(_, meta)| meta["class"] != "PNDMScheduler")
         .collect();
     cases.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(cases.len(), 30, "5 classes × 3 spacings × 2 prediction types");
+    assert_eq!(
+        cases.len(),
+        30,
+        "5 classes × 3 spacings × 2 prediction types"
+    );
     cases
 }
 
@@ -62,7 +66,8 @@ fn kind(meta: &Value) -> SchedulerKind {
 
 fn load(case: &str) -> HashMap<String, Tensor> {
     let path = fixture_dir().join(format!("{case}.safetensors"));
-    candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Elementwise |got − want| ≤ 1e-5·|want| + 1e-6·max(1, max|want|).
@@ -72,7 +77,13 @@ fn load(case: &str) -> HashMap<String, Tensor> {
 /// MKL, which is not correctly rounded), so elements that cancel to near zero can't be closer than that.
 fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
     assert_eq!(got.dims(), want.dims(), "{what}: shape");
-    let g = got.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let g = got
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let w = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let atol = 1e-6 * w.iter().fold(1f32, |m, x| m.max(x.abs()));
     let worst = g
@@ -80,8 +91,18 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
         .zip(&w)
         .enumerate()
         .map(|(i, (g, w))| (i, (g - w).abs() / (atol + 1e-5 * w.abs())))
-        .fold((0, 0f32), |a, b| if b.1 > a.1 || b.1.is_nan() { b } else { a });
-    assert!(worst.1 <= 1.0, "{what}: element {} is {} vs {} ({}× the tolerance)", worst.0, g[worst.0], w[worst.0], worst.1);
+        .fold(
+            (0, 0f32),
+            |a, b| if b.1 > a.1 || b.1.is_nan() { b } else { a },
+        );
+    assert!(
+        worst.1 <= 1.0,
+        "{what}: element {} is {} vs {} ({}× the tolerance)",
+        worst.0,
+        g[worst.0],
+        w[worst.0],
+        worst.1
+    );
 }
 
 #[test]
@@ -96,16 +117,32 @@ fn trajectories_match_diffusers() {
         assert_eq!(got_t, want_t, "{case}: timesteps");
         let want_sigma = t["init_noise_sigma"].to_vec1::<f32>().unwrap()[0] as f64;
         let got_sigma = scheduler.init_noise_sigma();
-        assert!((got_sigma - want_sigma).abs() <= 1e-6 * want_sigma, "{case}: init_noise_sigma {got_sigma} vs {want_sigma}");
+        assert!(
+            (got_sigma - want_sigma).abs() <= 1e-6 * want_sigma,
+            "{case}: init_noise_sigma {got_sigma} vs {want_sigma}"
+        );
 
         let mut sample = t["sample_0"].clone();
         for i in 0..meta["num_steps_taken"].as_u64().unwrap() as usize {
             let scaled = scheduler.scale_model_input(&sample, i).unwrap();
-            assert_close(&format!("{case}: scaled_input_{i}"), &scaled, &t[&format!("scaled_input_{i}")]);
+            assert_close(
+                &format!("{case}: scaled_input_{i}"),
+                &scaled,
+                &t[&format!("scaled_input_{i}")],
+            );
             let noise = t.get(&format!("noise_{i}"));
-            assert_eq!(noise.is_some() && !scheduler.needs_noise(), false, "{case}: diffusers drew noise");
-            sample = scheduler.step(&t[&format!("model_output_{i}")], i, &sample, noise).unwrap();
-            assert_close(&format!("{case}: sample_{}", i + 1), &sample, &t[&format!("sample_{}", i + 1)]);
+            assert!(
+                noise.is_none() || scheduler.needs_noise(),
+                "{case}: diffusers drew noise"
+            );
+            sample = scheduler
+                .step(&t[&format!("model_output_{i}")], i, &sample, noise)
+                .unwrap();
+            assert_close(
+                &format!("{case}: sample_{}", i + 1),
+                &sample,
+                &t[&format!("sample_{}", i + 1)],
+            );
         }
     }
 }
@@ -151,10 +188,18 @@ fn from_config_matches_diffusers() {
         let ours = resolved(kind(&meta), &case_config(&meta));
         let theirs = meta["config"].as_object().unwrap();
         for (key, value) in ours.as_object().unwrap() {
-            let want = theirs.get(key).unwrap_or_else(|| panic!("{case}: diffusers has no key {key}"));
-            assert!(same(value, want), "{case}: {key} = {value}, diffusers {want}");
+            let want = theirs
+                .get(key)
+                .unwrap_or_else(|| panic!("{case}: diffusers has no key {key}"));
+            assert!(
+                same(value, want),
+                "{case}: {key} = {value}, diffusers {want}"
+            );
         }
-        for key in theirs.keys().filter(|k| !k.starts_with('_') && !ours.as_object().unwrap().contains_key(*k)) {
+        for key in theirs
+            .keys()
+            .filter(|k| !k.starts_with('_') && !ours.as_object().unwrap().contains_key(*k))
+        {
             assert!(input.get(key).is_some(), "{case}: we don't model {key}");
         }
     }
@@ -166,16 +211,40 @@ fn training_noise_matches_diffusers() {
     let schedule = NoiseSchedule::from_config(&serde_json::from_str(SD21_BASE).unwrap()).unwrap();
     let want = t["alphas_cumprod"].to_vec1::<f32>().unwrap();
     for (i, (g, w)) in schedule.alphas_cumprod().iter().zip(&want).enumerate() {
-        assert!((g - w).abs() <= 1.2e-7 * w, "alphas_cumprod[{i}] {g} vs {w}");
+        assert!(
+            (g - w).abs() <= 1.2e-7 * w,
+            "alphas_cumprod[{i}] {g} vs {w}"
+        );
     }
     assert_eq!(schedule.alphas_cumprod().len(), want.len());
-    let steps: Vec<usize> = t["t"].to_vec1::<i64>().unwrap().iter().map(|&x| x as usize).collect();
+    let steps: Vec<usize> = t["t"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .iter()
+        .map(|&x| x as usize)
+        .collect();
     let (x0, noise) = (&t["x0"], &t["noise"]);
-    assert_close("add_noise", &schedule.add_noise(x0, noise, &steps).unwrap(), &t["noisy"]);
-    assert_close("velocity", &schedule.velocity(x0, noise, &steps).unwrap(), &t["velocity"]);
-    let target = schedule.target(PredictionType::VPrediction, x0, noise, &steps).unwrap();
+    assert_close(
+        "add_noise",
+        &schedule.add_noise(x0, noise, &steps).unwrap(),
+        &t["noisy"],
+    );
+    assert_close(
+        "velocity",
+        &schedule.velocity(x0, noise, &steps).unwrap(),
+        &t["velocity"],
+    );
+    let target = schedule
+        .target(PredictionType::VPrediction, x0, noise, &steps)
+        .unwrap();
     assert_close("v target", &target, &t["velocity"]);
-    assert_close("ε target", &schedule.target(PredictionType::Epsilon, x0, noise, &steps).unwrap(), noise);
+    assert_close(
+        "ε target",
+        &schedule
+            .target(PredictionType::Epsilon, x0, noise, &steps)
+            .unwrap(),
+        noise,
+    );
 }
 
 #[test]
@@ -186,7 +255,10 @@ fn scheduler_names_parse() {
         ("euler", SchedulerKind::Euler),
         ("euler-a", SchedulerKind::EulerAncestral),
         ("ddpm", SchedulerKind::Ddpm),
-        ("EulerAncestralDiscreteScheduler", SchedulerKind::EulerAncestral),
+        (
+            "EulerAncestralDiscreteScheduler",
+            SchedulerKind::EulerAncestral,
+        ),
         ("PNDMScheduler", SchedulerKind::Pndm),
     ] {
         assert_eq!(name.parse::<SchedulerKind>().unwrap(), kind);
@@ -215,10 +287,21 @@ fn config_files_with_python_infinity_load() {
 fn unsupported_options_are_refused() {
     let mut config: SchedulerConfig = serde_json::from_str(SD21_BASE).unwrap();
     config.use_karras_sigmas = Some(true);
-    let err = build(SchedulerKind::DpmSolverMultistep, &config, 10).err().unwrap().to_string();
+    let err = build(SchedulerKind::DpmSolverMultistep, &config, 10)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("use_karras_sigmas"), "{err}");
-    let mut scheduler = build(SchedulerKind::EulerAncestral, &SchedulerConfig::default(), 5).unwrap();
+    let mut scheduler = build(
+        SchedulerKind::EulerAncestral,
+        &SchedulerConfig::default(),
+        5,
+    )
+    .unwrap();
     let x = Tensor::zeros((1, 4, 2, 2), DType::F32, &Device::Cpu).unwrap();
-    assert!(scheduler.step(&x, 0, &x, None).is_err(), "Euler ancestral needs noise");
+    assert!(
+        scheduler.step(&x, 0, &x, None).is_err(),
+        "Euler ancestral needs noise"
+    );
     assert!(build(SchedulerKind::Ddim, &config, 0).is_err());
 }

@@ -19,7 +19,10 @@ pub fn alphas_cumprod(c: &BetaConfig) -> Result<Vec<f32>> {
     let mut betas = match (&c.trained_betas, c.beta_schedule) {
         (Some(b), _) if b.len() == n => b.iter().map(|&x| x as f32).collect(),
         (Some(b), _) => {
-            return Err(Error::Msg(format!("trained_betas has {} values, num_train_timesteps is {n}", b.len())))
+            return Err(Error::Msg(format!(
+                "trained_betas has {} values, num_train_timesteps is {n}",
+                b.len()
+            )))
         }
         (None, BetaSchedule::Linear) => torch_linspace(c.beta_start as f32, c.beta_end as f32, n),
         (None, BetaSchedule::ScaledLinear) => {
@@ -42,7 +45,13 @@ fn torch_linspace(start: f32, end: f32, n: usize) -> Vec<f32> {
     let step = (end - start) / (n - 1) as f32;
     let halfway = n / 2;
     (0..n)
-        .map(|i| if i < halfway { step.mul_add(i as f32, start) } else { (-step).mul_add((n - 1 - i) as f32, end) })
+        .map(|i| {
+            if i < halfway {
+                step.mul_add(i as f32, start)
+            } else {
+                (-step).mul_add((n - 1 - i) as f32, end)
+            }
+        })
         .collect()
 }
 
@@ -59,7 +68,11 @@ fn cumprod(values: impl Iterator<Item = f32>) -> Vec<f32> {
 
 /// The cosine schedule (`squaredcos_cap_v2`, Nichol & Dhariwal): computed in double, stored as float32.
 fn cosine_betas(n: usize) -> Vec<f32> {
-    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+    let alpha_bar = |t: f64| {
+        ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+            .cos()
+            .powi(2)
+    };
     (0..n)
         .map(|i| {
             let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
@@ -70,10 +83,16 @@ fn cosine_betas(n: usize) -> Vec<f32> {
 
 /// Rescales β to zero terminal SNR (arXiv:2305.08891, Algorithm 1), in float32 like diffusers.
 fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
-    let sqrt_ac: Vec<f32> = cumprod(betas.iter().map(|b| 1.0 - b)).iter().map(|a| a.sqrt()).collect();
+    let sqrt_ac: Vec<f32> = cumprod(betas.iter().map(|b| 1.0 - b))
+        .iter()
+        .map(|a| a.sqrt())
+        .collect();
     let (first, last) = (sqrt_ac[0], sqrt_ac[sqrt_ac.len() - 1]);
     let scale = first / (first - last);
-    let ac: Vec<f32> = sqrt_ac.iter().map(|s| ((s - last) * scale).powi(2)).collect();
+    let ac: Vec<f32> = sqrt_ac
+        .iter()
+        .map(|s| ((s - last) * scale).powi(2))
+        .collect();
     let mut out = vec![1.0 - ac[0]];
     out.extend(ac.windows(2).map(|w| 1.0 - w[1] / w[0]));
     out

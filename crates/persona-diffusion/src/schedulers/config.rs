@@ -98,7 +98,8 @@ impl SchedulerConfig {
     /// Parses config JSON. Python's `json` writes `-Infinity`/`Infinity`/`NaN` (diffusers' default
     /// `lambda_min_clipped` is `-inf`), which strict JSON rejects, so those literals are accepted too.
     pub fn from_json_str(text: &str) -> Result<Self> {
-        serde_json::from_str(&quote_nonfinite(text)).map_err(|e| Error::Msg(format!("bad scheduler config: {e}")))
+        serde_json::from_str(&quote_nonfinite(text))
+            .map_err(|e| Error::Msg(format!("bad scheduler config: {e}")))
     }
 }
 
@@ -114,7 +115,10 @@ pub fn quote_nonfinite(text: &str) -> String {
             escaped = !escaped && c == '\\';
         } else if c == '"' {
             in_string = true;
-        } else if let Some(lit) = ["-Infinity", "Infinity", "NaN"].into_iter().find(|l| rest.starts_with(l)) {
+        } else if let Some(lit) = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|l| rest.starts_with(l))
+        {
             out.push('"');
             out.push_str(lit);
             out.push('"');
@@ -142,7 +146,9 @@ pub fn f64_any<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::E
             "-Infinity" => Ok(f64::NEG_INFINITY),
             "Infinity" => Ok(f64::INFINITY),
             "NaN" => Ok(f64::NAN),
-            other => Err(serde::de::Error::custom(format!("expected a number, got {other:?}"))),
+            other => Err(serde::de::Error::custom(format!(
+                "expected a number, got {other:?}"
+            ))),
         },
     }
 }
@@ -257,7 +263,10 @@ impl FromStr for SchedulerKind {
             .into_iter()
             .find(|k| k.class_name() == name || k.cli_name() == Some(name))
             .ok_or_else(|| {
-                Error::Msg(format!("unknown scheduler {name:?}; expected one of {}", Self::cli_names().join(", ")))
+                Error::Msg(format!(
+                    "unknown scheduler {name:?}; expected one of {}",
+                    Self::cli_names().join(", ")
+                ))
             })
     }
 }
@@ -293,10 +302,17 @@ impl BetaConfig {
 }
 
 /// Fails with a message naming the scheduler and the option when `supported` is false.
-pub(crate) fn require(supported: bool, kind: SchedulerKind, option: impl std::fmt::Display) -> Result<()> {
+pub(crate) fn require(
+    supported: bool,
+    kind: SchedulerKind,
+    option: impl std::fmt::Display,
+) -> Result<()> {
     if supported {
         Ok(())
     } else {
-        Err(Error::Msg(format!("{}: {option} is not supported", kind.class_name())))
+        Err(Error::Msg(format!(
+            "{}: {option} is not supported",
+            kind.class_name()
+        )))
     }
 }

@@ -4,7 +4,9 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use super::betas::alphas_cumprod;
-use super::config::{require, BetaConfig, PredictionType, SchedulerConfig, SchedulerKind, TimestepSpacing};
+use super::config::{
+    require, BetaConfig, PredictionType, SchedulerConfig, SchedulerKind, TimestepSpacing,
+};
 use super::timesteps::spaced_timesteps;
 use super::{check_step, div, lincomb, predict_x0, Scheduler};
 use crate::Result;
@@ -57,12 +59,27 @@ impl DdimScheduler {
     pub fn new(config: DdimConfig, num_inference_steps: usize) -> Result<Self> {
         require(!config.thresholding, SchedulerKind::Ddim, "thresholding")?;
         let alphas_cumprod = alphas_cumprod(&config.betas)?;
-        let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        let final_alpha_cumprod = if config.set_alpha_to_one {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
         let train = config.betas.num_train_timesteps;
-        let timesteps =
-            spaced_timesteps(config.timestep_spacing, train, num_inference_steps, config.steps_offset, true)?;
+        let timesteps = spaced_timesteps(
+            config.timestep_spacing,
+            train,
+            num_inference_steps,
+            config.steps_offset,
+            true,
+        )?;
         let step_ratio = (train / num_inference_steps) as i64;
-        Ok(DdimScheduler { config, alphas_cumprod, final_alpha_cumprod, timesteps, step_ratio })
+        Ok(DdimScheduler {
+            config,
+            alphas_cumprod,
+            final_alpha_cumprod,
+            timesteps,
+            step_ratio,
+        })
     }
 
     fn alpha_at(&self, t: i64) -> f32 {
@@ -87,7 +104,13 @@ impl Scheduler for DdimScheduler {
         Ok(sample.clone())
     }
 
-    fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, _noise: Option<&Tensor>) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        step: usize,
+        sample: &Tensor,
+        _noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
         check_step(SchedulerKind::Ddim, step, self.timesteps.len())?;
         let t = self.timesteps[step] as i64;
         let alpha_t = self.alphas_cumprod[t as usize];

@@ -4,7 +4,9 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use super::betas::alphas_cumprod;
-use super::config::{require, BetaConfig, PredictionType, SchedulerConfig, SchedulerKind, TimestepSpacing};
+use super::config::{
+    require, BetaConfig, PredictionType, SchedulerConfig, SchedulerKind, TimestepSpacing,
+};
 use super::timesteps::spaced_timesteps;
 use super::{check_step, lincomb, predict_x0, require_noise, Scheduler};
 use crate::Result;
@@ -30,7 +32,10 @@ impl DdpmConfig {
     pub fn from_config(c: &SchedulerConfig) -> Self {
         DdpmConfig {
             betas: BetaConfig::from_config(c),
-            variance_type: c.variance_type.clone().unwrap_or_else(|| "fixed_small".into()),
+            variance_type: c
+                .variance_type
+                .clone()
+                .unwrap_or_else(|| "fixed_small".into()),
             clip_sample: c.clip_sample.unwrap_or(true),
             prediction_type: c.prediction_type.unwrap_or(PredictionType::Epsilon),
             thresholding: c.thresholding.unwrap_or(false),
@@ -66,7 +71,11 @@ impl DdpmScheduler {
         let variance = match config.variance_type.as_str() {
             "fixed_small" | "fixed_small_log" => Variance::Small,
             "fixed_large" => Variance::Large,
-            other => return Err(crate::Error::Msg(format!("DDPMScheduler: variance_type {other:?} is not supported"))),
+            other => {
+                return Err(crate::Error::Msg(format!(
+                    "DDPMScheduler: variance_type {other:?} is not supported"
+                )))
+            }
         };
         let alphas_cumprod = alphas_cumprod(&config.betas)?;
         let timesteps = spaced_timesteps(
@@ -76,7 +85,12 @@ impl DdpmScheduler {
             config.steps_offset,
             true,
         )?;
-        Ok(DdpmScheduler { config, variance, alphas_cumprod, timesteps })
+        Ok(DdpmScheduler {
+            config,
+            variance,
+            alphas_cumprod,
+            timesteps,
+        })
     }
 
     /// Standard deviation of the noise added when stepping from t to the previous timestep.
@@ -104,15 +118,30 @@ impl Scheduler for DdpmScheduler {
     }
 
     /// Uses `noise` unless t = 0, the one timestep where diffusers adds none.
-    fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        step: usize,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
         check_step(SchedulerKind::Ddpm, step, self.timesteps.len())?;
         let t = self.timesteps[step] as usize;
         let alpha_t = self.alphas_cumprod[t];
         // diffusers' previous timestep is the next one of the grid (not t − T/n), ᾱ = 1 after the last.
-        let alpha_prev = self.timesteps.get(step + 1).map_or(1.0, |&p| self.alphas_cumprod[p as usize]);
+        let alpha_prev = self
+            .timesteps
+            .get(step + 1)
+            .map_or(1.0, |&p| self.alphas_cumprod[p as usize]);
         let (beta_t, beta_prev) = (1.0 - alpha_t, 1.0 - alpha_prev);
         let current_alpha = alpha_t / alpha_prev;
-        let mut x0 = predict_x0(self.config.prediction_type, model_output, sample, alpha_t.sqrt(), beta_t.sqrt())?;
+        let mut x0 = predict_x0(
+            self.config.prediction_type,
+            model_output,
+            sample,
+            alpha_t.sqrt(),
+            beta_t.sqrt(),
+        )?;
         if self.config.clip_sample {
             let r = self.config.clip_sample_range;
             x0 = x0.clamp(-r, r)?;

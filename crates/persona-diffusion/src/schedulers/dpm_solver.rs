@@ -5,7 +5,9 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use super::betas::alphas_cumprod;
-use super::config::{f64_json, require, BetaConfig, PredictionType, SchedulerConfig, SchedulerKind, TimestepSpacing};
+use super::config::{
+    f64_json, require, BetaConfig, PredictionType, SchedulerConfig, SchedulerKind, TimestepSpacing,
+};
 use super::timesteps::{interp, np_arange_down, np_linspace, sigma_table};
 use super::{check_step, lincomb, predict_x0, Scheduler};
 use crate::{Error, Result};
@@ -52,7 +54,10 @@ impl DpmSolverConfig {
             thresholding: c.thresholding.unwrap_or(false),
             dynamic_thresholding_ratio: c.dynamic_thresholding_ratio.unwrap_or(0.995),
             sample_max_value: c.sample_max_value.unwrap_or(1.0),
-            algorithm_type: c.algorithm_type.clone().unwrap_or_else(|| "dpmsolver++".into()),
+            algorithm_type: c
+                .algorithm_type
+                .clone()
+                .unwrap_or_else(|| "dpmsolver++".into()),
             solver_type: c.solver_type.clone().unwrap_or_else(|| "midpoint".into()),
             lower_order_final: c.lower_order_final.unwrap_or(true),
             euler_at_final: c.euler_at_final.unwrap_or(false),
@@ -68,15 +73,30 @@ impl DpmSolverConfig {
             timestep_spacing: c.timestep_spacing.unwrap_or(TimestepSpacing::Linspace),
             steps_offset: c.steps_offset.unwrap_or(0),
             use_dynamic_shifting: c.use_dynamic_shifting.unwrap_or(false),
-            time_shift_type: c.time_shift_type.clone().unwrap_or_else(|| "exponential".into()),
+            time_shift_type: c
+                .time_shift_type
+                .clone()
+                .unwrap_or_else(|| "exponential".into()),
         }
     }
 
     /// Rejects the options persona does not implement rather than sampling differently from diffusers.
     fn check_supported(&self) -> Result<()> {
-        require(self.algorithm_type == "dpmsolver++", KIND, format!("algorithm_type {:?}", self.algorithm_type))?;
-        require(self.solver_type == "midpoint", KIND, format!("solver_type {:?}", self.solver_type))?;
-        require(matches!(self.solver_order, 1 | 2), KIND, format!("solver_order {}", self.solver_order))?;
+        require(
+            self.algorithm_type == "dpmsolver++",
+            KIND,
+            format!("algorithm_type {:?}", self.algorithm_type),
+        )?;
+        require(
+            self.solver_type == "midpoint",
+            KIND,
+            format!("solver_type {:?}", self.solver_type),
+        )?;
+        require(
+            matches!(self.solver_order, 1 | 2),
+            KIND,
+            format!("solver_order {}", self.solver_order),
+        )?;
         require(!self.thresholding, KIND, "thresholding")?;
         let special_sigmas = [
             (self.use_karras_sigmas, "use_karras_sigmas"),
@@ -89,8 +109,15 @@ impl DpmSolverConfig {
         for (on, name) in special_sigmas {
             require(!on, KIND, name)?;
         }
-        require(self.lambda_min_clipped == f64::NEG_INFINITY, KIND, "a finite lambda_min_clipped")?;
-        let learned = matches!(self.variance_type.as_deref(), Some("learned" | "learned_range"));
+        require(
+            self.lambda_min_clipped == f64::NEG_INFINITY,
+            KIND,
+            "a finite lambda_min_clipped",
+        )?;
+        let learned = matches!(
+            self.variance_type.as_deref(),
+            Some("learned" | "learned_range")
+        );
         require(!learned, KIND, "a learned variance_type")
     }
 }
@@ -115,13 +142,27 @@ impl DpmSolverMultistepScheduler {
         }
         let timesteps = dpm_timesteps(&config, num_inference_steps)?;
         let table = sigma_table(&alphas_cumprod);
-        let mut sigmas: Vec<f32> = timesteps.iter().map(|&t| interp(t, &table) as f32).collect();
+        let mut sigmas: Vec<f32> = timesteps
+            .iter()
+            .map(|&t| interp(t, &table) as f32)
+            .collect();
         sigmas.push(match config.final_sigmas_type.as_str() {
             "zero" => 0.0,
             "sigma_min" => table[0],
-            other => return Err(Error::Msg(format!("{}: final_sigmas_type {other:?} is not supported", KIND.class_name()))),
+            other => {
+                return Err(Error::Msg(format!(
+                    "{}: final_sigmas_type {other:?} is not supported",
+                    KIND.class_name()
+                )))
+            }
         });
-        Ok(DpmSolverMultistepScheduler { config, timesteps, sigmas, previous_x0: None, steps_done: 0 })
+        Ok(DpmSolverMultistepScheduler {
+            config,
+            timesteps,
+            sigmas,
+            previous_x0: None,
+            steps_done: 0,
+        })
     }
 
     /// Whether this step falls back to first order: always for the first step, and at the end of short
@@ -129,7 +170,10 @@ impl DpmSolverMultistepScheduler {
     fn first_order(&self, step: usize) -> bool {
         let c = &self.config;
         let n = self.timesteps.len();
-        let last = step == n - 1 && (c.euler_at_final || (c.lower_order_final && n < 15) || c.final_sigmas_type == "zero");
+        let last = step == n - 1
+            && (c.euler_at_final
+                || (c.lower_order_final && n < 15)
+                || c.final_sigmas_type == "zero");
         c.solver_order == 1 || self.previous_x0.is_none() || last
     }
 }
@@ -138,19 +182,29 @@ impl DpmSolverMultistepScheduler {
 fn dpm_timesteps(c: &DpmSolverConfig, steps: usize) -> Result<Vec<f64>> {
     let train = c.betas.num_train_timesteps;
     if steps == 0 || steps > train {
-        return Err(Error::Msg(format!("num_inference_steps must be in 1..={train}, got {steps}")));
+        return Err(Error::Msg(format!(
+            "num_inference_steps must be in 1..={train}, got {steps}"
+        )));
     }
     let mut t: Vec<f64> = match c.timestep_spacing {
-        TimestepSpacing::Linspace => {
-            np_linspace(0.0, (train - 1) as f64, steps + 1).into_iter().rev().map(f64::round_ties_even).collect()
-        }
+        TimestepSpacing::Linspace => np_linspace(0.0, (train - 1) as f64, steps + 1)
+            .into_iter()
+            .rev()
+            .map(f64::round_ties_even)
+            .collect(),
         TimestepSpacing::Leading => {
             let ratio = train / (steps + 1);
-            (0..=steps).rev().map(|i| (i * ratio + c.steps_offset) as f64).collect()
+            (0..=steps)
+                .rev()
+                .map(|i| (i * ratio + c.steps_offset) as f64)
+                .collect()
         }
         TimestepSpacing::Trailing => {
             let ratio = train as f64 / steps as f64;
-            np_arange_down(train as f64, ratio).into_iter().map(|x| x.round_ties_even() - 1.0).collect()
+            np_arange_down(train as f64, ratio)
+                .into_iter()
+                .map(|x| x.round_ties_even() - 1.0)
+                .collect()
         }
     };
     if c.timestep_spacing != TimestepSpacing::Trailing {
@@ -179,14 +233,30 @@ impl Scheduler for DpmSolverMultistepScheduler {
         Ok(sample.clone())
     }
 
-    fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, _noise: Option<&Tensor>) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        step: usize,
+        sample: &Tensor,
+        _noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
         check_step(KIND, step, self.timesteps.len())?;
         if step != self.steps_done {
-            return Err(Error::Msg(format!("{}: expected step {}, got {step}", KIND.class_name(), self.steps_done)));
+            return Err(Error::Msg(format!(
+                "{}: expected step {}, got {step}",
+                KIND.class_name(),
+                self.steps_done
+            )));
         }
         let (alpha_s, sigma_s, lambda_s) = alpha_sigma_lambda(self.sigmas[step]);
         let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.sigmas[step + 1]);
-        let x0 = predict_x0(self.config.prediction_type, model_output, sample, alpha_s, sigma_s)?;
+        let x0 = predict_x0(
+            self.config.prediction_type,
+            model_output,
+            sample,
+            alpha_s,
+            sigma_s,
+        )?;
         let h = lambda_t - lambda_s;
         // At σ = 0, λ = ∞ and e^{-h} = 0: the update returns x̂₀, as in diffusers.
         let phi = alpha_t * ((-h).exp() - 1.0);

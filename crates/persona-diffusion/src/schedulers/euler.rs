@@ -5,7 +5,9 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use super::betas::alphas_cumprod;
-use super::config::{require, BetaConfig, PredictionType, SchedulerConfig, SchedulerKind, TimestepSpacing};
+use super::config::{
+    require, BetaConfig, PredictionType, SchedulerConfig, SchedulerKind, TimestepSpacing,
+};
 use super::timesteps::{interp, sigma_table, spaced_timesteps};
 use super::{check_step, div, Scheduler};
 use crate::{Error, Result};
@@ -36,7 +38,10 @@ impl EulerConfig {
         EulerConfig {
             betas: BetaConfig::from_config(c),
             prediction_type: c.prediction_type.unwrap_or(PredictionType::Epsilon),
-            interpolation_type: c.interpolation_type.clone().unwrap_or_else(|| "linear".into()),
+            interpolation_type: c
+                .interpolation_type
+                .clone()
+                .unwrap_or_else(|| "linear".into()),
             use_karras_sigmas: c.use_karras_sigmas.unwrap_or(false),
             use_exponential_sigmas: c.use_exponential_sigmas.unwrap_or(false),
             use_beta_sigmas: c.use_beta_sigmas.unwrap_or(false),
@@ -51,13 +56,22 @@ impl EulerConfig {
 
     /// Rejects the options persona does not implement rather than sampling differently from diffusers.
     fn check_supported(&self) -> Result<()> {
-        require(self.interpolation_type == "linear", KIND, format!("interpolation_type {:?}", self.interpolation_type))?;
+        require(
+            self.interpolation_type == "linear",
+            KIND,
+            format!("interpolation_type {:?}", self.interpolation_type),
+        )?;
         require(!self.use_karras_sigmas, KIND, "use_karras_sigmas")?;
         require(!self.use_exponential_sigmas, KIND, "use_exponential_sigmas")?;
         require(!self.use_beta_sigmas, KIND, "use_beta_sigmas")?;
         // Continuous timesteps only change anything for v-prediction (they become ¼·ln σ).
-        let continuous_v = self.timestep_type == "continuous" && self.prediction_type == PredictionType::VPrediction;
-        require(!continuous_v, KIND, "timestep_type \"continuous\" with v_prediction")
+        let continuous_v = self.timestep_type == "continuous"
+            && self.prediction_type == PredictionType::VPrediction;
+        require(
+            !continuous_v,
+            KIND,
+            "timestep_type \"continuous\" with v_prediction",
+        )
     }
 }
 
@@ -76,12 +90,20 @@ pub(super) fn euler_grid(
         *alphas_cumprod.last_mut().expect("non-empty schedule") = 2f32.powi(-24);
     }
     let table = sigma_table(&alphas_cumprod);
-    let timesteps: Vec<f64> =
-        spaced_timesteps(spacing, betas.num_train_timesteps, num_inference_steps, steps_offset, false)?
-            .into_iter()
-            .map(|t| t as f32 as f64)
-            .collect();
-    let mut sigmas: Vec<f32> = timesteps.iter().map(|&t| interp(t, &table) as f32).collect();
+    let timesteps: Vec<f64> = spaced_timesteps(
+        spacing,
+        betas.num_train_timesteps,
+        num_inference_steps,
+        steps_offset,
+        false,
+    )?
+    .into_iter()
+    .map(|t| t as f32 as f64)
+    .collect();
+    let mut sigmas: Vec<f32> = timesteps
+        .iter()
+        .map(|&t| interp(t, &table) as f32)
+        .collect();
     sigmas.push(if final_sigma_min { table[0] } else { 0.0 });
     Ok((timesteps, sigmas))
 }
@@ -101,7 +123,12 @@ pub(super) fn euler_scale(sample: &Tensor, sigma: f32) -> Result<Tensor> {
 }
 
 /// x̂₀ in the σ parameterisation (x = x₀ + σ·ε, UNet input scaled by 1/√(σ²+1)).
-pub(super) fn euler_x0(prediction: PredictionType, output: &Tensor, sample: &Tensor, sigma: f32) -> Result<Tensor> {
+pub(super) fn euler_x0(
+    prediction: PredictionType,
+    output: &Tensor,
+    sample: &Tensor,
+    sigma: f32,
+) -> Result<Tensor> {
     Ok(match prediction {
         PredictionType::Epsilon => (sample - output.affine(sigma as f64, 0.0)?)?,
         PredictionType::VPrediction => {
@@ -124,7 +151,12 @@ impl EulerScheduler {
         let final_sigma_min = match config.final_sigmas_type.as_str() {
             "zero" => false,
             "sigma_min" => true,
-            other => return Err(Error::Msg(format!("{}: final_sigmas_type {other:?} is not supported", KIND.class_name()))),
+            other => {
+                return Err(Error::Msg(format!(
+                    "{}: final_sigmas_type {other:?} is not supported",
+                    KIND.class_name()
+                )))
+            }
         };
         let (timesteps, sigmas) = euler_grid(
             &config.betas,
@@ -133,7 +165,11 @@ impl EulerScheduler {
             num_inference_steps,
             final_sigma_min,
         )?;
-        Ok(EulerScheduler { config, timesteps, sigmas })
+        Ok(EulerScheduler {
+            config,
+            timesteps,
+            sigmas,
+        })
     }
 }
 
@@ -151,7 +187,13 @@ impl Scheduler for EulerScheduler {
         euler_scale(sample, self.sigmas[step])
     }
 
-    fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, _noise: Option<&Tensor>) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        step: usize,
+        sample: &Tensor,
+        _noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
         check_step(KIND, step, self.timesteps.len())?;
         let (sigma, sigma_next) = (self.sigmas[step], self.sigmas[step + 1]);
         let x0 = euler_x0(self.config.prediction_type, model_output, sample, sigma)?;

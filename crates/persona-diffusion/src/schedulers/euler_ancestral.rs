@@ -4,7 +4,9 @@
 use candle_core::Tensor;
 use serde::Serialize;
 
-use super::config::{require, BetaConfig, PredictionType, SchedulerConfig, SchedulerKind, TimestepSpacing};
+use super::config::{
+    require, BetaConfig, PredictionType, SchedulerConfig, SchedulerKind, TimestepSpacing,
+};
 use super::euler::{euler_grid, euler_init_noise_sigma, euler_scale, euler_x0};
 use super::{check_step, div, require_noise, Scheduler};
 use crate::Result;
@@ -42,10 +44,23 @@ pub struct EulerAncestralScheduler {
 impl EulerAncestralScheduler {
     pub fn new(config: EulerAncestralConfig, num_inference_steps: usize) -> Result<Self> {
         // diffusers raises NotImplementedError for it too.
-        require(config.prediction_type != PredictionType::Sample, KIND, "prediction_type \"sample\"")?;
-        let (timesteps, sigmas) =
-            euler_grid(&config.betas, config.timestep_spacing, config.steps_offset, num_inference_steps, false)?;
-        Ok(EulerAncestralScheduler { config, timesteps, sigmas })
+        require(
+            config.prediction_type != PredictionType::Sample,
+            KIND,
+            "prediction_type \"sample\"",
+        )?;
+        let (timesteps, sigmas) = euler_grid(
+            &config.betas,
+            config.timestep_spacing,
+            config.steps_offset,
+            num_inference_steps,
+            false,
+        )?;
+        Ok(EulerAncestralScheduler {
+            config,
+            timesteps,
+            sigmas,
+        })
     }
 }
 
@@ -63,7 +78,13 @@ impl Scheduler for EulerAncestralScheduler {
         euler_scale(sample, self.sigmas[step])
     }
 
-    fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        step: usize,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
         check_step(KIND, step, self.timesteps.len())?;
         let noise = require_noise(KIND, noise)?;
         let (sigma, sigma_to) = (self.sigmas[step], self.sigmas[step + 1]);

@@ -19,7 +19,8 @@ mod timesteps;
 use candle_core::Tensor;
 
 pub use config::{
-    quote_nonfinite, BetaConfig, BetaSchedule, PredictionType, SchedulerConfig, SchedulerKind, TimestepSpacing,
+    quote_nonfinite, BetaConfig, BetaSchedule, PredictionType, SchedulerConfig, SchedulerKind,
+    TimestepSpacing,
 };
 pub use ddim::{DdimConfig, DdimScheduler};
 pub use ddpm::{DdpmConfig, DdpmScheduler};
@@ -38,24 +39,36 @@ pub trait Scheduler: Send {
     fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor>;
     /// One denoising step. `noise` must be Some for schedulers whose `needs_noise()` is true (drawn by the caller
     /// with the shape of `sample`); step indices are consecutive from 0.
-    fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor>;
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        step: usize,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor>;
     fn needs_noise(&self) -> bool;
 }
 
 /// Builds the sampler `kind` from a model's scheduler config (diffusers' `from_config` rule: the keys the
 /// class knows, its own defaults for the rest) and sets `num_inference_steps` timesteps.
 /// [`SchedulerKind::Pndm`] builds DDIM (see [`SchedulerKind::sampler`]).
-pub fn build(kind: SchedulerKind, config: &SchedulerConfig, num_inference_steps: usize) -> Result<Box<dyn Scheduler>> {
+pub fn build(
+    kind: SchedulerKind,
+    config: &SchedulerConfig,
+    num_inference_steps: usize,
+) -> Result<Box<dyn Scheduler>> {
     let n = num_inference_steps;
     Ok(match kind.sampler() {
         SchedulerKind::Ddim => Box::new(DdimScheduler::new(DdimConfig::from_config(config), n)?),
-        SchedulerKind::DpmSolverMultistep => {
-            Box::new(DpmSolverMultistepScheduler::new(DpmSolverConfig::from_config(config), n)?)
-        }
+        SchedulerKind::DpmSolverMultistep => Box::new(DpmSolverMultistepScheduler::new(
+            DpmSolverConfig::from_config(config),
+            n,
+        )?),
         SchedulerKind::Euler => Box::new(EulerScheduler::new(EulerConfig::from_config(config), n)?),
-        SchedulerKind::EulerAncestral => {
-            Box::new(EulerAncestralScheduler::new(EulerAncestralConfig::from_config(config), n)?)
-        }
+        SchedulerKind::EulerAncestral => Box::new(EulerAncestralScheduler::new(
+            EulerAncestralConfig::from_config(config),
+            n,
+        )?),
         SchedulerKind::Ddpm => Box::new(DdpmScheduler::new(DdpmConfig::from_config(config), n)?),
         SchedulerKind::Pndm => unreachable!("SchedulerKind::sampler never returns Pndm"),
     })
@@ -81,7 +94,13 @@ fn div(x: &Tensor, d: f32) -> Result<Tensor> {
 }
 
 /// The clean-sample estimate x̂₀ from the model output, for a sample `x = α·x₀ + σ·ε`.
-fn predict_x0(prediction: PredictionType, output: &Tensor, sample: &Tensor, alpha: f32, sigma: f32) -> Result<Tensor> {
+fn predict_x0(
+    prediction: PredictionType,
+    output: &Tensor,
+    sample: &Tensor,
+    alpha: f32,
+    sigma: f32,
+) -> Result<Tensor> {
     Ok(match prediction {
         PredictionType::Epsilon => div(&lincomb(&[(1.0, sample), (-sigma, output)])?, alpha)?,
         PredictionType::VPrediction => lincomb(&[(alpha, sample), (-sigma, output)])?,
@@ -94,11 +113,19 @@ fn check_step(kind: SchedulerKind, step: usize, len: usize) -> Result<()> {
     if step < len {
         Ok(())
     } else {
-        Err(Error::Msg(format!("{}: step {step} is past the last of {len} steps", kind.class_name())))
+        Err(Error::Msg(format!(
+            "{}: step {step} is past the last of {len} steps",
+            kind.class_name()
+        )))
     }
 }
 
 /// The noise tensor a stochastic scheduler needs, or an error saying the caller forgot it.
 fn require_noise(kind: SchedulerKind, noise: Option<&Tensor>) -> Result<&Tensor> {
-    noise.ok_or_else(|| Error::Msg(format!("{} draws noise in every step: pass `noise`", kind.class_name())))
+    noise.ok_or_else(|| {
+        Error::Msg(format!(
+            "{} draws noise in every step: pass `noise`",
+            kind.class_name()
+        ))
+    })
 }

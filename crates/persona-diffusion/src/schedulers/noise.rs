@@ -18,7 +18,10 @@ impl NoiseSchedule {
     /// The schedule of `DDPMScheduler.from_config(config)`, which is what diffusers' training scripts load.
     pub fn from_config(config: &SchedulerConfig) -> Result<Self> {
         let ddpm = DdpmConfig::from_config(config);
-        Ok(NoiseSchedule { alphas_cumprod: alphas_cumprod(&ddpm.betas)?, prediction_type: ddpm.prediction_type })
+        Ok(NoiseSchedule {
+            alphas_cumprod: alphas_cumprod(&ddpm.betas)?,
+            prediction_type: ddpm.prediction_type,
+        })
     }
 
     pub fn num_train_timesteps(&self) -> usize {
@@ -48,7 +51,13 @@ impl NoiseSchedule {
     }
 
     /// The training target of a UNet that predicts `prediction`: ε, v, or x₀.
-    pub fn target(&self, prediction: PredictionType, x0: &Tensor, noise: &Tensor, t: &[usize]) -> Result<Tensor> {
+    pub fn target(
+        &self,
+        prediction: PredictionType,
+        x0: &Tensor,
+        noise: &Tensor,
+        t: &[usize],
+    ) -> Result<Tensor> {
         match prediction {
             PredictionType::Epsilon => Ok(noise.clone()),
             PredictionType::VPrediction => self.velocity(x0, noise, t),
@@ -60,12 +69,20 @@ impl NoiseSchedule {
     fn coefficients(&self, like: &Tensor, t: &[usize]) -> Result<(Tensor, Tensor)> {
         let batch = like.dim(0)?;
         if t.len() != batch {
-            return Err(Error::Msg(format!("{} timesteps for a batch of {batch}", t.len())));
+            return Err(Error::Msg(format!(
+                "{} timesteps for a batch of {batch}",
+                t.len()
+            )));
         }
         let n = self.num_train_timesteps();
         let ac = t
             .iter()
-            .map(|&t| self.alphas_cumprod.get(t).copied().ok_or_else(|| Error::Msg(format!("timestep {t} ≥ {n}"))))
+            .map(|&t| {
+                self.alphas_cumprod
+                    .get(t)
+                    .copied()
+                    .ok_or_else(|| Error::Msg(format!("timestep {t} ≥ {n}")))
+            })
             .collect::<Result<Vec<f32>>>()?;
         let mut shape = vec![1; like.rank()];
         shape[0] = batch;
@@ -92,9 +109,22 @@ mod tests {
         let noisy = s.add_noise(&x0, &eps, &t).unwrap();
         let v = s.velocity(&x0, &eps, &t).unwrap();
         // x_t² + v² = x0² + ε² elementwise, since (x_t, v) is a rotation of (x0, ε).
-        let lhs = (noisy.sqr().unwrap() + v.sqr().unwrap()).unwrap().sum(D::Minus1).unwrap();
-        let rhs = (x0.sqr().unwrap() + eps.sqr().unwrap()).unwrap().sum(D::Minus1).unwrap();
-        let diff = (lhs - rhs).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let lhs = (noisy.sqr().unwrap() + v.sqr().unwrap())
+            .unwrap()
+            .sum(D::Minus1)
+            .unwrap();
+        let rhs = (x0.sqr().unwrap() + eps.sqr().unwrap())
+            .unwrap()
+            .sum(D::Minus1)
+            .unwrap();
+        let diff = (lhs - rhs)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-5, "{diff}");
         assert!(s.add_noise(&x0, &eps, &[1000, 0]).is_err());
     }

@@ -7,7 +7,11 @@ use crate::{Error, Result};
 
 /// `np.linspace(start, stop, num)`: `i·step + start`, with the last point set to `stop` exactly.
 pub fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
-    let step = if num > 1 { (stop - start) / (num - 1) as f64 } else { 0.0 };
+    let step = if num > 1 {
+        (stop - start) / (num - 1) as f64
+    } else {
+        0.0
+    };
     let mut v: Vec<f64> = (0..num).map(|i| i as f64 * step + start).collect();
     if num > 1 {
         v[num - 1] = stop;
@@ -40,22 +44,36 @@ pub fn spaced_timesteps(
     Ok(match spacing {
         TimestepSpacing::Linspace => {
             let v = np_linspace(0.0, (num_train_timesteps - 1) as f64, steps);
-            descending(if round_linspace { v.into_iter().map(f64::round_ties_even).collect() } else { v })
+            descending(if round_linspace {
+                v.into_iter().map(f64::round_ties_even).collect()
+            } else {
+                v
+            })
         }
         TimestepSpacing::Leading => {
             let ratio = num_train_timesteps / steps;
-            descending((0..steps).map(|i| (i * ratio + steps_offset) as f64).collect())
+            descending(
+                (0..steps)
+                    .map(|i| (i * ratio + steps_offset) as f64)
+                    .collect(),
+            )
         }
         TimestepSpacing::Trailing => {
             let ratio = num_train_timesteps as f64 / steps as f64;
-            np_arange_down(num_train_timesteps as f64, ratio).into_iter().map(|x| x.round_ties_even() - 1.0).collect()
+            np_arange_down(num_train_timesteps as f64, ratio)
+                .into_iter()
+                .map(|x| x.round_ties_even() - 1.0)
+                .collect()
         }
     })
 }
 
 /// σ_t = √((1 − ᾱ_t)/ᾱ_t) for every training timestep, in float32 like diffusers' tensor expression.
 pub fn sigma_table(alphas_cumprod: &[f32]) -> Vec<f32> {
-    alphas_cumprod.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect()
+    alphas_cumprod
+        .iter()
+        .map(|&a| ((1.0 - a) / a).sqrt())
+        .collect()
 }
 
 /// `np.interp(x, arange(len(fp)), fp)`: float64 linear interpolation of float32 samples at integer abscissae.
@@ -82,9 +100,15 @@ mod tests {
     #[test]
     fn grids_match_diffusers() {
         let lead = spaced_timesteps(TimestepSpacing::Leading, 1000, 10, 1, true).unwrap();
-        assert_eq!(lead, [901., 801., 701., 601., 501., 401., 301., 201., 101., 1.]);
+        assert_eq!(
+            lead,
+            [901., 801., 701., 601., 501., 401., 301., 201., 101., 1.]
+        );
         let trail = spaced_timesteps(TimestepSpacing::Trailing, 1000, 10, 1, true).unwrap();
-        assert_eq!(trail, [999., 899., 799., 699., 599., 499., 399., 299., 199., 99.]);
+        assert_eq!(
+            trail,
+            [999., 899., 799., 699., 599., 499., 399., 299., 199., 99.]
+        );
         let lin = spaced_timesteps(TimestepSpacing::Linspace, 1000, 4, 1, true).unwrap();
         assert_eq!(lin, [999., 666., 333., 0.]);
         let frac = spaced_timesteps(TimestepSpacing::Linspace, 1000, 10, 0, false).unwrap();
