@@ -105,7 +105,7 @@ impl SchedulerConfig {
 
 /// Wraps the bare literals `NaN`, `Infinity` and `-Infinity` outside strings in quotes, so that strict JSON
 /// parsing accepts a file written by Python; [`f64_any`] turns them back into numbers.
-pub fn quote_nonfinite(text: &str) -> String {
+fn quote_nonfinite(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 16);
     let (mut in_string, mut escaped) = (false, false);
     let mut rest = text;
@@ -139,7 +139,7 @@ enum NumberOrLiteral {
 }
 
 /// Deserializes a JSON number or one of the quoted non-finite literals of [`quote_nonfinite`].
-pub fn f64_any<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+fn f64_any<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
     match NumberOrLiteral::deserialize(d)? {
         NumberOrLiteral::Number(x) => Ok(x),
         NumberOrLiteral::Literal(s) => match s.as_str() {
@@ -160,7 +160,7 @@ fn opt_f64_any<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f6
 }
 
 /// Serializes a float the way Python's `json` does, non-finite values as the (quoted) literal.
-pub fn f64_json<S: Serializer>(x: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
+pub(super) fn f64_json<S: Serializer>(x: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
     match *x {
         x if x.is_nan() => s.serialize_str("NaN"),
         f64::INFINITY => s.serialize_str("Infinity"),

@@ -19,8 +19,7 @@ mod timesteps;
 use candle_core::Tensor;
 
 pub use config::{
-    quote_nonfinite, BetaConfig, BetaSchedule, PredictionType, SchedulerConfig, SchedulerKind,
-    TimestepSpacing,
+    BetaConfig, BetaSchedule, PredictionType, SchedulerConfig, SchedulerKind, TimestepSpacing,
 };
 pub use ddim::{DdimConfig, DdimScheduler};
 pub use ddpm::{DdpmConfig, DdpmScheduler};
