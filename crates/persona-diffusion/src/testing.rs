@@ -29,3 +29,9 @@ pub fn load_reference(rel: &str) -> Result<std::collections::HashMap<String, Ten
     let path = fixtures_dir().join(rel);
     candle_core::safetensors::load(&path, &candle_core::Device::Cpu).map_err(|e| Error::file(&path, e))
 }
+
+/// How many tensors a gradient store holds. candle's `GradStore` does not expose its map, so this counts the
+/// entries of its `Debug` form (one `TensorId(…)` key each).
+pub fn grad_count(grads: &candle_core::backprop::GradStore) -> usize {
+    format!("{grads:?}").matches("TensorId(").count()
+}

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
 
+use crate::nn::grad::{add, matmul};
 use crate::nn::{read_json, Activation, LayerNorm, Linear, Weights};
 use crate::Result;
 
@@ -72,12 +73,12 @@ impl EncoderLayer {
         let q = split((self.q_proj.forward(&y)? * (d as f64).powf(-0.5))?)?;
         let k = split(self.k_proj.forward(&y)?)?;
         let v = split(self.v_proj.forward(&y)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let scores = add(&matmul(&q, &k.t()?)?, mask)?;
         let probs = crate::nn::softmax_last_dim(&scores)?;
-        let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h))?;
-        let x = (x + self.out_proj.forward(&attn)?)?;
+        let attn = matmul(&probs, &v)?.transpose(1, 2)?.reshape((b, n, h))?;
+        let x = add(x, &self.out_proj.forward(&attn)?)?;
         let y = self.fc2.forward(&self.act.forward(&self.fc1.forward(&self.layer_norm2.forward(&x)?)?)?)?;
-        Ok((x + y)?)
+        Ok(add(&x, &y)?)
     }
 }
 
@@ -145,8 +146,8 @@ impl ClipTextModel {
     pub fn forward_embeds(&self, embeds: &Tensor, output: Output) -> Result<Tensor> {
         let (_, l, _) = embeds.dims3()?;
         let positions = self.position_embedding.narrow(0, 0, l)?;
-        let mut x = embeds.broadcast_add(&positions)?;
-        let mask = causal_mask(l, embeds.device())?;
+        let mut x = add(embeds, &positions)?;
+        let mask = causal_mask(l, embeds.device())?.to_dtype(embeds.dtype())?;
         let keep = match output {
             Output::Last => self.layers.len(),
             Output::Skip(n) => self.layers.len().saturating_sub(n),

@@ -10,7 +10,8 @@ use std::fmt;
 
 use candle_core::{Module, Tensor};
 
-use super::layers::{softmax_last_dim, Linear};
+use super::grad::{matmul, softmax_last_dim};
+use super::layers::Linear;
 use super::weights::Weights;
 use crate::Result;
 
@@ -145,11 +146,11 @@ pub fn attend(
         t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()
     };
     let (q, k, v) = (split(&(q * scale)?)?, split(k)?, split(v)?);
-    let scores = q.matmul(&k.t()?)?;
+    let scores = matmul(&q, &k.t()?)?;
     let probs = softmax_last_dim(&scores)?;
     if let Some((control, layer)) = capture {
         control.capture(layer, &probs)?;
     }
-    let out = probs.matmul(&v)?;
+    let out = matmul(&probs, &v)?;
     Ok(out.transpose(1, 2)?.reshape((b, n, inner))?)
 }

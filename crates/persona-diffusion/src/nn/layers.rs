@@ -1,11 +1,14 @@
 //! The layers every model is made of, named as PyTorch names their parameters (`weight`, `bias`).
 //!
-//! Normalisations and softmax pick candle's fused kernels only when no gradient can flow through the input
-//! (`!track_op()`): those kernels have no backward, so on a training path the differentiable composite is used
-//! instead, with the same numerics.
+//! Every layer has two paths. When no gradient can flow through the input (`!track_op()`, plain generation)
+//! it runs candle's fast kernels and builds no graph. When the input is tracked (training), the same value is
+//! computed on the detached input and attached through [`super::grad::input_grad_only`], whose backward
+//! computes only the input gradient: frozen weights never get one, and fused kernels without a backward
+//! can still be used for the forward.
 
 use candle_core::{DType, Module, Tensor, D};
 
+use super::grad::{input_grad_only, normalized_backward};
 use super::weights::Weights;
 use crate::Result;
 
@@ -32,8 +35,8 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+impl Linear {
+    fn value(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match x.dims() {
             [b1, b2, m, k] => x.reshape((b1 * b2 * m, *k))?.matmul(&self.weight.t()?)?.reshape((*b1, *b2, *m, ()))?,
             [b, m, k] => x.reshape((b * m, *k))?.matmul(&self.weight.t()?)?.reshape((*b, *m, ()))?,
@@ -43,6 +46,18 @@ impl Module for Linear {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let value = self.value(&x.detach())?;
+        let w = self.weight.clone();
+        input_grad_only(x, value, move |x, _, g| {
+            let out = g.dim(D::Minus1)?;
+            let rows = g.elem_count() / out;
+            g.reshape((rows, out))?.matmul(&w)?.reshape(x.shape())
+        })
     }
 }
 
@@ -63,13 +78,17 @@ impl Conv2d {
     }
 }
 
-impl Module for Conv2d {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = if self.weight.dim(2)? == 1 && self.stride == 1 && self.padding == 0 {
+impl Conv2d {
+    fn is_pointwise(&self) -> candle_core::Result<bool> {
+        Ok(self.weight.dim(2)? == 1 && self.stride == 1 && self.padding == 0)
+    }
+
+    fn value(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = if self.is_pointwise()? {
             // A 1×1 convolution is a matrix product over channels; candle's im2col path would copy for nothing.
             let (b, c, h, wd) = x.dims4()?;
             let w = self.weight.squeeze(3)?.squeeze(2)?;
-            w.broadcast_left(b)?.matmul(&x.reshape((b, c, h * wd))?)?.reshape((b, (), h, wd))?
+            w.broadcast_matmul(&x.reshape((b, c, h * wd))?)?.reshape((b, (), h, wd))?
         } else {
             x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
         };
@@ -77,6 +96,39 @@ impl Module for Conv2d {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
         }
+    }
+}
+
+/// Gradient of a convolution's input: a transposed convolution with the same kernel. For stride 1 it is
+/// computed as a plain convolution with the flipped, channel-transposed kernel (candle's im2col path, much
+/// faster than its direct transposed convolution).
+fn conv_input_grad(g: &Tensor, x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
+    let k = w.dim(2)?;
+    if stride == 1 {
+        let rev = Tensor::new((0..k as u32).rev().collect::<Vec<_>>(), w.device())?;
+        let flipped = w.index_select(&rev, 2)?.index_select(&rev, 3)?.transpose(0, 1)?.contiguous()?;
+        return g.conv2d(&flipped, k - 1 - padding, 1, 1, 1);
+    }
+    // Rows/columns the strided forward skipped at the end come back as output padding; candle takes one
+    // value for both dimensions, so pad by the larger and trim.
+    let (h, wd) = (x.dim(2)?, x.dim(3)?);
+    let reach = |out: usize| (out - 1) * stride + k - 2 * padding;
+    let out_padding = (h - reach(g.dim(2)?)).max(wd - reach(g.dim(3)?));
+    g.conv_transpose2d(w, padding, out_padding, stride, 1)?.narrow(2, 0, h)?.narrow(3, 0, wd)
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let value = self.value(&x.detach())?;
+        let (w, stride, padding, pointwise) = (self.weight.clone(), self.stride, self.padding, self.is_pointwise()?);
+        input_grad_only(x, value, move |x, _, g| {
+            if pointwise {
+                let (b, co, h, wd) = g.dims4()?;
+                let wt = w.squeeze(3)?.squeeze(2)?.t()?;
+                return wt.broadcast_matmul(&g.reshape((b, co, h * wd))?)?.reshape(x.shape());
+            }
+            conv_input_grad(g, x, &w, stride, padding)
+        })
     }
 }
 
@@ -95,15 +147,24 @@ impl GroupNorm {
     }
 }
 
+/// `[C]` → `[1, C, 1, …]` so a per-channel vector broadcasts over `[B, C, …]`.
+fn per_channel(v: &Tensor, rank: usize) -> candle_core::Result<Tensor> {
+    let mut shape = vec![1, v.dim(0)?];
+    shape.resize(rank, 1);
+    v.reshape(shape)
+}
+
 impl Module for GroupNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let (b, c) = (dims[0], dims[1]);
-        let grouped = x.reshape((b, self.groups, ()))?;
-        let normed = normalize_last_dim(&grouped, self.eps)?.reshape(dims.as_slice())?;
-        let mut affine_shape = vec![1, c];
-        affine_shape.resize(dims.len(), 1);
-        normed.broadcast_mul(&self.weight.reshape(affine_shape.as_slice())?)?.broadcast_add(&self.bias.reshape(affine_shape)?)
+        let (b, rank, groups, eps) = (x.dim(0)?, x.rank(), self.groups, self.eps);
+        let (gamma, beta) = (per_channel(&self.weight, rank)?, per_channel(&self.bias, rank)?);
+        let xd = x.detach();
+        let normed = normalize_last_dim(&xd.reshape((b, groups, ()))?, eps)?.reshape(x.shape())?;
+        let value = normed.broadcast_mul(&gamma)?.broadcast_add(&beta)?;
+        input_grad_only(x, value, move |x, _, g| {
+            let g_hat = g.broadcast_mul(&gamma)?.reshape((b, groups, ()))?;
+            normalized_backward(&x.reshape((b, groups, ()))?, &g_hat, eps)?.reshape(x.shape())
+        })
     }
 }
 
@@ -123,10 +184,15 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if !x.track_op() && x.is_contiguous() {
-            return candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
-        }
-        normalize_last_dim(x, self.eps)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        let xd = x.detach().contiguous()?;
+        // The fused kernel is f32-only; f64 (gradient tests) takes the composite.
+        let value = if xd.dtype() == DType::F32 {
+            candle_nn::ops::layer_norm(&xd, &self.weight, &self.bias, self.eps as f32)?
+        } else {
+            normalize_last_dim(&xd, self.eps)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?
+        };
+        let (gamma, eps) = (self.weight.clone(), self.eps);
+        input_grad_only(x, value, move |x, _, g| normalized_backward(x, &g.broadcast_mul(&gamma)?, eps))
     }
 }
 
@@ -136,16 +202,6 @@ fn normalize_last_dim(x: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     let centered = x.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
     centered.broadcast_div(&(var + eps)?.sqrt()?)
-}
-
-/// Softmax over the last dimension (differentiable when it needs to be, fused otherwise).
-pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
-    if !x.track_op() && x.dtype() == DType::F32 {
-        return candle_nn::ops::softmax_last_dim(x);
-    }
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
 /// The activations of the model configs (`hidden_act`, `act_fn`).

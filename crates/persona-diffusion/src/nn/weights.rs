@@ -30,6 +30,8 @@ enum Source {
 struct State {
     source: Source,
     device: Device,
+    /// What every tensor is converted to (f32; f64 for finite-difference tests).
+    dtype: DType,
     used: BTreeSet<String>,
     requested: BTreeMap<String, Vec<usize>>,
     missing: Vec<String>,
@@ -49,6 +51,11 @@ pub struct Weights {
 impl Weights {
     /// Opens safetensors files (one model component; shards allowed). Every tensor is converted to f32.
     pub fn from_files(paths: &[PathBuf], device: &Device) -> Result<Self> {
+        Self::from_files_as(paths, device, DType::F32)
+    }
+
+    /// [`Weights::from_files`] converting to `dtype` (f64 lets gradient tests use tight finite differences).
+    pub fn from_files_as(paths: &[PathBuf], device: &Device, dtype: DType) -> Result<Self> {
         let mut files = Vec::new();
         let mut index = BTreeMap::new();
         for path in paths {
@@ -64,23 +71,28 @@ impl Weights {
             [one] => one.display().to_string(),
             _ => paths.first().and_then(|p| p.parent()).map(|p| p.display().to_string()).unwrap_or_default(),
         };
-        Ok(Self::new(Source::Files { files, index }, device, label))
+        Ok(Self::new(Source::Files { files, index }, device, dtype, label))
     }
 
     /// Records requested names and shapes without allocating (see [`Weights::requested`]).
     pub fn recorder() -> Self {
-        Self::new(Source::Record, &Device::Cpu, "<recorder>".into())
+        Self::new(Source::Record, &Device::Cpu, DType::F32, "<recorder>".into())
     }
 
     /// Seeded random weights (benchmarks, tests of shapes).
     pub fn random(seed: u64, device: &Device) -> Self {
-        Self::new(Source::Random { seed }, device, "<random>".into())
+        Self::random_as(seed, device, DType::F32)
     }
 
-    fn new(source: Source, device: &Device, label: String) -> Self {
+    pub fn random_as(seed: u64, device: &Device, dtype: DType) -> Self {
+        Self::new(Source::Random { seed }, device, dtype, "<random>".into())
+    }
+
+    fn new(source: Source, device: &Device, dtype: DType, label: String) -> Self {
         let state = State {
             source,
             device: device.clone(),
+            dtype,
             used: BTreeSet::new(),
             requested: BTreeMap::new(),
             missing: Vec::new(),
@@ -154,10 +166,10 @@ impl Weights {
                     st.mismatched.push(msg);
                     return Ok(placeholder(&shape)?);
                 }
-                t.to_dtype(DType::F32)?
+                t.to_dtype(st.dtype)?
             }
             Source::Record => placeholder(&shape)?,
-            Source::Random { seed } => random_tensor(*seed, &name, &shape, &st.device)?,
+            Source::Random { seed } => random_tensor(*seed, &name, &shape, &st.device)?.to_dtype(st.dtype)?,
         };
         Ok(tensor)
     }

@@ -4,6 +4,7 @@
 use candle_core::{Module, Tensor};
 
 use super::transformer::{Transformer2D, TransformerOptions};
+use crate::nn::grad::{add, cat2};
 use crate::nn::{Activation, AttentionControl, Condition, Conv2d, GroupNorm, Linear, Weights};
 use crate::Result;
 
@@ -50,14 +51,14 @@ impl ResnetBlock2D {
         let mut h = self.conv1.forward(&self.act.forward(&self.norm1.forward(x)?)?)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(&self.act.forward(temb)?)?;
-            h = h.broadcast_add(&t.unsqueeze(2)?.unsqueeze(3)?)?;
+            h = add(&h, &t.unsqueeze(2)?.unsqueeze(3)?)?;
         }
         let h = self.conv2.forward(&self.act.forward(&self.norm2.forward(&h)?)?)?;
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
         };
-        Ok((skip + h)?)
+        Ok(add(&skip, &h)?)
     }
 }
 
@@ -224,7 +225,7 @@ impl UpBlock {
         let mut x = x.clone();
         for (j, resnet) in self.resnets.iter().enumerate() {
             let skip = skips.pop().ok_or_else(|| crate::Error::Msg("UNet: skip connections exhausted".into()))?;
-            x = resnet.forward(&Tensor::cat(&[&x, &skip], 1)?, Some(temb))?;
+            x = resnet.forward(&cat2(&x, &skip, 1)?, Some(temb))?;
             if let Some(attn) = self.attentions.get(j) {
                 x = attn.forward(&x, cross.condition, cross.control)?;
             }

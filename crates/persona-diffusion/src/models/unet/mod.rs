@@ -164,12 +164,12 @@ impl Config {
 }
 
 /// Sinusoidal timestep features, diffusers' `get_timestep_embedding` (max period 10000).
-fn timestep_features(t: &Tensor, dim: usize, flip_sin_to_cos: bool, shift: f64) -> Result<Tensor> {
+fn timestep_features(t: &Tensor, dim: usize, flip_sin_to_cos: bool, shift: f64, dtype: DType) -> Result<Tensor> {
     let half = dim / 2;
     let freqs: Vec<f32> =
         (0..half).map(|i| (-(10000f64.ln()) * i as f64 / (half as f64 - shift)).exp() as f32).collect();
     let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
-    let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?;
+    let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?.to_dtype(dtype)?;
     let (sin, cos) = (args.sin()?, args.cos()?);
     Ok(if flip_sin_to_cos { Tensor::cat(&[cos, sin], 1)? } else { Tensor::cat(&[sin, cos], 1)? })
 }
@@ -270,7 +270,7 @@ impl UNet2DConditionModel {
         let b = sample.dim(0)?;
         let t = if timesteps.elem_count() == 1 { timesteps.flatten_all()?.broadcast_as(b)? } else { timesteps.clone() };
         let c = &self.config;
-        let features = timestep_features(&t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)?;
+        let features = timestep_features(&t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift, sample.dtype())?;
         let temb = self.time_linear_2.forward(&self.time_linear_1.forward(&features)?.silu()?)?;
         let cross = CrossAttnInput { condition, control };
 

@@ -3,6 +3,7 @@
 
 use candle_core::{Module, Tensor};
 
+use crate::nn::grad::add;
 use crate::nn::{Attention, AttentionControl, Condition, Conv2d, GroupNorm, LayerId, LayerNorm, Linear, Weights};
 use crate::Result;
 
@@ -58,11 +59,11 @@ impl BasicTransformerBlock {
         control: Option<&dyn AttentionControl>,
         resolution: (usize, usize),
     ) -> Result<Tensor> {
-        let x = (self.attn1.forward_self(&self.norm1.forward(x)?)? + x)?;
+        let x = add(&self.attn1.forward_self(&self.norm1.forward(x)?)?, x)?;
         let layer = control.map(|_| LayerId { name: self.attn2_name.clone(), resolution, heads: self.attn2.heads() });
         let steer = control.zip(layer.as_ref());
-        let x = (self.attn2.forward_cross(&self.norm2.forward(&x)?, condition, steer)? + x)?;
-        Ok((self.ff.forward(&self.norm3.forward(&x)?)? + x)?)
+        let x = add(&self.attn2.forward_cross(&self.norm2.forward(&x)?, condition, steer)?, &x)?;
+        Ok(add(&self.ff.forward(&self.norm3.forward(&x)?)?, &x)?)
     }
 }
 
@@ -130,6 +131,6 @@ impl Transformer2D {
             Projection::Linear(l) => to_map(&l.forward(&tokens)?)?,
             Projection::Conv(conv) => conv.forward(&to_map(&tokens)?.contiguous()?)?,
         };
-        Ok((out + x)?)
+        Ok(add(&out, x)?)
     }
 }
