@@ -95,6 +95,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         batch_size: a.batch_size,
         latents,
         text_output: a.clip_skip.map_or(Output::Last, Output::Skip),
+        tokens: Vec::new(),
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create the output folder", a.out.display()))?;
     let batches = num_images.div_ceil(a.batch_size.max(1));

@@ -44,6 +44,7 @@ fn run_case(pipeline: &str, scheduler: &str) -> f64 {
         batch_size: 1,
         latents: Some(latents),
         text_output: Output::Last,
+        tokens: Vec::new(),
     };
     let images = sd.generate(&params, &mut |_| {}).unwrap();
     let got = images.permute((0, 2, 3, 1)).unwrap();
@@ -101,6 +102,7 @@ fn seeded_generation_is_reproducible() {
         batch_size: 2,
         latents: None,
         text_output: Output::Last,
+        tokens: Vec::new(),
     };
     let a = sd.generate(&p, &mut |_| {}).unwrap();
     let again = sd.generate(&p, &mut |_| {}).unwrap();

@@ -1,3 +1,14 @@
 //! Personalization of a frozen Stable Diffusion: the methods, the shared training loop, identity files.
+//!
+//! Data flow: `data` (photos → training tensors) and `captions` → `methods` (what is learned and how the
+//! condition is built) → `trainer` (the loop: noising, loss, AdamW, checkpoints) → `identity` (the file).
 
+pub mod captions;
+pub mod checkpoint;
+pub mod data;
 pub mod identity;
+pub mod methods;
+pub mod optim;
+pub mod trainer;
+
+pub use persona_diffusion::{Error, Result};

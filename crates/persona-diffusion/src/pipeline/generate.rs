@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::StableDiffusion;
+use super::{LearnedTokens, StableDiffusion};
 use crate::models::clip_text::Output;
 use crate::nn::{AttentionControl, Condition};
 use crate::schedulers::{self, SchedulerKind};
@@ -29,6 +29,8 @@ pub struct GenerateParams {
     /// Initial latents `[num_images, C, h, w]` in place of drawn noise (scaled by `init_noise_sigma` like noise).
     pub latents: Option<Tensor>,
     pub text_output: Output,
+    /// Learned pseudo-tokens the prompts may use (identities).
+    pub tokens: Vec<LearnedTokens>,
 }
 
 /// Reported after every denoising step.
@@ -77,8 +79,8 @@ impl StableDiffusion {
                 return Err(Error::Msg(format!("latents have shape {:?}, expected {want:?}", l.dims())));
             }
         }
-        let cond = self.encode_prompts(&[&p.prompt], p.text_output)?;
-        let uncond = self.encode_prompts(&[&p.negative_prompt], p.text_output)?;
+        let cond = self.encode_with_tokens(&[&p.prompt], &p.tokens, p.text_output)?;
+        let uncond = self.encode_with_tokens(&[&p.negative_prompt], &p.tokens, p.text_output)?;
         let batch = p.batch_size.max(1);
         let batches = p.num_images.div_ceil(batch);
         let mut images = Vec::new();

@@ -3,12 +3,14 @@
 
 mod generate;
 pub mod image;
+mod tokens;
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-pub use generate::{GenerateParams, Progress};
+pub use generate::{seeded_normal, GenerateParams, Progress};
+pub use tokens::LearnedTokens;
 
 use crate::loading::{component_files, resolve_model};
 use crate::models::clip_text::{self, Output};

@@ -1,0 +1,62 @@
+//! Prompts with learned pseudo-tokens: the tokenizer gains the new tokens, the frozen embedding table is
+//! looked up for every other token, and the learned rows are placed at the new tokens' positions with a
+//! gradient path to them only (so training and generation share one encoding).
+
+use candle_core::Tensor;
+
+use super::StableDiffusion;
+use crate::models::clip_text::Output;
+use crate::nn::grad::place_rows;
+use crate::{Error, Result};
+
+/// Pseudo-tokens and their input embeddings `[n, d]` (a `Var` during training).
+#[derive(Clone, Debug)]
+pub struct LearnedTokens {
+    pub names: Vec<String>,
+    pub rows: Tensor,
+}
+
+impl LearnedTokens {
+    /// The tokens joined by spaces: what a placeholder in a prompt expands to.
+    pub fn phrase(&self) -> String {
+        self.names.join(" ")
+    }
+}
+
+impl StableDiffusion {
+    /// Encodes prompts that may contain the learned tokens of several identities.
+    pub fn encode_with_tokens(&self, prompts: &[&str], learned: &[LearnedTokens], output: Output) -> Result<Tensor> {
+        if learned.is_empty() {
+            return self.encode_prompts(prompts, output);
+        }
+        let mut tok = self.tokenizer.clone();
+        let names: Vec<String> = learned.iter().flat_map(|l| l.names.clone()).collect();
+        for name in &names {
+            if self.tokenizer.token_id(name).is_some() {
+                return Err(Error::Msg(format!("token {name} is already in the vocabulary; choose another name")));
+            }
+        }
+        let ids = tok.add_tokens(&names)?;
+        let rows = Tensor::cat(&learned.iter().map(|l| l.rows.clone()).collect::<Vec<_>>(), 0)?;
+        let d = self.text_encoder.config().hidden_size;
+        if rows.dim(1)? != d {
+            return Err(Error::Msg(format!("learned embeddings have width {}, the text encoder {d}", rows.dim(1)?)));
+        }
+        let mut positions = Vec::new();
+        let mut all = Vec::new();
+        for (b, p) in prompts.iter().enumerate() {
+            let mut row = tok.encode(p)?;
+            for (l, id) in row.iter_mut().enumerate() {
+                if let Some(r) = ids.iter().position(|x| x == id) {
+                    positions.push((b, l, r));
+                    *id = tok.pad_id();
+                }
+            }
+            all.extend(row);
+        }
+        let ids = Tensor::from_vec(all, (prompts.len(), ()), &self.device)?;
+        let base = self.text_encoder.embed(&ids)?;
+        let embeds = place_rows(&base, &rows.to_dtype(base.dtype())?, &positions)?;
+        self.text_encoder.forward_embeds(&embeds, output)
+    }
+}

@@ -1,0 +1,86 @@
+//! Training photos → square, face-centred training images.
+//!
+//! Every image file of the folder is read (jpg, png, webp; other files are ignored; none is an error), turned
+//! upright (EXIF), cropped to a square around the detected face with a margin — or, without a face or a
+//! detector, the largest centred square (never stretched) — and resized with a Lanczos filter.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use image::{imageops::FilterType, DynamicImage, ImageDecoder, ImageReader, RgbImage};
+
+use crate::{Error, Result};
+
+/// Finds the main face of a photo: `(x0, y0, x1, y1)` in pixels. Supplied by the caller (the faces crate's
+/// detector in the CLI), so training itself does not depend on a detector.
+pub type FaceLocator<'a> = dyn Fn(&RgbImage) -> Option<[f32; 4]> + 'a;
+
+const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "bmp"];
+
+/// The image files of a folder, sorted by name.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_lowercase().as_str())))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::file(dir, format!("no training images (looked for {})", EXTENSIONS.join(", "))));
+    }
+    Ok(files)
+}
+
+/// Decodes an image, applying its EXIF orientation.
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let bad = |e: &dyn std::fmt::Display| Error::file(path, format!("cannot read image: {e}"));
+    let mut decoder = ImageReader::open(path).map_err(|e| Error::io(path, e))?.with_guessed_format().map_err(|e| Error::io(path, e))?.into_decoder().map_err(|e| bad(&e))?;
+    let orientation = decoder.orientation().map_err(|e| bad(&e))?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| bad(&e))?;
+    img.apply_orientation(orientation);
+    Ok(img.to_rgb8())
+}
+
+/// The square to crop: around the face (side = 2× the face's larger side, kept inside the image) or the
+/// largest centred square.
+pub fn crop_square(width: u32, height: u32, face: Option<[f32; 4]>) -> (u32, u32, u32) {
+    let max_side = width.min(height);
+    let Some([x0, y0, x1, y1]) = face else {
+        return ((width - max_side) / 2, (height - max_side) / 2, max_side);
+    };
+    let side = ((x1 - x0).max(y1 - y0) * 2.0).round().clamp(1.0, max_side as f32) as u32;
+    let (cx, cy) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0);
+    let place = |c: f32, limit: u32| ((c - side as f32 / 2.0).round().max(0.0) as u32).min(limit - side);
+    (place(cx, width), place(cy, height), side)
+}
+
+/// One training photo, cropped and resized, as `[3, R, R]` in [-1, 1] (unflipped and flipped).
+pub struct Sample {
+    pub path: PathBuf,
+    pub pixels: [Tensor; 2],
+    pub face_found: bool,
+}
+
+/// Prepares every photo of `dir` at `resolution`.
+pub fn load_folder(dir: &Path, resolution: u32, locate: Option<&FaceLocator>, device: &Device) -> Result<Vec<Sample>> {
+    list_images(dir)?.into_iter().map(|path| load_sample(path, resolution, locate, device)).collect()
+}
+
+fn load_sample(path: PathBuf, resolution: u32, locate: Option<&FaceLocator>, device: &Device) -> Result<Sample> {
+    let img = load_rgb(&path)?;
+    let face = locate.and_then(|f| f(&img));
+    if locate.is_some() && face.is_none() {
+        tracing::warn!(file = %path.display(), "no face found; using a centre crop");
+    }
+    let (x, y, side) = crop_square(img.width(), img.height(), face);
+    let square = image::imageops::crop_imm(&img, x, y, side, side).to_image();
+    let resized = image::imageops::resize(&square, resolution, resolution, FilterType::Lanczos3);
+    let flipped = image::imageops::flip_horizontal(&resized);
+    let to_tensor = |im: &RgbImage| -> Result<Tensor> {
+        let data: Vec<f32> = im.as_raw().iter().map(|&v| v as f32 / 127.5 - 1.0).collect();
+        let r = resolution as usize;
+        Ok(Tensor::from_vec(data, (r, r, 3), device)?.permute((2, 0, 1))?.contiguous()?)
+    };
+    Ok(Sample { pixels: [to_tensor(&resized)?, to_tensor(&flipped)?], face_found: face.is_some(), path })
+}

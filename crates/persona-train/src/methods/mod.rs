@@ -1,0 +1,117 @@
+//! What a method learns and how it shapes the condition. Textual Inversion and Cross Initialization learn
+//! only the pseudo-token rows; they differ in initialisation and regularisation.
+
+pub mod anchor;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use candle_core::{Tensor, Var};
+use persona_diffusion::pipeline::{LearnedTokens, StableDiffusion};
+
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MethodKind {
+    /// Textual Inversion: rows from an init word's input embedding, diffusion loss only.
+    Ti,
+    /// Cross Initialization: rows from the celebrity-name anchor, L2 pull towards it.
+    CrossInit,
+}
+
+impl std::str::FromStr for MethodKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ti" => Ok(Self::Ti),
+            "cross-init" => Ok(Self::CrossInit),
+            other => Err(Error::Msg(format!("unknown method {other:?}; expected ti or cross-init"))),
+        }
+    }
+}
+
+impl MethodKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ti => "ti",
+            Self::CrossInit => "cross-init",
+        }
+    }
+}
+
+/// How the rows start.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub num_tokens: usize,
+    /// TI: the init word(s) (default "person"); Cross Init: words replacing the celebrity anchor.
+    pub init_words: Option<String>,
+    /// Cross Init names file (default: the bundled list).
+    pub names: Option<PathBuf>,
+}
+
+/// A token-learning method: the learned rows and, for Cross Init, the anchor and its regulariser.
+pub struct TokenMethod {
+    pub kind: MethodKind,
+    pub names: Vec<String>,
+    pub rows: Var,
+    /// The regularisation target (Cross Init) — also what the rows start from.
+    pub init: Tensor,
+    pub reg_weight: f64,
+}
+
+impl TokenMethod {
+    /// Pseudo-token names for `token`: `<tok>_v0 … <tok>_v{n-1}`; an error if any is in the vocabulary.
+    pub fn token_names(sd: &StableDiffusion, token: &str, n: usize) -> Result<Vec<String>> {
+        if n == 0 {
+            return Err(Error::Msg("--num-tokens must be at least 1".into()));
+        }
+        if token.trim().is_empty() || token.contains(char::is_whitespace) {
+            return Err(Error::Msg(format!("token {token:?} must be one word without spaces")));
+        }
+        let names: Vec<String> = (0..n).map(|i| format!("{token}_v{i}")).collect();
+        for name in std::iter::once(token).chain(names.iter().map(String::as_str)) {
+            if sd.tokenizer.token_id(name).is_some() || sd.tokenizer.token_id(&format!("{name}</w>")).is_some() {
+                return Err(Error::Msg(format!("token {name} is already in the vocabulary; choose another --token")));
+            }
+        }
+        Ok(names)
+    }
+
+    pub fn new(sd: &StableDiffusion, kind: MethodKind, token: &str, init: &InitOptions, reg_weight: f64) -> Result<Self> {
+        let names = Self::token_names(sd, token, init.num_tokens)?;
+        let n = init.num_tokens;
+        let start = match kind {
+            MethodKind::Ti => anchor::word_rows(sd, init.init_words.as_deref().unwrap_or("person"), n)?,
+            MethodKind::CrossInit => match &init.init_words {
+                Some(words) => anchor::words_anchor(sd, words, n)?,
+                None => anchor::cross_init_anchor(sd, &anchor::read_names(init.names.as_deref())?, n)?,
+            },
+        };
+        let reg_weight = if kind == MethodKind::CrossInit { reg_weight } else { 0.0 };
+        Ok(Self { kind, names, rows: Var::from_tensor(&start)?, init: start.detach(), reg_weight })
+    }
+
+    pub fn tokens(&self) -> LearnedTokens {
+        LearnedTokens { names: self.names.clone(), rows: self.rows.as_tensor().clone() }
+    }
+
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        vec![("embeddings".into(), self.rows.clone())]
+    }
+
+    /// `reg_weight · mean_i ‖E_i − init_i + 1e-6‖₂` (PyTorch's `pairwise_distance`), or None.
+    pub fn regularizer(&self) -> Result<Option<Tensor>> {
+        if self.reg_weight == 0.0 {
+            return Ok(None);
+        }
+        let diff = persona_diffusion::nn::grad::add(self.rows.as_tensor(), &(self.init.neg()? + 1e-6)?)?;
+        let norms = diff.sqr()?.sum(1)?.sqrt()?;
+        Ok(Some((norms.mean_all()? * self.reg_weight)?))
+    }
+
+    /// Tensors a checkpoint or identity file stores besides the rows.
+    pub fn extra_tensors(&self) -> BTreeMap<String, Tensor> {
+        BTreeMap::from([("init".to_string(), self.init.clone())])
+    }
+}
