@@ -105,7 +105,9 @@ impl TokenMethod {
         if self.reg_weight == 0.0 {
             return Ok(None);
         }
-        let diff = persona_diffusion::nn::grad::add(self.rows.as_tensor(), &(self.init.neg()? + 1e-6)?)?;
+        // (E − init) first, then + 1e-6, as PyTorch does: at E = init the difference is exactly 0 and the
+        // gradient direction is the eps vector's, which adding eps to init first would blur in f32.
+        let diff = (persona_diffusion::nn::grad::add(self.rows.as_tensor(), &self.init.neg()?)? + 1e-6)?;
         let norms = diff.sqr()?.sum(1)?.sqrt()?;
         Ok(Some((norms.mean_all()? * self.reg_weight)?))
     }
