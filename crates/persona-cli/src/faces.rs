@@ -15,7 +15,8 @@ use anyhow::{bail, Context, Result};
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 use persona_faces::{cosine, largest, load_rgb, Detector, Face, ModelSearch, Recognizer, RecognizerKind};
 
-/// Exit status for "an input image has no face".
+/// Exit status for "an input image has no face" (what returning [`NoFaceFound`] from `main` gives).
+#[allow(dead_code)] // for main.rs, which may map errors to exit codes itself
 pub const EXIT_NO_FACE: i32 = 1;
 
 /// The error `run` returns when some inputs contain no face.
@@ -145,9 +146,7 @@ fn no_face(images: Vec<PathBuf>) -> Result<()> {
     if images.is_empty() {
         return Ok(());
     }
-    let e = NoFaceFound { images };
-    eprintln!("{e}");
-    Err(e.into())
+    Err(NoFaceFound { images }.into())
 }
 
 fn stem(p: &Path) -> String {

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use persona_diffusion::models::clip_text::Output;
 use persona_diffusion::pipeline::image::{to_rgb8, write_atomic, write_png};
-use persona_diffusion::pipeline::{GenerateParams, LoadOptions, StableDiffusion};
+use persona_diffusion::pipeline::{expand_prompt, GenerateParams, LoadOptions, StableDiffusion};
 use persona_diffusion::schedulers::SchedulerKind;
 
 /// Images are written as DIR/0000.png, 0001.png, … with the generation parameters in a PNG text chunk
@@ -55,6 +55,13 @@ pub struct GenerateArgs {
     /// Take the condition this many layers before the text encoder's last (diffusers' clip_skip).
     #[arg(long)]
     clip_skip: Option<usize>,
+    /// An identity file (repeatable): `{}`/`{0}` in the prompt is the first identity, `{1}` the second, and
+    /// each identity's name (e.g. `<alice>`) expands to its pseudo-tokens.
+    #[arg(long)]
+    identity: Vec<PathBuf>,
+    /// Use an identity even if it was trained on another base model with the same text width.
+    #[arg(long)]
+    force: bool,
     /// Output folder (created if missing).
     #[arg(long)]
     out: PathBuf,
@@ -75,6 +82,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let sd = StableDiffusion::load(&a.model, &LoadOptions { variant: a.variant.clone() })?;
     let size = sd.default_size();
     let latents = a.latents.as_ref().map(read_latents).transpose()?;
+    let identities = persona_train::output::load_identities(&sd, &a.identity, a.force)?;
+    let (tokens, names) = persona_train::output::learned_tokens(&identities);
+    let prompt = expand_prompt(&a.prompt, &names)?;
+    let negative_prompt = expand_prompt(&a.negative_prompt, &names)?;
     let num_images = match &latents {
         Some(l) if a.num_images != 1 && a.num_images != l.dim(0)? => {
             bail!("--num-images {} but the latents file holds {}", a.num_images, l.dim(0)?)
@@ -83,8 +94,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         None => a.num_images,
     };
     let params = GenerateParams {
-        prompt: a.prompt.clone(),
-        negative_prompt: a.negative_prompt.clone(),
+        prompt,
+        negative_prompt,
         steps: a.steps,
         guidance: a.guidance,
         scheduler: a.scheduler,
@@ -95,7 +106,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         batch_size: a.batch_size,
         latents,
         text_output: a.clip_skip.map_or(Output::Last, Output::Skip),
-        tokens: Vec::new(),
+        tokens,
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create the output folder", a.out.display()))?;
     let batches = num_images.div_ceil(a.batch_size.max(1));
@@ -107,7 +118,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         "model": a.model, "variant": a.variant, "prompt": a.prompt, "negative_prompt": a.negative_prompt,
         "steps": a.steps, "guidance": a.guidance, "scheduler": scheduler.cli_name(),
         "height": params.height, "width": params.width, "seed": a.seed, "num_images": num_images,
-        "latents": a.latents, "clip_skip": a.clip_skip,
+        "latents": a.latents, "clip_skip": a.clip_skip, "identities": a.identity,
     });
     for (i, img) in to_rgb8(&images)?.iter().enumerate() {
         let mut one = record.clone();

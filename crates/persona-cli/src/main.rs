@@ -6,6 +6,7 @@ mod bench;
 mod faces;
 mod generate;
 mod progress;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Generate images from a prompt with a Stable Diffusion model (diffusers folder or cached hub id).
     Generate(generate::GenerateArgs),
+    /// Learn an identity (pseudo-tokens) from photos of a person.
+    Train(train::TrainArgs),
     /// Detect, align, embed and compare faces.
     Faces(faces::FacesArgs),
     /// Measure the speed of model parts (random weights, real architectures).
@@ -34,6 +37,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
+        Command::Train(a) => train::run(a),
         Command::Faces(a) => faces::run(a),
         Command::Bench(a) => bench::run(a),
     };

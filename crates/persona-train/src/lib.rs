@@ -9,6 +9,7 @@ pub mod data;
 pub mod identity;
 pub mod methods;
 pub mod optim;
+pub mod output;
 pub mod trainer;
 
 pub use persona_diffusion::{Error, Result};

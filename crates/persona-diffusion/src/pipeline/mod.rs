@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 pub use generate::{seeded_normal, GenerateParams, Progress};
-pub use tokens::LearnedTokens;
+pub use tokens::{expand_prompt, LearnedTokens};
 
 use crate::loading::{component_files, resolve_model};
 use crate::models::clip_text::{self, Output};

@@ -60,3 +60,38 @@ impl StableDiffusion {
         self.text_encoder.forward_embeds(&embeds, output)
     }
 }
+
+/// Expands identity placeholders in a prompt: `{}` and `{0}` become the first identity's token phrase, `{1}`
+/// the second's, …, and each identity's own name (e.g. `<alice>`) its phrase. `identities` are
+/// `(name, phrase)` pairs in order.
+pub fn expand_prompt(prompt: &str, identities: &[(String, String)]) -> Result<String> {
+    let mut out = prompt.to_string();
+    if let Some((_, first)) = identities.first() {
+        out = out.replace("{}", first);
+    }
+    for (i, (name, phrase)) in identities.iter().enumerate() {
+        out = out.replace(&format!("{{{i}}}"), phrase);
+        // Whole-word replacement so `<alice>_v0` (already expanded) is not expanded again.
+        out = out.split(' ').map(|w| if w == name { phrase.as_str() } else { w }).collect::<Vec<_>>().join(" ");
+    }
+    if let Some(start) = out.find('{') {
+        if out[start..].find('}').is_some_and(|end| out[start + 1..start + end].chars().all(|c| c.is_ascii_digit())) {
+            return Err(Error::Msg(format!("prompt {prompt:?} has a placeholder without an identity (got {} --identity)", identities.len())));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_prompt;
+
+    #[test]
+    fn placeholders_expand() {
+        let ids = vec![("<a>".to_string(), "<a>_v0 <a>_v1".to_string()), ("<b>".to_string(), "<b>_v0".to_string())];
+        assert_eq!(expand_prompt("a {} person and a {1} person", &ids).unwrap(), "a <a>_v0 <a>_v1 person and a <b>_v0 person");
+        assert_eq!(expand_prompt("{0} with <b>", &ids).unwrap(), "<a>_v0 <a>_v1 with <b>_v0");
+        assert!(expand_prompt("{2} alone", &ids).is_err());
+        assert!(expand_prompt("a {} person", &[]).is_err());
+    }
+}

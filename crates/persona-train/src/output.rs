@@ -1,0 +1,49 @@
+//! From a finished training run to an identity file, and from identity files back to what generation needs.
+
+use persona_diffusion::pipeline::{LearnedTokens, StableDiffusion};
+
+use crate::identity::{BaseModel, Identity, IdentityMeta};
+use crate::methods::TokenMethod;
+use crate::trainer::TrainConfig;
+use crate::{Error, Result};
+
+fn identity_error(e: impl std::fmt::Display) -> Error {
+    Error::Msg(e.to_string())
+}
+
+/// The identity a run produced: the learned rows, the Cross Init anchor as a module, and the settings.
+pub fn to_identity(sd: &StableDiffusion, model: &str, method: &TokenMethod, cfg: &TrainConfig, token: &str) -> Result<Identity> {
+    let mut base = BaseModel::from_model_dir(&sd.dir).map_err(identity_error)?;
+    base.name = model.to_string();
+    let hyper = serde_json::json!({
+        "steps": cfg.steps, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "lr": cfg.effective_lr(),
+        "schedule": cfg.schedule, "warmup": cfg.warmup, "adam": cfg.adam, "seed": cfg.seed,
+        "resolution": cfg.resolution, "reg_weight": method.reg_weight,
+    });
+    let meta = IdentityMeta::new(method.kind.name(), base, hyper);
+    let mut identity = Identity::new(token, method.rows.as_tensor().detach(), meta).map_err(identity_error)?;
+    identity.tokens = method.names.clone();
+    identity.modules.insert("anchor.init".into(), method.init.clone());
+    Ok(identity)
+}
+
+/// Loads identity files for generation, checking each against the loaded base model.
+pub fn load_identities(sd: &StableDiffusion, paths: &[std::path::PathBuf], force: bool) -> Result<Vec<Identity>> {
+    let base = BaseModel::from_model_dir(&sd.dir).map_err(identity_error)?;
+    paths
+        .iter()
+        .map(|p| {
+            let id = Identity::load(p).map_err(identity_error)?;
+            id.check_base(&base, force).map_err(identity_error)?;
+            Ok(id)
+        })
+        .collect()
+}
+
+/// What the pipeline needs from identities: their tokens and rows, and `(name, phrase)` for prompt expansion.
+pub fn learned_tokens(identities: &[Identity]) -> (Vec<LearnedTokens>, Vec<(String, String)>) {
+    let tokens: Vec<LearnedTokens> =
+        identities.iter().map(|i| LearnedTokens { names: i.tokens.clone(), rows: i.embeddings.clone() }).collect();
+    let names = identities.iter().zip(&tokens).map(|(i, t)| (i.token.clone(), t.phrase())).collect();
+    (tokens, names)
+}
