@@ -1,1 +1,170 @@
-//! Identity files.
+//! Identity files: one safetensors file per learned identity, and conversion to and from the embedding files
+//! other tools use.
+//!
+//! An identity file holds the pseudo-token embeddings (`embeddings`, `[n, d]` f32), any method modules under
+//! a prefix (`enhancer.`, `adapter.`, `kv.`, `stages.`, `sdxl.`), and in its header the metadata that makes it
+//! self-describing: format version, method, base model, token names, hyper-parameters (see [`IdentityMeta`] and
+//! `docs/identity.md`). Loading one onto another base model is refused by [`Identity::check_base`].
+//!
+//! [`export_diffusers`] / [`export_a1111`] write the files diffusers and AUTOMATIC1111 / ComfyUI load;
+//! [`import`] reads those and the official `learned_embeds.bin` with a pickle reader that never executes
+//! anything ([`Identity::from_imported`] turns the result into an identity).
+
+mod error;
+mod export;
+mod import;
+mod meta;
+mod pickle;
+mod safetensors_io;
+mod torch_zip;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+pub use error::{IdentityError, Result};
+pub use export::{export_a1111, export_diffusers};
+pub use import::{import, EmbeddingFormat, ImportedEmbedding};
+pub use meta::{text_encoder_hash, BaseModel, IdentityMeta, FORMAT, FORMAT_VERSION};
+
+/// Name of the pseudo-token embedding tensor in an identity file.
+pub const EMBEDDINGS: &str = "embeddings";
+
+/// A learned identity: pseudo-token embeddings, method modules and metadata.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The name the user gave (`<alice>`); prompts mention it and it expands to `tokens`.
+    pub token: String,
+    /// One pseudo-token per embedding row (`<alice>_v0`, `<alice>_v1`, …).
+    pub tokens: Vec<String>,
+    /// `[n, d]` f32, row i for `tokens[i]`; d is the text encoder's hidden size.
+    pub embeddings: Tensor,
+    /// Method modules by full tensor name (`adapter.gamma`, `sdxl.clip_g`…).
+    pub modules: BTreeMap<String, Tensor>,
+    pub meta: IdentityMeta,
+}
+
+impl Identity {
+    /// An identity with the default pseudo-token names ([`Identity::pseudo_tokens`]) and no modules.
+    pub fn new(token: impl Into<String>, embeddings: Tensor, meta: IdentityMeta) -> Result<Self> {
+        let token = token.into();
+        let n = embeddings.dims().first().copied().unwrap_or(0);
+        let identity = Identity { tokens: Self::pseudo_tokens(&token, n), token, embeddings, modules: BTreeMap::new(), meta };
+        identity.validate()?;
+        Ok(identity)
+    }
+
+    /// `<alice>` → `<alice>_v0 … <alice>_v{n-1}`: distinct strings the tokenizer can add as whole tokens.
+    pub fn pseudo_tokens(token: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{token}_v{i}")).collect()
+    }
+
+    /// Number of pseudo-tokens (embedding rows).
+    pub fn num_tokens(&self) -> usize {
+        self.embeddings.dims().first().copied().unwrap_or(0)
+    }
+
+    /// Embedding width d.
+    pub fn width(&self) -> usize {
+        self.embeddings.dims().get(1).copied().unwrap_or(0)
+    }
+
+    /// Writes the identity atomically (temporary file + rename) as safetensors with its metadata header.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.validate()?;
+        let header = meta::to_header(&self.meta, &self.token, &self.tokens)?;
+        let mut tensors = self.modules.clone();
+        tensors.insert(EMBEDDINGS.into(), self.embeddings.to_dtype(DType::F32)?);
+        safetensors_io::write(path.as_ref(), &tensors, Some(header))
+    }
+
+    /// Reads an identity file; errors name the file and say what is wrong with it.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let mut file = safetensors_io::read(path)?;
+        let (meta, token, tokens) = meta::from_header(&file.metadata, path)?;
+        let embeddings = file
+            .tensors
+            .remove(EMBEDDINGS)
+            .ok_or_else(|| IdentityError::file(path, format!("missing tensor `{EMBEDDINGS}`")))?
+            .to_dtype(DType::F32)?;
+        let identity = Identity { token, tokens, embeddings, modules: file.tensors, meta };
+        identity.validate().map_err(|e| IdentityError::file(path, e))?;
+        Ok(identity)
+    }
+
+    /// Refuses to use this identity with `loaded` when it was trained for another base model: a different
+    /// embedding width can never work; a different text encoder of the same width (another hash) is refused
+    /// unless `force`, since the vectors live in that encoder's input space. An identity of unknown base (an
+    /// import without `--model`) is checked by width only.
+    pub fn check_base(&self, loaded: &BaseModel, force: bool) -> Result<()> {
+        let trained_for = &self.meta.base_model;
+        let width_differs = self.width() != loaded.width();
+        let hash_differs = !trained_for.is_unknown() && trained_for.text_encoder_hash != loaded.text_encoder_hash;
+        if width_differs || (hash_differs && !force) {
+            return Err(IdentityError::BaseMismatch {
+                identity: self.token.clone(),
+                trained_for: Box::new(trained_for.clone()),
+                loaded: Box::new(loaded.clone()),
+                width_differs,
+            });
+        }
+        if hash_differs {
+            tracing::warn!(
+                "identity {} was trained for {}; using it with {} because force was given",
+                self.token,
+                trained_for.describe(),
+                loaded.describe()
+            );
+        }
+        Ok(())
+    }
+
+    /// An identity from an imported embedding, method `imported`. The token is `token`, else the one the file
+    /// names; `base` (when known) is recorded and must have the vectors' width, otherwise the base is unknown.
+    pub fn from_imported(imported: ImportedEmbedding, token: Option<&str>, base: Option<BaseModel>) -> Result<Self> {
+        let token = token.map(str::to_owned).or(imported.token.clone()).ok_or_else(|| {
+            IdentityError::Invalid(format!("the {} file names no token; give one (--token)", imported.format))
+        })?;
+        let width = imported.vectors.dims().get(1).copied().unwrap_or(0);
+        let base = match base {
+            Some(base) if base.width() != width => {
+                return Err(IdentityError::Invalid(format!(
+                    "the imported vectors are {width} wide but base model {} has {}-wide token embeddings",
+                    base.describe(),
+                    base.width()
+                )));
+            }
+            Some(base) => base,
+            None => BaseModel::unknown(width),
+        };
+        let hyper = serde_json::json!({ "imported_from": imported.format.to_string(), "source_token": imported.token });
+        let mut identity = Identity::new(token, imported.vectors.to_device(&Device::Cpu)?, IdentityMeta::new("imported", base, hyper))?;
+        identity.modules = imported.modules;
+        identity.validate()?;
+        Ok(identity)
+    }
+
+    /// The invariants every saved or loaded identity keeps.
+    fn validate(&self) -> Result<()> {
+        let invalid = |msg: String| Err(IdentityError::Invalid(msg));
+        if self.token.is_empty() || self.token.chars().any(char::is_whitespace) {
+            return invalid(format!("token {:?} must be non-empty and without spaces", self.token));
+        }
+        let [n, d] = match self.embeddings.dims() {
+            &[n, d] if n > 0 && d > 0 => [n, d],
+            dims => return invalid(format!("embeddings must be [n, d] with n, d > 0, got {dims:?}")),
+        };
+        if self.tokens.len() != n {
+            return invalid(format!("{} pseudo-token names for {n} embedding rows", self.tokens.len()));
+        }
+        if self.modules.contains_key(EMBEDDINGS) {
+            return invalid(format!("a module may not be named `{EMBEDDINGS}`"));
+        }
+        if self.meta.base_model.width() != d {
+            return invalid(format!("embeddings are {d} wide but the base model's are {}", self.meta.base_model.width()));
+        }
+        Ok(())
+    }
+}

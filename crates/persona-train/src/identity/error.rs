@@ -1,0 +1,49 @@
+//! The identity module's error type: every failure names the file it concerns and what is wrong with it.
+
+use std::path::{Path, PathBuf};
+
+use super::meta::BaseModel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// The file exists but its content is wrong (not safetensors, missing tensor, bad metadata, refused pickle…).
+    #[error("{}: {msg}", path.display())]
+    File { path: PathBuf, msg: String },
+    /// An in-memory identity or embedding that cannot be saved or used (wrong rank, token count…).
+    #[error("{0}")]
+    Invalid(String),
+    /// The identity was trained for another base model; see [`super::Identity::check_base`].
+    #[error("{}", mismatch_message(.identity, .trained_for, .loaded, *.width_differs))]
+    BaseMismatch { identity: String, trained_for: Box<BaseModel>, loaded: Box<BaseModel>, width_differs: bool },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl IdentityError {
+    pub(crate) fn file(path: &Path, msg: impl std::fmt::Display) -> Self {
+        IdentityError::File { path: path.to_owned(), msg: msg.to_string() }
+    }
+
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        IdentityError::Io { path: path.to_owned(), source }
+    }
+}
+
+/// Says both models in full, then what can be done: a different width can never work, a different text encoder
+/// of the same width may (a fine-tune of the same family), so only that case offers `--force`.
+fn mismatch_message(identity: &str, trained_for: &BaseModel, loaded: &BaseModel, width_differs: bool) -> String {
+    let remedy = if width_differs {
+        "the embedding widths differ, so it cannot be used with this model"
+    } else {
+        "the text encoders differ; pass --force to use it anyway if you know they are compatible"
+    };
+    format!(
+        "identity {identity} was trained for base model {}; the model you loaded is {}: {remedy}",
+        trained_for.describe(),
+        loaded.describe()
+    )
+}
+
+pub type Result<T> = std::result::Result<T, IdentityError>;
