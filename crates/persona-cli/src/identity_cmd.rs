@@ -1,0 +1,134 @@
+//! `persona export` and `persona import`: identity files to and from the embedding files other tools use.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use persona_diffusion::loading::resolve_model;
+use persona_train::identity::{export_a1111, export_diffusers, import, BaseModel, Identity};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ExportFormat {
+    /// diffusers `pipe.load_textual_inversion(OUT)`: one [n, d] tensor named after the token.
+    Diffusers,
+    /// AUTOMATIC1111 / ComfyUI embeddings folder: `emb_params` [n, d] (SDXL: `clip_l` + `clip_g`).
+    A1111,
+}
+
+/// Writes an identity file in a format other Stable Diffusion tools load. Both formats are safetensors and
+/// hold only the pseudo-token vectors: method modules (an ID-EA adapter, SeFi stages) cannot be expressed in
+/// them and are left out with a warning.
+///
+/// diffusers registers the rows as TOKEN, TOKEN_1, …, TOKEN_{n-1} and expands TOKEN in a prompt to all of them,
+/// so prompt with the identity's name (e.g. "a photo of <alice>"). AUTOMATIC1111 and ComfyUI use the file name
+/// as the prompt word: save it as alice.safetensors in their embeddings folder and write "a photo of alice"
+/// (ComfyUI: "embedding:alice").
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+persona export --format diffusers alice.safetensors alice-diffusers.safetensors\n    \
+then in Python: pipe.load_textual_inversion(\"alice-diffusers.safetensors\"); pipe(\"a photo of <alice>\")\n  \
+persona export --format a1111 alice.safetensors ~/stable-diffusion-webui/embeddings/alice.safetensors")]
+pub struct ExportArgs {
+    /// Target tool.
+    #[arg(long, value_enum)]
+    format: ExportFormat,
+    /// The identity file (from `persona train` or `persona import`).
+    #[arg(value_name = "IN")]
+    input: PathBuf,
+    /// The file to write; must end in .safetensors.
+    #[arg(value_name = "OUT")]
+    output: PathBuf,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+pub fn run_export(a: ExportArgs) -> Result<()> {
+    refuse_existing(&a.output, a.overwrite)?;
+    let identity = Identity::load(&a.input)?;
+    match a.format {
+        ExportFormat::Diffusers => export_diffusers(&identity, &a.output)?,
+        ExportFormat::A1111 => export_a1111(&identity, &a.output)?,
+    }
+    let format = a.format.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+    println!(
+        "wrote {} for {format}: identity {} — {} vectors × {}, method {}",
+        a.output.display(),
+        identity.token,
+        identity.num_tokens(),
+        identity.width(),
+        identity.meta.method
+    );
+    Ok(())
+}
+
+/// Turns an embedding made by another tool into an identity file that `persona generate --identity` uses.
+/// Reads, recognising the layout by content:
+///   - the official textual-inversion / Cross Init `learned_embeds.bin` ({token: [d], …}: one vector per key),
+///   - diffusers .bin / .safetensors ({token: [n, d]}),
+///   - AUTOMATIC1111 .pt (string_to_param) and AUTOMATIC1111 / ComfyUI .safetensors (emb_params; SDXL clip_l +
+///     clip_g).
+///
+/// .bin and .pt files are Python pickles, which Python executes when loading them. They are read here by a
+/// parser that never executes anything and refuses any file that refers to something other than torch
+/// tensors, so importing an untrusted file is safe.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+persona import learned_embeds.bin alice.safetensors --token '<alice>' --model stabilityai/stable-diffusion-2-1-base\n  \
+persona import ~/Downloads/some-face.pt face.safetensors\n\
+Then: persona generate --model … --identity alice.safetensors --prompt 'a photo of {}' --out out/")]
+pub struct ImportArgs {
+    /// The embedding file to read.
+    #[arg(value_name = "IN")]
+    input: PathBuf,
+    /// The identity file to write (safetensors).
+    #[arg(value_name = "OUT")]
+    output: PathBuf,
+    /// Name of the identity in prompts; its pseudo-tokens become NAME_v0, NAME_v1, … (default: the name the
+    /// file gives: its key, its `name` field, or for A1111 safetensors its file name).
+    #[arg(long, value_name = "NAME")]
+    token: Option<String>,
+    /// The model the embedding was trained for (diffusers folder or cached hub id). Its text encoder is
+    /// recorded so that using the identity with another model is refused. Without it the base model is
+    /// "unknown" and only the embedding width is checked at use.
+    #[arg(long, value_name = "DIR")]
+    model: Option<String>,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+pub fn run_import(a: ImportArgs) -> Result<()> {
+    refuse_existing(&a.output, a.overwrite)?;
+    let imported = import(&a.input)?;
+    let format = imported.format;
+    let base = a.model.as_deref().map(base_model).transpose()?;
+    let identity = Identity::from_imported(imported, a.token.as_deref(), base)?;
+    identity.save(&a.output)?;
+    let base = &identity.meta.base_model;
+    let base = if base.is_unknown() { format!("unknown (width {} checked at use)", base.width()) } else { base.name.clone() };
+    println!(
+        "wrote {}: identity {} ({}) — {} vectors × {}, read as {format}; base model {base}",
+        a.output.display(),
+        identity.token,
+        identity.tokens.join(" "),
+        identity.num_tokens(),
+        identity.width()
+    );
+    Ok(())
+}
+
+/// The base model behind `--model`, named as the user wrote it (a hub id reads better than a snapshot path).
+fn base_model(model: &str) -> Result<BaseModel> {
+    let dir = resolve_model(model)?;
+    let mut base = BaseModel::from_model_dir(&dir).with_context(|| format!("--model {model}"))?;
+    base.name = model.to_string();
+    Ok(base)
+}
+
+fn refuse_existing(output: &Path, overwrite: bool) -> Result<()> {
+    if output.exists() && !overwrite {
+        bail!("{} exists; choose another OUT or pass --overwrite (nothing was written)", output.display());
+    }
+    Ok(())
+}
