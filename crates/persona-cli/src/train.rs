@@ -141,7 +141,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         resolution: a.resolution,
         out: a.out.clone(),
     };
-    let mut trainer = Trainer::new(&sd, method, samples, captions, a.seed)?;
+    let hyper = serde_json::json!({"reg_weight": method.reg_weight, "num_tokens": a.num_tokens, "init_words": a.init_words});
+    let mut trainer = Trainer::new(&sd, Box::new(method), samples, captions, a.seed)?;
     let mut opt = AdamW::new(trainer.method.vars(), cfg.adam)?;
     let start = if a.resume { trainer.resume(&cfg, &mut opt)? } else { 0 };
     let bar = crate::progress::bar(cfg.steps as u64, "training");
@@ -151,7 +152,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         bar.set_message(format!("training loss {:.4}", r.loss.total));
     })?;
     bar.finish_and_clear();
-    let identity = persona_train::output::to_identity(&sd, &a.model, &trainer.method, &cfg, &a.token)?;
+    let identity = persona_train::output::to_identity(&sd, &a.model, trainer.method.as_ref(), &cfg, &a.token, hyper)?;
     identity.save(&a.out).map_err(|e| anyhow::anyhow!("{e}")).with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!("wrote {} (checkpoint {}, loss log beside it)", a.out.display(), checkpoint_path(&a.out).display());
     Ok(())

@@ -3,7 +3,7 @@
 use persona_diffusion::pipeline::{LearnedTokens, StableDiffusion};
 
 use crate::identity::{BaseModel, Identity, IdentityMeta};
-use crate::methods::TokenMethod;
+use crate::methods::Method;
 use crate::trainer::TrainConfig;
 use crate::{Error, Result};
 
@@ -12,18 +12,19 @@ fn identity_error(e: impl std::fmt::Display) -> Error {
 }
 
 /// The identity a run produced: the learned rows, the Cross Init anchor as a module, and the settings.
-pub fn to_identity(sd: &StableDiffusion, model: &str, method: &TokenMethod, cfg: &TrainConfig, token: &str) -> Result<Identity> {
+pub fn to_identity(sd: &StableDiffusion, model: &str, method: &dyn Method, cfg: &TrainConfig, token: &str, hyper_extra: serde_json::Value) -> Result<Identity> {
     let mut base = BaseModel::from_model_dir(&sd.dir).map_err(identity_error)?;
     base.name = model.to_string();
     let hyper = serde_json::json!({
         "steps": cfg.steps, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "lr": cfg.effective_lr(),
         "schedule": cfg.schedule, "warmup": cfg.warmup, "adam": cfg.adam, "seed": cfg.seed,
-        "resolution": cfg.resolution, "reg_weight": method.reg_weight,
+        "resolution": cfg.resolution, "method": hyper_extra,
     });
-    let meta = IdentityMeta::new(method.kind.name(), base, hyper);
-    let mut identity = Identity::new(token, method.rows.as_tensor().detach(), meta).map_err(identity_error)?;
-    identity.tokens = method.names.clone();
-    identity.modules.insert("anchor.init".into(), method.init.clone());
+    let meta = IdentityMeta::new(method.name(), base, hyper);
+    let (names, embeddings, modules) = method.identity_parts();
+    let mut identity = Identity::new(token, embeddings, meta).map_err(identity_error)?;
+    identity.tokens = names;
+    identity.modules = modules;
     Ok(identity)
 }
 

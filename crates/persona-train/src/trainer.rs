@@ -10,10 +10,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use candle_core::{backprop::GradStore, Tensor};
-use persona_diffusion::models::clip_text::Output;
 use persona_diffusion::models::vae::Posterior;
 use persona_diffusion::nn::grad::mse_loss;
-use persona_diffusion::nn::Condition;
 use persona_diffusion::pipeline::{seeded_normal, StableDiffusion};
 use persona_diffusion::schedulers::NoiseSchedule;
 use rand::{Rng, SeedableRng};
@@ -21,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use crate::captions::Captions;
 use crate::checkpoint;
 use crate::data::Sample;
-use crate::methods::TokenMethod;
+use crate::methods::Method;
 use crate::optim::{lr_at, AdamW, AdamWConfig, Schedule};
 use crate::{Error, Result};
 
@@ -78,7 +76,7 @@ pub struct StepReport {
 
 pub struct Trainer<'a> {
     pub sd: &'a StableDiffusion,
-    pub method: TokenMethod,
+    pub method: Box<dyn Method + 'a>,
     samples: Vec<Sample>,
     /// Posterior of each (photo, flip), computed once: the VAE is frozen and the photo fixed.
     posteriors: Vec<[Option<Posterior>; 2]>,
@@ -88,7 +86,7 @@ pub struct Trainer<'a> {
 }
 
 impl<'a> Trainer<'a> {
-    pub fn new(sd: &'a StableDiffusion, method: TokenMethod, samples: Vec<Sample>, captions: Captions, seed: u64) -> Result<Self> {
+    pub fn new(sd: &'a StableDiffusion, method: Box<dyn Method + 'a>, samples: Vec<Sample>, captions: Captions, seed: u64) -> Result<Self> {
         if samples.is_empty() {
             return Err(Error::Msg("no training images".into()));
         }
@@ -111,7 +109,7 @@ impl<'a> Trainer<'a> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ mix);
         let scaling = self.sd.vae.config().scaling_factor;
         let (mut latents, mut captions, mut timesteps) = (Vec::new(), Vec::new(), Vec::new());
-        let phrase = self.method.tokens().phrase();
+        let phrase = self.method.phrase();
         for _ in 0..batch {
             let index = rng.random_range(0..self.samples.len());
             let flip = usize::from(rng.random_bool(0.5));
@@ -134,12 +132,12 @@ impl<'a> Trainer<'a> {
         let noisy = self.noise.add_noise(&inputs.latents, &inputs.noise, &inputs.timesteps)?;
         let target = self.noise.target(self.noise.prediction_type(), &inputs.latents, &inputs.noise, &inputs.timesteps)?;
         let prompts: Vec<&str> = inputs.captions.iter().map(String::as_str).collect();
-        let cond = self.sd.encode_with_tokens(&prompts, &[self.method.tokens()], Output::Last)?;
+        let cond = self.method.condition(self.sd, &prompts, &inputs.timesteps)?;
         let t: Vec<f32> = inputs.timesteps.iter().map(|&t| t as f32).collect();
         let t = Tensor::new(t, &self.sd.device)?;
-        let pred = self.sd.unet.forward(&noisy, &t, &Condition::new(cond), None)?;
+        let pred = self.sd.unet.forward(&noisy, &t, &cond, self.method.control())?;
         let diffusion = mse_loss(&pred, &target)?;
-        let reg = self.method.regularizer()?;
+        let reg = self.method.extra_loss()?;
         let total = match &reg {
             Some(r) => (&diffusion + r)?,
             None => diffusion.clone(),

@@ -59,7 +59,7 @@ fn trainer<'a>(sd: &'a StableDiffusion, photos: &Path) -> Trainer<'a> {
     let init = InitOptions { num_tokens: 2, init_words: None, names: None };
     let method = TokenMethod::new(sd, MethodKind::CrossInit, "<alice>", &init, 1e-5).unwrap();
     let samples = load_folder(photos, 32, None, &sd.device).unwrap();
-    Trainer::new(sd, method, samples, Captions::new(None, "face of {tokens} person").unwrap(), 3).unwrap()
+    Trainer::new(sd, Box::new(method), samples, Captions::new(None, "face of {tokens} person").unwrap(), 3).unwrap()
 }
 
 #[test]
@@ -78,7 +78,7 @@ fn cross_init_lowers_the_loss_and_resumes_exactly() {
     let after = eval_loss(&t);
     eprintln!("evaluation loss {before:.5} → {after:.5}");
     assert!(after < before, "loss on the fixed batch did not fall: {before} → {after}");
-    let full = t.method.rows.as_tensor().to_vec2::<f32>().unwrap();
+    let full = t.method.vars()[0].1.as_tensor().to_vec2::<f32>().unwrap();
     let log = std::fs::read_to_string(tmp.path().join("full.loss.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 50);
 
@@ -94,7 +94,7 @@ fn cross_init_lowers_the_loss_and_resumes_exactly() {
     assert_eq!(start, 20);
     // The checkpoint's settings must match: the resumed run continues to 50 with the short run's key.
     second.run(&short_then_full(&short, &cfg), &mut opt, start, &mut |_| {}).unwrap();
-    let resumed = second.method.rows.as_tensor().to_vec2::<f32>().unwrap();
+    let resumed = second.method.vars()[0].1.as_tensor().to_vec2::<f32>().unwrap();
     assert_eq!(resumed, full, "resumed run differs from the uninterrupted one");
 }
 

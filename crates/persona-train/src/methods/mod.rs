@@ -1,5 +1,5 @@
-//! What a method learns and how it shapes the condition. Textual Inversion and Cross Initialization learn
-//! only the pseudo-token rows; they differ in initialisation and regularisation.
+//! What a method learns and how it shapes the condition ([`Method`]). Textual Inversion and Cross
+//! Initialization learn only the pseudo-token rows; they differ in initialisation and regularisation.
 
 pub mod anchor;
 
@@ -7,9 +7,35 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use candle_core::{Tensor, Var};
+use persona_diffusion::models::clip_text::Output;
+use persona_diffusion::nn::{AttentionControl, Condition};
 use persona_diffusion::pipeline::{LearnedTokens, StableDiffusion};
 
 use crate::{Error, Result};
+
+/// A personalization method as the training loop sees it.
+pub trait Method {
+    /// `ti`, `cross-init`, …
+    fn name(&self) -> &'static str;
+    /// The pseudo-tokens joined by spaces, for captions.
+    fn phrase(&self) -> String;
+    /// The trainable tensors (the optimizer updates exactly these), with stable names for checkpoints.
+    fn vars(&self) -> Vec<(String, Var)>;
+    /// The UNet condition for a batch of captions, sample `i` noised to `timesteps[i]`.
+    fn condition(&self, sd: &StableDiffusion, captions: &[&str], timesteps: &[usize]) -> Result<Condition>;
+    /// A cross-attention plug-in for the UNet forward of a training step (attention losses).
+    fn control(&self) -> Option<&dyn AttentionControl> {
+        None
+    }
+    /// Terms added to the diffusion loss, read after the UNet forward (regularisers, attention losses).
+    fn extra_loss(&self) -> Result<Option<Tensor>>;
+    /// Non-trainable tensors worth keeping (anchors), for checkpoints and identity files.
+    fn extra_tensors(&self) -> BTreeMap<String, Tensor> {
+        BTreeMap::new()
+    }
+    /// What the identity file stores: pseudo-token names, their embeddings `[n, d]`, and method modules.
+    fn identity_parts(&self) -> (Vec<String>, Tensor, BTreeMap<String, Tensor>);
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -96,10 +122,6 @@ impl TokenMethod {
         LearnedTokens { names: self.names.clone(), rows: self.rows.as_tensor().clone() }
     }
 
-    pub fn vars(&self) -> Vec<(String, Var)> {
-        vec![("embeddings".into(), self.rows.clone())]
-    }
-
     /// `reg_weight · mean_i ‖E_i − init_i + 1e-6‖₂` (PyTorch's `pairwise_distance`), or None.
     pub fn regularizer(&self) -> Result<Option<Tensor>> {
         if self.reg_weight == 0.0 {
@@ -112,8 +134,34 @@ impl TokenMethod {
         Ok(Some((norms.mean_all()? * self.reg_weight)?))
     }
 
-    /// Tensors a checkpoint or identity file stores besides the rows.
-    pub fn extra_tensors(&self) -> BTreeMap<String, Tensor> {
-        BTreeMap::from([("init".to_string(), self.init.clone())])
+}
+
+impl Method for TokenMethod {
+    fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    fn phrase(&self) -> String {
+        self.names.join(" ")
+    }
+
+    fn vars(&self) -> Vec<(String, Var)> {
+        vec![("embeddings".into(), self.rows.clone())]
+    }
+
+    fn condition(&self, sd: &StableDiffusion, captions: &[&str], _timesteps: &[usize]) -> Result<Condition> {
+        Ok(Condition::new(sd.encode_with_tokens(captions, &[self.tokens()], Output::Last)?))
+    }
+
+    fn extra_loss(&self) -> Result<Option<Tensor>> {
+        self.regularizer()
+    }
+
+    fn extra_tensors(&self) -> BTreeMap<String, Tensor> {
+        BTreeMap::from([("anchor.init".to_string(), self.init.clone())])
+    }
+
+    fn identity_parts(&self) -> (Vec<String>, Tensor, BTreeMap<String, Tensor>) {
+        (self.names.clone(), self.rows.as_tensor().detach(), self.extra_tensors())
     }
 }
