@@ -16,6 +16,7 @@ Files:
   a1111_sdxl.safetensors {"clip_l": [2, 32], "clip_g": [2, 48]}          AUTOMATIC1111 SDXL
   learned_embeds_f16.bin {"<h>_v0": HalfTensor[32], "<h>_v1": view of a bigger storage}  official-script layout,
                           half precision, the second vector a strided-storage view (offset != 0)
+  bare.pt                torch.save(FloatTensor[2, 32])                 a bare tensor, no token name
   malicious.bin          a torch zip whose data.pkl calls os.system via __reduce__ (must be refused, never run)
   malicious.pkl          the same payload as a plain pickle (not a torch archive)
 
@@ -75,6 +76,8 @@ def main() -> None:
     table = torch.zeros(4, D, dtype=torch.float16)
     table[2] = rows(2)[1].half()
     torch.save({"<h>_v0": rows(1)[0].half(), "<h>_v1": table[2]}, out / "learned_embeds_f16.bin")
+
+    torch.save(rows(2), out / "bare.pt")
 
     torch.save({"<evil>": Payload()}, out / "malicious.bin")
     (out / "malicious.pkl").write_bytes(pickle.dumps({"<evil>": Payload()}, protocol=2))

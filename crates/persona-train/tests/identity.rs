@@ -284,6 +284,16 @@ fn imports_half_precision_strided_learned_embeds() {
 }
 
 #[test]
+fn imports_a_bare_tensor_given_a_token() {
+    let imported = import(fixture("bare.pt")).unwrap();
+    assert_eq!((imported.format, imported.token.as_deref()), (EmbeddingFormat::BareTensor, None));
+    assert_eq!(rows(&imported.vectors), python_rows(2, 32));
+    let text = err_text(Identity::from_imported(imported.clone(), None, None));
+    assert!(text.contains("bare torch tensor file names no token"), "{text}");
+    assert_eq!(Identity::from_imported(imported, Some("<b>"), None).unwrap().tokens, ["<b>_v0", "<b>_v1"]);
+}
+
+#[test]
 fn refuses_a_malicious_pickle_without_running_it() {
     let marker = Path::new("/tmp/persona_identity_pwned");
     let _ = std::fs::remove_file(marker);
