@@ -2,9 +2,9 @@
 //! other tools use.
 //!
 //! An identity file holds the pseudo-token embeddings (`embeddings`, `[n, d]` f32), any method modules under
-//! a prefix (`enhancer.`, `adapter.`, `kv.`, `stages.`, `sdxl.`), and in its header the metadata that makes it
-//! self-describing: format version, method, base model, token names, hyper-parameters (see [`IdentityMeta`] and
-//! `docs/identity.md`). Loading one onto another base model is refused by [`Identity::check_base`].
+//! a prefix (`enhancer.`, `adapter.`, `anchor.`, `kv.`, `stages.`, `sdxl.`), and in its header the metadata that
+//! makes it self-describing: format version, method, base model, token names, hyper-parameters (see
+//! [`IdentityMeta`] and `docs/identity.md`). Loading one onto another base model is refused by [`Identity::check_base`].
 //!
 //! [`export_diffusers`] / [`export_a1111`] write the files diffusers and AUTOMATIC1111 / ComfyUI load;
 //! [`import`] reads those and the official `learned_embeds.bin` with a pickle reader that never executes

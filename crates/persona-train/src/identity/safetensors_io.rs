@@ -27,7 +27,7 @@ pub(crate) fn read(path: &Path) -> Result<SafetensorsFile> {
     parse(&bytes, path)
 }
 
-pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<SafetensorsFile> {
+fn parse(bytes: &[u8], path: &Path) -> Result<SafetensorsFile> {
     let not_safetensors = |e: safetensors::SafeTensorError| IdentityError::file(path, format!("not a safetensors file ({e})"));
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(not_safetensors)?;
     let file = SafeTensors::deserialize(bytes).map_err(not_safetensors)?;
