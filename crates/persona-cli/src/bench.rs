@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use persona_diffusion::models::clip_text::{self, Output};
 use persona_diffusion::models::{unet, ClipTextModel, UNet2DConditionModel};
+use persona_diffusion::nn::grad::{mse_loss, place_rows};
 use persona_diffusion::nn::{Condition, Weights};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -16,6 +17,9 @@ pub enum Part {
     Unet,
     /// Text-encoder forward on [B, 77] token ids.
     TextEncoder,
+    /// One textual-inversion training step: text encoder with 2 learned rows + UNet, forward and backward
+    /// to the rows (timed without the optimizer update, which is negligible). Reports peak memory too.
+    TrainStep,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -76,6 +80,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 Ok(())
             })?
         }
+        Part::TrainStep => train_step(&w, &a)?,
         Part::TextEncoder => {
             let c: clip_text::Config = serde_json::from_str(config_text(a.arch, "text_encoder"))?;
             let model = ClipTextModel::load(&w, &c)?;
@@ -86,12 +91,45 @@ pub fn run(a: BenchArgs) -> Result<()> {
             })?
         }
     };
+    let peak = peak_rss_gb();
     if !best.is_finite() {
         bail!("no timing");
     }
     println!(
-        "{{\"part\": \"{:?}\", \"arch\": \"{:?}\", \"size\": {}, \"batch\": {}, \"threads\": {}, \"best_s\": {best:.3}, \"mean_s\": {mean:.3}}}",
+        "{{\"part\": \"{:?}\", \"arch\": \"{:?}\", \"size\": {}, \"batch\": {}, \"threads\": {}, \"best_s\": {best:.3}, \"mean_s\": {mean:.3}, \"peak_rss_gb\": {peak:.2}}}",
         a.part, a.arch, a.size, a.batch, candle_core::utils::get_num_threads()
     );
     Ok(())
+}
+
+/// Peak resident memory of this process (VmHWM), in GB; 0 where /proc is unavailable.
+fn peak_rss_gb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    kb.map_or(0.0, |kb| kb / 1e6)
+}
+
+fn train_step(w: &Weights, a: &BenchArgs) -> Result<(f64, f64)> {
+    let dev = Device::Cpu;
+    let tc: clip_text::Config = serde_json::from_str(config_text(a.arch, "text_encoder"))?;
+    let uc: unet::Config = serde_json::from_str(config_text(a.arch, "unet"))?;
+    let te = ClipTextModel::load(&w.pp("te"), &tc)?;
+    let model = UNet2DConditionModel::load(&w.pp("unet"), &uc)?;
+    let rows = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1., (2, tc.hidden_size), &dev)?)?;
+    let ids = Tensor::arange(0u32, 77, &dev)?.unsqueeze(0)?.repeat((a.batch, 1))?;
+    let base = te.embed(&ids)?;
+    let positions: Vec<(usize, usize, usize)> = (0..a.batch).flat_map(|b| [(b, 6, 0), (b, 7, 1)]).collect();
+    let x = Tensor::randn(0f32, 1., (a.batch, uc.in_channels, a.size, a.size), &dev)?;
+    let target = Tensor::randn(0f32, 1., (a.batch, uc.out_channels, a.size, a.size), &dev)?;
+    let t = Tensor::new(&[500f32], &dev)?;
+    time(a.runs, || {
+        let embeds = place_rows(&base, rows.as_tensor(), &positions)?;
+        let cond = Condition::new(te.forward_embeds(&embeds, Output::Last)?);
+        let pred = model.forward(&x, &t, &cond, None)?;
+        let grads = mse_loss(&pred, &target)?.backward()?;
+        if grads.get(rows.as_tensor()).is_none() {
+            bail!("no gradient reached the learned rows");
+        }
+        Ok(())
+    })
 }
