@@ -5,6 +5,7 @@
 mod bench;
 mod faces;
 mod generate;
+mod identity_cmd;
 mod progress;
 mod train;
 
@@ -25,6 +26,10 @@ enum Command {
     Train(train::TrainArgs),
     /// Detect, align, embed and compare faces.
     Faces(faces::FacesArgs),
+    /// Write an identity in another tool's format (diffusers load_textual_inversion, AUTOMATIC1111 / ComfyUI).
+    Export(identity_cmd::ExportArgs),
+    /// Turn an embedding file from another tool (or the official learned_embeds.bin) into an identity file.
+    Import(identity_cmd::ImportArgs),
     /// Measure the speed of model parts (random weights, real architectures).
     Bench(bench::BenchArgs),
 }
@@ -39,6 +44,8 @@ fn main() {
         Command::Generate(a) => generate::run(a),
         Command::Train(a) => train::run(a),
         Command::Faces(a) => faces::run(a),
+        Command::Export(a) => identity_cmd::run_export(a),
+        Command::Import(a) => identity_cmd::run_import(a),
         Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
