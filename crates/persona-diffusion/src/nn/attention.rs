@@ -3,8 +3,9 @@
 //! Personalization methods steer cross-attention in three ways, all through [`AttentionControl`]:
 //! a different condition per layer or separate key/value conditions (SeFi-IDE's K/V tokens), capturing the
 //! attention probabilities of chosen layers with their graph kept (SeFi-IDE's attention loss, heat maps), and
-//! transforming the condition before a layer uses it (adapters). Plain generation passes no control and pays
-//! nothing for it.
+//! transforming the condition before a layer uses it (adapters), and replacing a layer's projected keys and
+//! values (low-rank weight deltas on `to_k`/`to_v`, ID-EA's `--train-cross-attn-kv`). Plain generation passes
+//! no control and pays nothing for it.
 
 use std::fmt;
 
@@ -68,6 +69,23 @@ pub trait AttentionControl {
     fn capture(&self, _layer: &LayerId, _probs: &Tensor) -> Result<()> {
         Ok(())
     }
+    /// A reference key condition `[B, L, d_cond]` for a layer whose probabilities are captured: the layer's
+    /// (detached) queries are also scored against `to_k(reference)` and the probabilities handed to
+    /// `capture_reference`, without a graph. SeFi-IDE's subject-wise loss compares a pseudo-token's map with
+    /// the class word's map of a reference prompt *for the same queries*, which only the layer can compute.
+    fn reference(&self, _layer: &LayerId) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// Receives the reference probabilities `[B, heads, queries, L]` of a layer for which `reference` gave one.
+    fn capture_reference(&self, _layer: &LayerId, _probs: &Tensor) -> Result<()> {
+        Ok(())
+    }
+    /// Replacement keys and values `[B, L, inner]` for this layer, given the ones its frozen `to_k`/`to_v`
+    /// projected from `condition` (e.g. `k + c·Aᵀ·Bᵀ`, a low-rank delta on the weight, which no transform of
+    /// the condition can express). `None` keeps them.
+    fn key_value(&self, _layer: &LayerId, _condition: &Condition, _key: &Tensor, _value: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        Ok(None)
+    }
 }
 
 /// diffusers' `Attention` with the default processor: separate q/k/v projections, softmax(q kᵀ/√d) v, output
@@ -124,7 +142,17 @@ impl Attention {
         let q = self.to_q.forward(x)?;
         let k = self.to_k.forward(&condition.key)?;
         let v = self.to_v.forward(condition.value())?;
+        let (k, v) = match control {
+            Some((c, layer)) => c.key_value(layer, condition, &k, &v)?.unwrap_or((k, v)),
+            None => (k, v),
+        };
         let capture = control.filter(|(c, layer)| c.wants_probs(layer));
+        if let Some((c, layer)) = capture {
+            if let Some(reference) = c.reference(layer)? {
+                let k_ref = self.to_k.forward(&reference.detach())?;
+                c.capture_reference(layer, &probabilities(&q.detach(), &k_ref, self.heads, self.scale)?)?;
+            }
+        }
         let out = attend(&q, &k, &v, self.heads, self.scale, capture)?;
         Ok(self.to_out.forward(&out)?)
     }
@@ -140,17 +168,22 @@ pub fn attend(
     capture: Option<(&dyn AttentionControl, &LayerId)>,
 ) -> Result<Tensor> {
     let (b, n, inner) = q.dims3()?;
-    let d = inner / heads;
-    let split = |t: &Tensor| -> candle_core::Result<Tensor> {
-        let l = t.dim(1)?;
-        t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()
-    };
-    let (q, k, v) = (split(&(q * scale)?)?, split(k)?, split(v)?);
-    let scores = matmul(&q, &k.t()?)?;
-    let probs = softmax_last_dim(&scores)?;
+    let probs = probabilities(q, k, heads, scale)?;
     if let Some((control, layer)) = capture {
         control.capture(layer, &probs)?;
     }
-    let out = matmul(&probs, &v)?;
+    let out = matmul(&probs, &split_heads(v, heads)?)?;
     Ok(out.transpose(1, 2)?.reshape((b, n, inner))?)
+}
+
+/// `softmax(q kᵀ · scale)` per head: q `[B, N, H·d]`, k `[B, L, H·d]` → `[B, H, N, L]`.
+fn probabilities(q: &Tensor, k: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    let (q, k) = (split_heads(&(q * scale)?, heads)?, split_heads(k, heads)?);
+    Ok(softmax_last_dim(&matmul(&q, &k.t()?)?)?)
+}
+
+/// `[B, L, H·d]` → `[B, H, L, d]`.
+fn split_heads(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (b, l, inner) = t.dims3()?;
+    t.reshape((b, l, heads, inner / heads))?.transpose(1, 2)?.contiguous()
 }

@@ -2,6 +2,8 @@
 //! negative prompt, scale the initial noise by `init_noise_sigma`, run the scheduler with classifier-free
 //! guidance `ε = ε_u + s·(ε_c − ε_u)`, decode `z / scaling_factor`.
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -29,7 +31,8 @@ pub struct GenerateParams {
     /// Initial latents `[num_images, C, h, w]` in place of drawn noise (scaled by `init_noise_sigma` like noise).
     pub latents: Option<Tensor>,
     pub text_output: Output,
-    /// Learned pseudo-tokens the prompts may use (identities).
+    /// Learned pseudo-tokens the prompts may use (identities); per-stage key/value tokens (SeFi-IDE) are
+    /// encoded for each step's stage.
     pub tokens: Vec<LearnedTokens>,
 }
 
@@ -79,8 +82,9 @@ impl StableDiffusion {
                 return Err(Error::Msg(format!("latents have shape {:?}, expected {want:?}", l.dims())));
             }
         }
-        let cond = self.encode_with_tokens(&[&p.prompt], &p.tokens, p.text_output)?;
-        let uncond = self.encode_with_tokens(&[&p.negative_prompt], &p.tokens, p.text_output)?;
+        // (negative, positive) prompt conditions by the stages they were encoded for: one entry without
+        // staged tokens, at most S with them.
+        let mut encoded: HashMap<Vec<usize>, (Condition, Condition)> = HashMap::new();
         let batch = p.batch_size.max(1);
         let batches = p.num_images.div_ceil(batch);
         let mut images = Vec::new();
@@ -96,7 +100,7 @@ impl StableDiffusion {
                 }
             };
             let mut report = |step, steps| progress(Progress { step, steps, batch: b, batches });
-            let z = self.denoise(latents, &cond, &uncond, p, control, &mut rngs, &mut report)?;
+            let z = self.denoise(latents, &mut encoded, p, control, &mut rngs, &mut report)?;
             images.push(self.decode(&z)?);
         }
         Ok(Tensor::cat(&images, 0)?)
@@ -107,8 +111,7 @@ impl StableDiffusion {
     fn denoise(
         &self,
         latents: Tensor,
-        cond: &Tensor,
-        uncond: &Tensor,
+        encoded: &mut HashMap<Vec<usize>, (Condition, Condition)>,
         p: &GenerateParams,
         control: Option<&dyn AttentionControl>,
         rngs: &mut [rand::rngs::StdRng],
@@ -117,19 +120,31 @@ impl StableDiffusion {
         let n = latents.dim(0)?;
         let mut sched = schedulers::build(self.scheduler_kind(p.scheduler), &self.scheduler_config, p.steps)?;
         let guided = p.guidance > 1.0;
-        let condition = if guided {
-            Tensor::cat(&[uncond.repeat((n, 1, 1))?, cond.repeat((n, 1, 1))?], 0)?
-        } else {
-            cond.repeat((n, 1, 1))?
+        let batch = |u: &Tensor, c: &Tensor| -> Result<Tensor> {
+            Ok(if guided { Tensor::cat(&[u.repeat((n, 1, 1))?, c.repeat((n, 1, 1))?], 0)? } else { c.repeat((n, 1, 1))? })
         };
-        let condition = Condition::new(condition);
+        let mut batched: HashMap<Vec<usize>, Condition> = HashMap::new();
         let mut x = (latents * sched.init_noise_sigma())?;
         let timesteps = sched.timesteps().to_vec();
         for (i, &t) in timesteps.iter().enumerate() {
             let input = if guided { Tensor::cat(&[&x, &x], 0)? } else { x.clone() };
             let input = sched.scale_model_input(&input, i)?;
             let t_tensor = Tensor::new(&[t as f32], &self.device)?;
-            let eps = self.unet.forward(&input, &t_tensor, &condition, control)?;
+            let stages = self.stages_at(&p.tokens, t);
+            if !batched.contains_key(&stages) {
+                if !encoded.contains_key(&stages) {
+                    let enc = |prompt: &str| self.encode_staged(&[prompt], &p.tokens, t, p.text_output);
+                    encoded.insert(stages.clone(), (enc(&p.negative_prompt)?, enc(&p.prompt)?));
+                }
+                let (u, c) = &encoded[&stages];
+                let key = batch(&u.key, &c.key)?;
+                let value = match (&u.value, &c.value) {
+                    (None, None) => None,
+                    _ => Some(batch(u.value(), c.value())?),
+                };
+                batched.insert(stages.clone(), Condition { key, value });
+            }
+            let eps = self.unet.forward(&input, &t_tensor, &batched[&stages], control)?;
             let eps = if guided {
                 let (u, c) = (eps.narrow(0, 0, n)?, eps.narrow(0, n, n)?);
                 (&u + ((c - &u)? * p.guidance)?)?

@@ -3,6 +3,7 @@
 
 mod generate;
 pub mod image;
+mod staged;
 mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 pub use generate::{seeded_normal, GenerateParams, Progress};
+pub use staged::stage_of;
 pub use tokens::{expand_prompt, LearnedTokens};
 
 use crate::loading::{component_files, resolve_model};

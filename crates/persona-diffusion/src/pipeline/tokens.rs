@@ -9,7 +9,8 @@ use crate::models::clip_text::Output;
 use crate::nn::grad::place_rows;
 use crate::{Error, Result};
 
-/// Pseudo-tokens and their input embeddings `[n, d]` (a `Var` during training).
+/// Pseudo-tokens and their input embeddings `[n, d]` (a `Var` during training), or per-stage key/value
+/// embeddings `[2, S, n, d]` (see [`LearnedTokens::staged`]).
 #[derive(Clone, Debug)]
 pub struct LearnedTokens {
     pub names: Vec<String>,
@@ -35,6 +36,9 @@ impl StableDiffusion {
             if self.tokenizer.token_id(name).is_some() {
                 return Err(Error::Msg(format!("token {name} is already in the vocabulary; choose another name")));
             }
+        }
+        if let Some(l) = learned.iter().find(|l| l.rows.rank() != 2) {
+            return Err(Error::Msg(format!("tokens {} are per-stage key/value tokens: encode them with encode_staged", l.phrase())));
         }
         let ids = tok.add_tokens(&names)?;
         let rows = Tensor::cat(&learned.iter().map(|l| l.rows.clone()).collect::<Vec<_>>(), 0)?;
