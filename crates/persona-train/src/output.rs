@@ -36,15 +36,18 @@ pub fn load_identities(sd: &StableDiffusion, paths: &[std::path::PathBuf], force
         .map(|p| {
             let id = Identity::load(p).map_err(identity_error)?;
             id.check_base(&base, force).map_err(identity_error)?;
+            crate::methods::sefi::staged_tokens(&id).map_err(|e| Error::file(p, e))?;
             Ok(id)
         })
         .collect()
 }
 
-/// What the pipeline needs from identities: their tokens and rows, and `(name, phrase)` for prompt expansion.
+/// What the pipeline needs from identities: their tokens and rows (per-stage key/value rows for SeFi-IDE
+/// identities, checked by [`load_identities`]), and `(name, phrase)` for prompt expansion.
 pub fn learned_tokens(identities: &[Identity]) -> (Vec<LearnedTokens>, Vec<(String, String)>) {
+    let plain = |i: &Identity| LearnedTokens { names: i.tokens.clone(), rows: i.embeddings.clone() };
     let tokens: Vec<LearnedTokens> =
-        identities.iter().map(|i| LearnedTokens { names: i.tokens.clone(), rows: i.embeddings.clone() }).collect();
+        identities.iter().map(|i| crate::methods::sefi::staged_tokens(i).ok().flatten().unwrap_or_else(|| plain(i))).collect();
     let names = identities.iter().zip(&tokens).map(|(i, t)| (i.token.clone(), t.phrase())).collect();
     (tokens, names)
 }
