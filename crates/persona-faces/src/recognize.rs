@@ -135,9 +135,10 @@ pub struct OnnxRecognizer {
 }
 
 impl OnnxRecognizer {
-    /// Default FaceNet crop: the ArcFace alignment at 160 px, zoomed out so the crop has the
-    /// margin FaceNet was trained with (chosen on the test photos, see docs/faces.md).
-    pub const FACENET_CROP: CropStyle = CropStyle::Aligned { zoom: 0.8 };
+    /// Default FaceNet crop: the ArcFace alignment scaled to 160 px. On the test photos it gave
+    /// the best same/different separation of the crops tried (looser aligned crops and
+    /// box-plus-margin crops; `examples/facenet_crop_study.rs`, numbers in docs/faces.md).
+    pub const FACENET_CROP: CropStyle = CropStyle::Aligned { zoom: 1.0 };
 
     /// Loads `path`; the kind comes from the input shape unless `kind` is given.
     pub fn load(path: impl AsRef<std::path::Path>, kind: Option<RecognizerKind>) -> Result<Self> {

@@ -130,3 +130,27 @@ fn non_recognizer_graph_is_a_clear_error() {
     let err = OnnxRecognizer::load(common::fixture("does_not_exist.onnx"), None).unwrap_err().to_string();
     assert!(err.contains("does_not_exist.onnx") && err.contains("does not exist"), "{err}");
 }
+
+/// The API training and evaluation use: models found by lookup, largest face, crop, embedding.
+#[test]
+fn analyzer_from_model_lookup_end_to_end() {
+    let Some(dir) = common::models() else { return };
+    let analyzer = persona_faces::FaceAnalyzer::from_search(&persona_faces::ModelSearch::in_dir(&dir)).unwrap();
+    // The shared folder has MTCNN and FaceNet only.
+    assert_eq!(analyzer.detector().name(), "mtcnn");
+    assert_eq!(analyzer.recognizer().kind(), RecognizerKind::FaceNet);
+    let hopper = load_rgb(common::fixture("photos/grace_hopper.jpg")).unwrap();
+    let (face, e1) = analyzer.embed_largest(&hopper).unwrap().expect("face");
+    let crop = analyzer.aligned_crop(&hopper, &face, 256).unwrap();
+    assert_eq!(crop.dimensions(), (256, 256));
+    // The EXIF-rotated copy is the same photo at half the resolution.
+    let rotated = load_rgb(common::fixture("exif_rotated.jpg")).unwrap();
+    let (_, e2) = analyzer.embed_largest(&rotated).unwrap().expect("face");
+    let astronaut = load_rgb(common::fixture("photos/astronaut.jpg")).unwrap();
+    let (_, e3) = analyzer.embed_largest(&astronaut).unwrap().expect("face");
+    assert!(cosine(&e1, &e2) > 0.85, "{}", cosine(&e1, &e2));
+    assert!(cosine(&e1, &e3) < 0.5, "{}", cosine(&e1, &e3));
+    let coffee = load_rgb(common::fixture("photos/coffee.jpg")).unwrap();
+    assert!(analyzer.largest_face(&coffee).unwrap().is_none());
+    assert!(analyzer.embed_largest(&coffee).unwrap().is_none());
+}
