@@ -2,6 +2,7 @@
 //! Initialization learn only the pseudo-token rows; they differ in initialisation and regularisation.
 
 pub mod anchor;
+pub mod idea;
 pub mod sefi;
 
 use std::collections::BTreeMap;
