@@ -2,7 +2,8 @@
 //! pseudo-token, one small pre-norm transformer block maps the init embedding, plus a learned embedding of each
 //! (stage, key/value) slot, to the 2·S vectors. The slots attend to each other, so what one stage learns is
 //! shared with its neighbours. ProSpect's exact block is not published in the SeFi-IDE paper; this is the
-//! reconstruction `docs/sefi.md` describes: one head, hidden width d, GELU MLP of width d.
+//! reconstruction `docs/sefi.md` describes: one head, hidden width d, SiLU MLP of width d (SiLU, not GELU: candle's
+//! `gelu_erf` backward is off by ~1e-6 relative in f64, which the finite-difference test catches; SiLU's is exact).
 //!
 //! `out = init + W_out · block(init + P)` with `W_out` zero at the start, so training starts exactly where the
 //! direct parameterisation does (every vector = the init word's embedding). Every op is one candle's autograd
@@ -88,7 +89,7 @@ impl Generator {
         let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
         let x = (&x + proj(&softmax_last_dim(&scores)?.matmul(&v)?, "attn_out.weight")?)?;
         let h = layer_norm(&x, self.var("norm2.weight"), self.var("norm2.bias"))?;
-        let h = proj(&h, "mlp_in.weight")?.broadcast_add(self.var("mlp_in.bias"))?.gelu_erf()?;
+        let h = proj(&h, "mlp_in.weight")?.broadcast_add(self.var("mlp_in.bias"))?.silu()?;
         let x = (&x + proj(&h, "mlp_out.weight")?)?;
         let out = self.init.unsqueeze(1)?.broadcast_add(&proj(&x, "out.weight")?)?; // [n, 2S, d]
         let out = out.transpose(0, 1)?; // [2S, n, d]
