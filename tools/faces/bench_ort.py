@@ -6,7 +6,8 @@ Same work per image as the Rust bench: MTCNN (the reference pipeline of mtcnn-on
 mtcnn_ref.py) on a 512x512 image, the largest face aligned onto the ArcFace template at 160 px
 (as persona-faces' FaceNet default: least squares similarity + cv2.warpAffine, bilinear,
 border 0), FaceNet embedding. The same three 512² images as the Rust bench (crops of the fixture
-photos, no resampling). Prints the median wall time per image over R runs after one warm-up.
+photos, no resampling). Prints the median wall time per image over R runs after one warm-up, and
+the process CPU time per image (robust when other jobs share the machine).
 """
 import argparse
 import statistics
@@ -60,8 +61,10 @@ def main():
     c, zoom = 80.0, 1.0
     dst = c + (TEMPLATE * 160 / 112 - c) * zoom
 
-    def pipeline(img):
+    def pipeline(img, split=None):
+        t0 = time.perf_counter()
         boxes, points = det.detect_faces_raw(img)
+        t1 = time.perf_counter()
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         p = points[:, int(np.argmax(areas))]
         lm = np.stack([p[:5], p[5:]], axis=1)
@@ -69,6 +72,8 @@ def main():
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         x = (crop.astype(np.float32) - 127.5) / 128.0
         e = facenet(x[None])[0][0]
+        if split is not None:
+            split.append((t1 - t0, time.perf_counter() - t1))
         return e / np.linalg.norm(e)
 
     total = []
@@ -76,15 +81,20 @@ def main():
         img = np.ascontiguousarray(np.asarray(Image.open(ROOT / "fixtures/faces/photos" / name).convert("RGB"))[top:top + 512, left:left + 512])
         assert img.shape == (512, 512, 3), img.shape
         pipeline(img)
-        times = []
+        times, split = [], []
+        cpu0 = time.process_time()
         for _ in range(args.runs):
             t = time.perf_counter()
-            pipeline(img)
+            pipeline(img, split)
             times.append(time.perf_counter() - t)
         med = statistics.median(times) * 1000
-        total.append(med)
-        print(f"{name}: {med:.1f} ms (median of {args.runs}, {args.threads} thread(s))")
-    print(f"mean over images: {statistics.mean(total):.1f} ms")
+        d = statistics.median(s[0] for s in split) * 1000
+        e = statistics.median(s[1] for s in split) * 1000
+        cpu = (time.process_time() - cpu0) / args.runs * 1000
+        total.append((med, d, e, cpu))
+        print(f"{name}: {med:.1f} ms (detect {d:.1f} + align/embed {e:.1f}; CPU {cpu:.1f} ms; median of {args.runs}, {args.threads} thread(s))")
+    m = [statistics.mean(t[i] for t in total) for i in range(4)]
+    print(f"mean over images: {m[0]:.1f} ms (detect {m[1]:.1f}, align+embed {m[2]:.1f}); CPU time {m[3]:.1f} ms/image")
 
 
 if __name__ == "__main__":

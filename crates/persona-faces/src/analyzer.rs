@@ -74,3 +74,16 @@ impl FaceAnalyzer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Training and evaluation share one analyzer across threads.
+    #[test]
+    fn analyzer_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::FaceAnalyzer>();
+        check::<crate::Mtcnn>();
+        check::<crate::Scrfd>();
+        check::<crate::OnnxRecognizer>();
+    }
+}
