@@ -159,8 +159,12 @@ impl Module for GroupNorm {
         let (b, rank, groups, eps) = (x.dim(0)?, x.rank(), self.groups, self.eps);
         let (gamma, beta) = (per_channel(&self.weight, rank)?, per_channel(&self.bias, rank)?);
         let xd = x.detach();
-        let normed = normalize_last_dim(&xd.reshape((b, groups, ()))?, eps)?.reshape(x.shape())?;
-        let value = normed.broadcast_mul(&gamma)?.broadcast_add(&beta)?;
+        let value = if xd.dtype() == DType::F32 && xd.device().is_cpu() {
+            super::kernels::group_norm_f32(&xd, &self.weight, &self.bias, groups, eps)?
+        } else {
+            let normed = normalize_last_dim(&xd.reshape((b, groups, ()))?, eps)?.reshape(x.shape())?;
+            normed.broadcast_mul(&gamma)?.broadcast_add(&beta)?
+        };
         input_grad_only(x, value, move |x, _, g| {
             let g_hat = g.broadcast_mul(&gamma)?.reshape((b, groups, ()))?;
             normalized_backward(&x.reshape((b, groups, ()))?, &g_hat, eps)?.reshape(x.shape())

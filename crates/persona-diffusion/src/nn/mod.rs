@@ -2,6 +2,7 @@
 
 mod attention;
 pub mod grad;
+mod kernels;
 mod layers;
 mod weights;
 
