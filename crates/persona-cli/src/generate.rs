@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use persona_diffusion::models::clip_text::Output;
 use persona_diffusion::pipeline::image::{to_rgb8, write_atomic, write_png};
+use persona_diffusion::nn::AttentionControl;
 use persona_diffusion::pipeline::{expand_prompt, GenerateParams, LoadOptions, StableDiffusion};
 use persona_diffusion::schedulers::SchedulerKind;
+use persona_train::methods::idea::inference::{AdapterUse, IdentityControl};
 
 /// Images are written as DIR/0000.png, 0001.png, … with the generation parameters in a PNG text chunk
 /// (`parameters`, as AUTOMATIC1111 writes it, and `persona` as JSON), and DIR/params.json for the whole run.
@@ -62,9 +64,19 @@ pub struct GenerateArgs {
     /// Use an identity even if it was trained on another base model with the same text width.
     #[arg(long)]
     force: bool,
+    /// ID-EA identities: `apply` their adapters (and cross-attention deltas) as trained, or `train-only`: use
+    /// only their tokens, as the released ID-EA code does at inference.
+    #[arg(long, value_enum, default_value = "apply")]
+    adapter: AdapterArg,
     /// Output folder (created if missing).
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AdapterArg {
+    Apply,
+    TrainOnly,
 }
 
 fn parse_scheduler(s: &str) -> std::result::Result<SchedulerKind, String> {
@@ -111,7 +123,13 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create the output folder", a.out.display()))?;
     let batches = num_images.div_ceil(a.batch_size.max(1));
     let bar = crate::progress::bar((batches * a.steps) as u64, "denoising");
-    let images = sd.generate(&params, &mut |p| bar.set_position((p.batch * p.steps + p.step) as u64))?;
+    let adapter_use = match a.adapter {
+        AdapterArg::Apply => AdapterUse::Apply,
+        AdapterArg::TrainOnly => AdapterUse::TrainOnly,
+    };
+    let control = IdentityControl::new(&sd, &identities, adapter_use, params.guidance > 1.0)?;
+    let control = control.as_ref().map(|c| c as &dyn AttentionControl);
+    let images = sd.generate_with(&params, control, &mut |p| bar.set_position((p.batch * p.steps + p.step) as u64))?;
     bar.finish_and_clear();
     let scheduler = sd.scheduler_kind(a.scheduler);
     let record = serde_json::json!({
@@ -119,6 +137,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         "steps": a.steps, "guidance": a.guidance, "scheduler": scheduler.cli_name(),
         "height": params.height, "width": params.width, "seed": a.seed, "num_images": num_images,
         "latents": a.latents, "clip_skip": a.clip_skip, "identities": a.identity,
+        "adapter": format!("{:?}", a.adapter).to_lowercase(),
     });
     for (i, img) in to_rgb8(&images)?.iter().enumerate() {
         let mut one = record.clone();
