@@ -3,6 +3,8 @@
 //! A thin binary: each sub-command parses its flags and calls the library crates.
 
 mod bench;
+mod compare;
+mod eval;
 mod faces;
 mod generate;
 mod identity_cmd;
@@ -30,6 +32,10 @@ enum Command {
     Export(identity_cmd::ExportArgs),
     /// Turn an embedding file from another tool (or the official learned_embeds.bin) into an identity file.
     Import(identity_cmd::ImportArgs),
+    /// Score identity similarity, face detection and prompt fidelity (the Celeb Basis protocol); writes a report.
+    Eval(eval::EvalArgs),
+    /// Train, generate and evaluate methods × identities × prompt sets from a TOML manifest (shardable).
+    Compare(compare::CompareArgs),
     /// Measure the speed of model parts (random weights, real architectures).
     Bench(bench::BenchArgs),
 }
@@ -46,6 +52,8 @@ fn main() {
         Command::Faces(a) => faces::run(a),
         Command::Export(a) => identity_cmd::run_export(a),
         Command::Import(a) => identity_cmd::run_import(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {

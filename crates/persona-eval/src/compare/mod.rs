@@ -1,0 +1,194 @@
+//! `persona compare`: methods × identities × prompt sets from a manifest → train what is missing, generate,
+//! score, one report.
+//!
+//! The work is a sorted list of units (method, identity, prompt set, prompt). `--shard k/n` takes the k-th of
+//! n contiguous blocks of it (contiguous, so a shard needs few identities trained); every unit writes into its
+//! own folder of the shared output layout, so shards never collide and their outputs can simply be copied
+//! together. `--merge` reads every unit's records and writes `results.json`, `results.csv` and `report.html`;
+//! an unsharded run merges at the end. Finished units and identities are skipped on a re-run.
+
+pub mod manifest;
+pub mod train;
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
+use persona_diffusion::pipeline::{LoadOptions, StableDiffusion};
+use persona_faces::ModelSearch;
+use persona_train::identity::Identity;
+
+use crate::eval::settings;
+use crate::prompts::PromptSet;
+use crate::protocol::{run_unit, stored_records, Unit, UnitContext};
+use crate::results::Results;
+use crate::score::Scorer;
+pub use manifest::Manifest;
+
+/// `k/n`: the k-th (1-based) of n shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub k: usize,
+    pub n: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("--shard {s}: expected k/n with 1 ≤ k ≤ n (e.g. 2/8)");
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let (k, n) = (k.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        if k == 0 || n == 0 || k > n {
+            return Err(bad());
+        }
+        Ok(Shard { k, n })
+    }
+}
+
+impl Shard {
+    /// The block of `len` items this shard owns.
+    pub fn range(self, len: usize) -> std::ops::Range<usize> {
+        (self.k - 1) * len / self.n..self.k * len / self.n
+    }
+
+    fn tag(self) -> String {
+        format!("shard-{}-of-{}", self.k, self.n)
+    }
+}
+
+/// Every unit of the manifest, in the canonical order.
+pub fn plan(m: &Manifest) -> Result<Vec<Unit>> {
+    let sets = m.prompt_sets.iter().map(|s| PromptSet::resolve(s)).collect::<persona_diffusion::Result<Vec<_>>>()?;
+    let mut units = Vec::new();
+    for method in &m.methods {
+        for identity in 0..m.identities.len() {
+            for set in &sets {
+                for (prompt_index, template) in set.prompts.iter().enumerate() {
+                    let class = set.name.clone();
+                    units.push(Unit { method: method.name.clone(), identity, class, prompt_index, template: template.clone() });
+                }
+            }
+        }
+    }
+    Ok(units)
+}
+
+/// The face-model search of a manifest.
+fn face_search(m: &Manifest) -> ModelSearch {
+    ModelSearch { models_dir: m.face_models.clone(), ..Default::default() }
+}
+
+/// What results.json records, and (per method) the key a unit's stored records must carry to be reused.
+fn settings_of(m: &Manifest, scorer: &Scorer) -> serde_json::Value {
+    let mut s = settings(Some(&m.model), Some(&m.sampling), scorer, m.jpeg75);
+    s["train"] = serde_json::to_value(&m.train).expect("plain data");
+    s["prompt_sets"] = serde_json::json!(m.prompt_sets.iter().map(|p| PromptSet::resolve(p).map(|s| s.name)).collect::<persona_diffusion::Result<Vec<_>>>().ok());
+    s
+}
+
+fn unit_key(settings: &serde_json::Value, m: &Manifest, method: &str) -> String {
+    let entry = m.methods.iter().find(|e| e.name == method);
+    serde_json::json!({"settings": settings, "method": entry, "identities": m.identities}).to_string()
+}
+
+/// Runs this shard's units (all of them without a shard) and, unsharded, merges.
+pub fn run(manifest: &Path, out: &Path, shard: Option<Shard>, bar: &ProgressBar) -> Result<Option<Results>> {
+    let m = Manifest::read(manifest)?;
+    let all = plan(&m)?;
+    let mine = match shard {
+        Some(s) => all[s.range(all.len())].to_vec(),
+        None => all.clone(),
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the output folder", out.display()))?;
+    let scorer = Scorer::load(&face_search(&m), m.clip.as_deref(), m.jpeg75)?;
+    let sd = StableDiffusion::load(&m.model, &LoadOptions { variant: m.variant.clone() })?;
+    let names: Vec<String> = m.identities.iter().map(|i| i.token()).collect();
+    let references = m.identities.iter().map(|i| scorer.reference(i.references())).collect::<Result<Vec<_>>>()?;
+    let settings = settings_of(&m, &scorer);
+    let needed = needed_identities(&m, &mine);
+    bar.set_length((needed.iter().flatten().count() * m.train.steps) as u64 + mine.len() as u64 * m.sampling.unit_ticks());
+    let tag = shard.map_or("all".to_string(), Shard::tag);
+    for (method, need) in m.methods.iter().zip(&needed) {
+        let units: Vec<&Unit> = mine.iter().filter(|u| u.method == method.name).collect();
+        if units.is_empty() {
+            continue;
+        }
+        let identities = need
+            .iter()
+            .zip(&m.identities)
+            .map(|(&n, e)| n.then(|| train::ensure_identity(&sd, &m, method, e, out, &tag, bar)).transpose())
+            .collect::<Result<Vec<Option<Identity>>>>()?;
+        bar.set_message(format!("generating and scoring {}", method.name));
+        let key = unit_key(&settings, &m, &method.name);
+        let cx = UnitContext { sd: &sd, sampling: &m.sampling, scorer: &scorer, names: &names, identities: &identities, references: &references, out, key: &key, bar };
+        for u in units {
+            run_unit(&cx, u)?;
+        }
+    }
+    match shard {
+        None => merge_with(&m, &scorer, out).map(Some),
+        Some(s) => {
+            eprintln!("{}: {} of {} units done; run `persona compare --merge` once every shard has finished", s.tag(), mine.len(), all.len());
+            Ok(None)
+        }
+    }
+}
+
+/// Per method, which identities this work needs (its units' and their `{1}` partners').
+fn needed_identities(m: &Manifest, units: &[Unit]) -> Vec<Vec<bool>> {
+    m.methods
+        .iter()
+        .map(|method| {
+            let mut need = vec![false; m.identities.len()];
+            for u in units.iter().filter(|u| u.method == method.name) {
+                u.identities(need.len()).into_iter().for_each(|i| need[i] = true);
+            }
+            need
+        })
+        .collect()
+}
+
+/// Joins the records of every unit (from all shards) into one results set and report.
+pub fn merge(manifest: &Path, out: &Path) -> Result<Results> {
+    let m = Manifest::read(manifest)?;
+    let scorer = Scorer::load(&face_search(&m), m.clip.as_deref(), m.jpeg75)?;
+    merge_with(&m, &scorer, out)
+}
+
+fn merge_with(m: &Manifest, scorer: &Scorer, out: &Path) -> Result<Results> {
+    let all = plan(m)?;
+    let names: Vec<String> = m.identities.iter().map(|i| i.token()).collect();
+    let settings = settings_of(m, scorer);
+    let mut records = Vec::new();
+    let mut missing = Vec::new();
+    for u in &all {
+        let path = out.join(u.rel_dir(&names)).join("records.json");
+        match stored_records(&path, &unit_key(&settings, m, &u.method))? {
+            Some(r) => records.extend(r),
+            None => missing.push(path.display().to_string()),
+        }
+    }
+    if !missing.is_empty() {
+        bail!("{} of {} units are not finished (or were made with other settings), e.g. {}; run the shards that own them", missing.len(), all.len(), missing[0]);
+    }
+    let results = Results::summarise(settings, records, m.sampling.seed);
+    results.write(out)?;
+    crate::report::write(&results, out)?;
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shard;
+
+    #[test]
+    fn shards_cover_the_work_once() {
+        let s: Shard = "2/3".parse().unwrap();
+        assert_eq!(s, Shard { k: 2, n: 3 });
+        for n in 1..6 {
+            let covered: Vec<usize> = (1..=n).flat_map(|k| Shard { k, n }.range(11)).collect();
+            assert_eq!(covered, (0..11).collect::<Vec<_>>());
+        }
+        assert!("0/2".parse::<Shard>().is_err() && "3/2".parse::<Shard>().is_err() && "x".parse::<Shard>().is_err());
+    }
+}

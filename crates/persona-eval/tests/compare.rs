@@ -1,0 +1,108 @@
+//! `persona compare` end to end on the tiny pipeline: two methods (ti, cross-init) × two identities × the
+//! `single` prompt set. Two shards merged must give the same results.json as one run; an interrupted run
+//! resumes to the same results; the report loads in headless Chromium without errors or missing images.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::ProgressBar;
+use persona_eval::compare::{merge, run, Shard};
+
+fn manifest(dir: &Path, photos: &[PathBuf], models: &Path) -> PathBuf {
+    let alice = common::folder_of(&dir.join("photos/alice"), &[&photos[0]]);
+    let bob = common::folder_of(&dir.join("photos/bob"), &[&photos[1]]);
+    let text = format!(
+        r#"model = "{root}/fixtures/sd2-tiny"
+prompt_sets = ["single"]
+clip = "{root}/fixtures/clip-tiny"
+face_models = "{models}"
+[sampling]
+images_per_prompt = 1
+steps = 2
+resolution = 32
+scheduler = "ddim"
+[train]
+steps = 2
+batch_size = 1
+resolution = 32
+save_every = 1
+[[methods]]
+name = "ti"
+[[methods]]
+name = "cross-init"
+[[identities]]
+name = "alice"
+photos = "{alice}"
+[[identities]]
+name = "bob"
+photos = "{bob}"
+"#,
+        root = common::root().canonicalize().unwrap().display(),
+        models = models.display(),
+        alice = alice.display(),
+        bob = bob.display(),
+    );
+    let path = dir.join("compare.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn read(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("results.json")).unwrap()
+}
+
+#[test]
+fn sharded_compare_equals_one_run_resumes_and_its_report_loads() {
+    let Some(models) = common::shared("models") else { return };
+    let Some(photos) = common::photos("celeba") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = manifest(tmp.path(), &photos, &models);
+    let bar = ProgressBar::hidden();
+    let (single, sharded) = (tmp.path().join("single"), tmp.path().join("sharded"));
+
+    let t = Instant::now();
+    let results = run(&m, &single, None, &bar).unwrap().expect("an unsharded run merges");
+    eprintln!("one run: {:.1}s", t.elapsed().as_secs_f64());
+    assert_eq!(results.images.len(), 2 * 2 * 10);
+    let methods: Vec<&str> = results.methods.iter().map(|m| m.method.as_str()).collect();
+    assert_eq!(methods, ["cross-init", "ti"]);
+    assert!(results.images.iter().all(|r| r.prompt_score.is_some() && single.join(&r.file).is_file()));
+
+    let t = Instant::now();
+    assert!(run(&m, &sharded, Some(Shard { k: 1, n: 2 }), &bar).unwrap().is_none());
+    let early = merge(&m, &sharded).unwrap_err().to_string();
+    assert!(early.contains("20 of 40 units are not finished"), "{early}");
+    run(&m, &sharded, Some(Shard { k: 2, n: 2 }), &bar).unwrap();
+    merge(&m, &sharded).unwrap();
+    eprintln!("two shards + merge: {:.1}s", t.elapsed().as_secs_f64());
+    assert_eq!(read(&single), read(&sharded), "sharded + merged results.json equals the single run's");
+
+    // An interrupted run: one image and one unit's records gone, another unit half written.
+    let first = &results.images[0];
+    let unit = single.join(&first.file).parent().unwrap().to_path_buf();
+    std::fs::remove_file(single.join(&first.file)).unwrap();
+    std::fs::remove_file(unit.join("records.json")).unwrap();
+    let before = read(&single);
+    std::fs::remove_file(single.join("results.json")).unwrap();
+    run(&m, &single, None, &bar).unwrap();
+    assert_eq!(read(&single), before, "a resumed run gives the same results");
+
+    let Some(chromium) = common::browser::chromium() else { return };
+    let problems = common::browser::page_problems(&chromium, &single.join("report.html"));
+    assert!(problems.is_empty(), "report problems: {problems:#?}");
+}
+
+/// The browser check itself must catch what it is there to catch.
+#[test]
+fn browser_check_reports_missing_images_and_console_errors() {
+    let Some(chromium) = common::browser::chromium() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let page = tmp.path().join("bad.html");
+    std::fs::write(&page, "<!DOCTYPE html><html><body><img src=\"missing.png\"><script>console.error('boom')</script></body></html>").unwrap();
+    let problems = common::browser::page_problems(&chromium, &page);
+    eprintln!("{problems:#?}");
+    assert!(problems.iter().any(|p| p.contains("image not shown") && p.contains("missing.png")));
+    assert!(problems.iter().any(|p| p.contains("boom")));
+}
