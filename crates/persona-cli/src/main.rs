@@ -2,6 +2,7 @@
 //!
 //! A thin binary: each sub-command parses its flags and calls the library crates.
 
+mod attention;
 mod bench;
 mod compare;
 mod eval;
@@ -36,6 +37,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Train, generate and evaluate methods × identities × prompt sets from a TOML manifest (shardable).
     Compare(compare::CompareArgs),
+    /// Heat maps of a token's cross-attention over a generated image, per layer resolution.
+    Attention(attention::AttentionArgs),
     /// Measure the speed of model parts (random weights, real architectures).
     Bench(bench::BenchArgs),
 }
@@ -54,6 +57,7 @@ fn main() {
         Command::Import(a) => identity_cmd::run_import(a),
         Command::Eval(a) => eval::run(a),
         Command::Compare(a) => compare::run(a),
+        Command::Attention(a) => attention::run(a),
         Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
