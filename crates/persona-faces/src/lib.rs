@@ -13,6 +13,9 @@
 //!
 //! See `docs/faces.md` for the decisions behind each part.
 
+// `!(x > 0.0)` is used on purpose: it rejects NaN as well, which `x <= 0.0` would let through.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod align;
 pub mod analyzer;
 mod boxes;

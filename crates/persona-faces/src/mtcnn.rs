@@ -110,7 +110,7 @@ impl Mtcnn {
             let s = m.input_shape();
             let ok = s.len() == 4
                 && s[3] == Some(3)
-                && side.map_or(true, |v| s[1] == Some(v) && s[2] == Some(v))
+                && side.is_none_or(|v| s[1] == Some(v) && s[2] == Some(v))
                 && m.output_names().len() == outs;
             if !ok {
                 return Err(layout_err(

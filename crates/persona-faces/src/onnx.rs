@@ -143,7 +143,7 @@ impl OnnxModel {
 
     fn plan_for(&self, shape: &[usize]) -> Result<Plan> {
         let compatible = shape.len() == self.input_shape.len()
-            && shape.iter().zip(&self.input_shape).all(|(s, d)| d.map_or(true, |d| d == *s));
+            && shape.iter().zip(&self.input_shape).all(|(s, d)| d.is_none_or(|d| d == *s));
         if !compatible || shape.contains(&0) {
             return Err(FaceError::ModelRun {
                 path: self.path.clone(),

@@ -110,9 +110,10 @@ pub fn decode(
         ));
     }
     for g in groups.iter_mut() {
-        g.sort_by(|a, b| b.0.cmp(&a.0));
+        g.sort_by_key(|o| std::cmp::Reverse(o.0));
     }
     let mut dets = Vec::new();
+    #[allow(clippy::needless_range_loop)] // `level` also gives the stride
     for level in 0..levels {
         let stride = 8usize << level;
         let (fw, fh) = (in_w / stride, in_h / stride);
