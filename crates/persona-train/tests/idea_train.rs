@@ -1,11 +1,13 @@
 //! ID-EA on the tiny pipeline with real photos and the FaceNet recogniser: the loss on a fixed batch falls
 //! over 50 steps, the gate γ leaves 0, the identity file round-trips into generation (the adapter changes the
-//! images against `--adapter train-only`), and a resumed run ends exactly where an uninterrupted one does.
+//! images against `--adapter train-only`; several identities adapt in turn, the prompt rows only), and a
+//! resumed run ends exactly where an uninterrupted one does.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 use persona_diffusion::models::clip_text::Output;
+use persona_diffusion::nn::{AttentionControl, Condition, LayerId};
 use persona_diffusion::pipeline::{GenerateParams, LoadOptions, StableDiffusion};
 use persona_diffusion::testing::fixtures_dir;
 use persona_faces::{FaceAnalyzer, ModelSearch};
@@ -220,6 +222,55 @@ fn idea_trains_saves_generates_and_resumes() {
         .fold(0f32, f32::max);
     eprintln!("largest pixel difference, adapter vs train-only: {diff:.4}");
     assert!(diff > 1e-3, "the adapter did not change the images");
+
+    // Several identities adapt in turn, and with guidance only the prompt rows (the second half) change.
+    let mut bob = loaded.clone();
+    bob.token = "<bob>".into();
+    bob.tokens = vec!["<bob>_v0".into(), "<bob>_v1".into()];
+    let both = IdentityControl::new(&sd, &[loaded.clone(), bob], AdapterUse::Apply, true)
+        .unwrap()
+        .unwrap();
+    let one = IdentityControl::new(&sd, std::slice::from_ref(&loaded), AdapterUse::Apply, false)
+        .unwrap()
+        .unwrap();
+    let layer = LayerId {
+        name: "any".into(),
+        resolution: (1, 1),
+        heads: 1,
+    };
+    let cond = Condition::new(Tensor::randn(0f32, 1., (2, 77, 32), &sd.device).unwrap());
+    let adapted = both.condition(&layer, &cond).unwrap().unwrap().key;
+    let prompt_row = Condition::new(cond.key.narrow(0, 1, 1).unwrap());
+    let once = one.condition(&layer, &prompt_row).unwrap().unwrap();
+    let twice = one
+        .condition(&layer, &Condition::new(once.key.copy().unwrap()))
+        .unwrap()
+        .unwrap()
+        .key;
+    let max_diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert_eq!(
+        max_diff(
+            &adapted.narrow(0, 0, 1).unwrap(),
+            &cond.key.narrow(0, 0, 1).unwrap()
+        ),
+        0.0
+    );
+    assert!(max_diff(&adapted.narrow(0, 1, 1).unwrap(), &twice) < 1e-6);
+    assert!(
+        max_diff(&twice, &once.key) > 1e-4,
+        "the second adapter changed nothing"
+    );
 
     // Resume: 4 steps straight vs 2 steps, a fresh trainer from the checkpoint, 2 more.
     let full_cfg = config(tmp.path().join("straight.safetensors"), 4);
