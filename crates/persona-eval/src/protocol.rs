@@ -9,9 +9,11 @@ use anyhow::{Context, Result};
 use image::RgbImage;
 use indicatif::ProgressBar;
 use persona_diffusion::pipeline::image::{to_rgb8, write_atomic, write_png};
+use persona_diffusion::nn::AttentionControl;
 use persona_diffusion::pipeline::{expand_prompt, GenerateParams, StableDiffusion};
 use persona_diffusion::schedulers::SchedulerKind;
 use persona_train::identity::Identity;
+use persona_train::methods::idea::inference::{AdapterUse, IdentityControl};
 use serde::{Deserialize, Serialize};
 
 use crate::prompts::{clip_text, uses_second};
@@ -209,6 +211,9 @@ fn generate_missing(cx: &UnitContext, unit: &Unit, order: &[usize], dir: &Path) 
         .collect::<Result<Vec<Identity>>>()?;
     let (tokens, names) = persona_train::output::learned_tokens(&chosen);
     let prompt = expand_prompt(&unit.template, &names)?;
+    // ID-EA identities carry adapters; generation applies them as `persona generate` does.
+    let control = IdentityControl::new(cx.sd, &chosen, AdapterUse::Apply, s.guidance > 1.0)?;
+    let control = control.as_ref().map(|c| c as &dyn AttentionControl);
     let size = s.resolution.unwrap_or_else(|| cx.sd.default_size());
     for run in contiguous(&missing) {
         let params = GenerateParams {
@@ -228,7 +233,7 @@ fn generate_missing(cx: &UnitContext, unit: &Unit, order: &[usize], dir: &Path) 
         };
         // One report per denoising step of a batch: a tick per image in that batch.
         let bs = params.batch_size;
-        let images = cx.sd.generate(&params, &mut |p| {
+        let images = cx.sd.generate_with(&params, control, &mut |p| {
             cx.bar.inc(bs.min(run.len() - p.batch * bs) as u64);
         })?;
         for (k, img) in to_rgb8(&images)?.iter().enumerate() {

@@ -53,8 +53,8 @@ fn settings(h: &mut String, s: &serde_json::Value) {
     if let Some(map) = s.as_object() {
         for (k, v) in map {
             match v.as_object() {
-                Some(inner) => rows.extend(inner.iter().map(|(k2, v2)| (format!("{k}.{k2}"), plain(v2)))),
-                None => rows.push((k.clone(), plain(v))),
+                Some(inner) => rows.extend(inner.iter().map(|(k2, v2)| (format!("{k}.{k2}"), plain(v2, "default")))),
+                None => rows.push((k.clone(), plain(v, "– (images made elsewhere)"))),
             }
         }
     }
@@ -64,10 +64,11 @@ fn settings(h: &mut String, s: &serde_json::Value) {
     h.push_str("</table>");
 }
 
-fn plain(v: &serde_json::Value) -> String {
+/// A setting as text; `null` means the default inside a group and "not used" at the top.
+fn plain(v: &serde_json::Value, null: &str) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "default".into(),
+        serde_json::Value::Null => null.into(),
         other => other.to_string(),
     }
 }

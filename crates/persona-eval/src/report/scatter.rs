@@ -64,7 +64,7 @@ fn draw<'a>(points: &[Point], out: &'a mut String) -> Result<(), DrawingAreaErro
             .label(method.to_string())
             .legend(move |(x, y)| Circle::new((x, y), 5, color.filled()));
     }
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+    chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
     root.present()?;
     Ok(())
 }
