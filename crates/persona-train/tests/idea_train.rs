@@ -304,3 +304,41 @@ fn idea_trains_saves_generates_and_resumes() {
         "resumed run differs from the uninterrupted one"
     );
 }
+
+#[test]
+fn photos_without_a_face_are_skipped_and_none_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, shade) in [("a.png", 10u8), ("b.png", 200), ("c.png", 250)] {
+        image::RgbImage::from_pixel(8, 8, image::Rgb([shade; 3]))
+            .save(tmp.path().join(name))
+            .unwrap();
+    }
+    // A stand-in recogniser: "finds a face" in dark photos only, embedding [1, 0] or [0, 1] by shade.
+    let embed = |img: &image::RgbImage| {
+        let v = img.get_pixel(0, 0)[0];
+        Ok((v < 220).then(|| {
+            if v < 100 {
+                vec![2.0, 0.0]
+            } else {
+                vec![0.0, 3.0]
+            }
+        }))
+    };
+    let (face, used) = identity_embedding(tmp.path(), &embed, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(used, 2);
+    let h = std::f32::consts::FRAC_1_SQRT_2;
+    let got = face.to_vec1::<f32>().unwrap();
+    assert!(
+        (got[0] - h).abs() < 1e-6 && (got[1] - h).abs() < 1e-6,
+        "{got:?}"
+    );
+
+    let none = |_: &image::RgbImage| Ok(None);
+    let err = identity_embedding(tmp.path(), &none, &candle_core::Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no face found in any photo") && err.contains(tmp.path().to_str().unwrap()),
+        "{err}"
+    );
+}

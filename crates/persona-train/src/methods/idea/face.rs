@@ -27,10 +27,6 @@ pub fn identity_embedding(
         let img = load_rgb(&path)?;
         let Some(v) = embed(&img).map_err(|e| Error::file(&path, e))? else {
             tracing::warn!(file = %path.display(), "no face found; not used for the face embedding");
-            eprintln!(
-                "warning: {}: no face found, not used for the face embedding",
-                path.display()
-            );
             continue;
         };
         if sum.is_empty() {

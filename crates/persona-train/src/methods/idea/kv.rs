@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
+use persona_diffusion::models::UNet2DConditionModel;
 use persona_diffusion::nn::{AttentionControl, Condition, LayerId};
 use persona_diffusion::pipeline::StableDiffusion;
 
@@ -65,18 +66,21 @@ impl AttentionControl for LayerRecorder {
 /// Every cross-attention layer of the UNet with its condition and key widths, found by one forward on the
 /// smallest latent the UNet takes (the layers are defined by the model, so this cannot drift from it).
 pub fn cross_attention_layers(sd: &StableDiffusion) -> Result<Vec<(String, usize, usize)>> {
-    let cfg = sd.unet.config();
+    unet_cross_attention_layers(&sd.unet, &sd.device)
+}
+
+/// [`cross_attention_layers`] of a bare UNet (benchmarks on random weights).
+pub fn unet_cross_attention_layers(
+    unet: &UNet2DConditionModel,
+    device: &Device,
+) -> Result<Vec<(String, usize, usize)>> {
+    let cfg = unet.config();
     let side = 1usize << (cfg.block_out_channels.len() - 1);
-    let latents = Tensor::zeros((1, cfg.in_channels, side, side), DType::F32, &sd.device)?;
-    let cond = Tensor::zeros(
-        (1, sd.tokenizer.max_length(), cfg.cross_attention_dim),
-        DType::F32,
-        &sd.device,
-    )?;
-    let t = Tensor::new(&[0f32], &sd.device)?;
+    let latents = Tensor::zeros((1, cfg.in_channels, side, side), DType::F32, device)?;
+    let cond = Tensor::zeros((1, 1, cfg.cross_attention_dim), DType::F32, device)?;
+    let t = Tensor::new(&[0f32], device)?;
     let recorder = LayerRecorder::default();
-    sd.unet
-        .forward(&latents, &t, &Condition::new(cond), Some(&recorder))?;
+    unet.forward(&latents, &t, &Condition::new(cond), Some(&recorder))?;
     let layers = recorder
         .0
         .into_inner()
