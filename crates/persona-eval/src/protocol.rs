@@ -259,7 +259,16 @@ fn contiguous(v: &[usize]) -> Vec<Vec<usize>> {
 
 #[cfg(test)]
 mod tests {
-    use super::contiguous;
+    use super::{contiguous, Unit};
+
+    #[test]
+    fn double_prompts_pair_each_identity_with_the_next() {
+        let unit = |identity, template: &str| Unit { method: "ti".into(), identity, class: "double".into(), prompt_index: 0, template: template.into() };
+        assert_eq!(unit(2, "a {} person and a {1} person").identities(3), [2, 0]);
+        assert_eq!(unit(0, "a {} person and a {1} person").identities(3), [0, 1]);
+        assert_eq!(unit(1, "a {} person").identities(3), [1]);
+        assert_eq!(unit(0, "a {} person and a {1} person").identities(1), [0]);
+    }
 
     #[test]
     fn runs() {

@@ -1,6 +1,6 @@
 //! `persona compare` end to end on the tiny pipeline: two methods (ti, cross-init) × two identities × the
 //! `single` prompt set. Two shards merged must give the same results.json as one run; an interrupted run
-//! resumes to the same results; the report loads in headless Chromium without errors or missing images.
+//! resumes to the same results; `persona eval` on the identities it trained scores the same; the report loads in headless Chromium without errors or missing images.
 
 mod common;
 
@@ -9,6 +9,10 @@ use std::time::Instant;
 
 use indicatif::ProgressBar;
 use persona_eval::compare::{merge, run, Shard};
+use persona_eval::eval::EvalConfig;
+use persona_eval::prompts::PromptSet;
+use persona_eval::protocol::Sampling;
+use persona_faces::ModelSearch;
 
 fn manifest(dir: &Path, photos: &[PathBuf], models: &Path) -> PathBuf {
     let alice = common::folder_of(&dir.join("photos/alice"), &[&photos[0]]);
@@ -88,6 +92,26 @@ fn sharded_compare_equals_one_run_resumes_and_its_report_loads() {
     std::fs::remove_file(single.join("results.json")).unwrap();
     run(&m, &single, None, &bar).unwrap();
     assert_eq!(read(&single), before, "a resumed run gives the same results");
+
+    // `persona eval` with the identities compare trained gives the same images and scores as compare's `ti`.
+    let ids = |method: &str| ["alice", "bob"].map(|n| single.join(format!("identities/{method}/{n}.safetensors"))).to_vec();
+    let cfg = EvalConfig {
+        model: Some(common::root().join("fixtures/sd2-tiny").to_string_lossy().into_owned()),
+        variant: None,
+        identities: ids("ti"),
+        force: false,
+        prompts: Some(PromptSet::resolve("single").unwrap()),
+        sampling: Sampling { images_per_prompt: 1, steps: 2, resolution: Some(32), scheduler: Some("ddim".into()), ..Sampling::default() },
+        references: vec![tmp.path().join("photos")],
+        images: None,
+        clip: Some(common::root().join("fixtures/clip-tiny")),
+        faces: ModelSearch::in_dir(&models),
+        jpeg: false,
+        out: tmp.path().join("eval"),
+    };
+    let evaluated = persona_eval::eval::run(&cfg, &bar).unwrap();
+    let ti: Vec<_> = results.images.iter().filter(|r| r.method == "ti").cloned().collect();
+    assert_eq!(evaluated.images, ti);
 
     let Some(chromium) = common::browser::chromium() else { return };
     let problems = common::browser::page_problems(&chromium, &single.join("report.html"));
