@@ -147,7 +147,8 @@ fn score_folder(cfg: &EvalConfig, dir: &Path, scorer: &Scorer, bar: &ProgressBar
     let mut records = Vec::new();
     for (identity, prompts) in &per_identity {
         for (prompt_index, p) in prompts.iter().enumerate() {
-            records.extend(score_prompt_folder(scorer, p, *identity, prompt_index, &names, &references, bar)?);
+            let folder = PromptFolder { dir: p, identity: *identity, prompt_index, out: &cfg.out };
+            records.extend(score_prompt_folder(scorer, &folder, &names, &references, bar)?);
         }
     }
     let settings = settings(None, None, scorer, cfg.jpeg);
@@ -165,15 +166,17 @@ fn external_identities(cfg: &EvalConfig) -> Result<Vec<String>> {
     }
 }
 
-fn score_prompt_folder(
-    scorer: &Scorer,
-    dir: &Path,
+/// One prompt's folder of images made elsewhere.
+struct PromptFolder<'a> {
+    dir: &'a Path,
     identity: usize,
     prompt_index: usize,
-    names: &[String],
-    references: &[Vec<f32>],
-    bar: &ProgressBar,
-) -> Result<Vec<ImageRecord>> {
+    /// The output folder: image paths are recorded relative to it, so the report's links survive moving both.
+    out: &'a Path,
+}
+
+fn score_prompt_folder(scorer: &Scorer, f: &PromptFolder, names: &[String], references: &[Vec<f32>], bar: &ProgressBar) -> Result<Vec<ImageRecord>> {
+    let (dir, identity, prompt_index) = (f.dir, f.identity, f.prompt_index);
     let template = match std::fs::read_to_string(dir.join("prompt.txt")) {
         Ok(t) => t.trim().to_string(),
         Err(_) => dir.file_name().unwrap_or_default().to_string_lossy().into_owned(),
@@ -185,24 +188,35 @@ fn score_prompt_folder(
     let refs: Vec<&[f32]> = order.iter().map(|&i| references[i].as_slice()).collect();
     let scores = scorer.score(&images, &refs, &clip_text(&template, names))?;
     bar.inc(files.len() as u64);
-    Ok(files
+    files
         .iter()
         .zip(scores)
         .enumerate()
-        .map(|(index, (f, s))| ImageRecord {
-            method: unit.method.clone(),
-            identity: names[identity].clone(),
-            second: order.get(1).map(|&j| names[j].clone()),
-            class: unit.class.clone(),
-            prompt_index,
-            prompt: template.clone(),
-            index,
-            seed: None,
-            file: std::path::absolute(f).unwrap_or_else(|_| f.clone()).to_string_lossy().into_owned(),
-            faces: s.faces,
-            id: s.id,
-            id_each: s.id_each,
-            prompt_score: s.prompt_score,
+        .map(|(index, (file, s))| -> Result<ImageRecord> {
+            Ok(ImageRecord {
+                method: unit.method.clone(),
+                identity: names[identity].clone(),
+                second: order.get(1).map(|&j| names[j].clone()),
+                class: unit.class.clone(),
+                prompt_index,
+                prompt: template.clone(),
+                index,
+                seed: None,
+                file: relative_to(file, f.out)?.to_string_lossy().replace('\\', "/"),
+                faces: s.faces,
+                id: s.id,
+                id_each: s.id_each,
+                prompt_score: s.prompt_score,
+            })
         })
-        .collect())
+        .collect()
+}
+
+/// `path` relative to `base` (`../images/x.png`), both taken as absolute paths.
+fn relative_to(path: &Path, base: &Path) -> Result<PathBuf> {
+    let (p, b) = (std::path::absolute(path)?, std::path::absolute(base)?);
+    let common = p.components().zip(b.components()).take_while(|(x, y)| x == y).count();
+    let mut rel: PathBuf = b.components().skip(common).map(|_| "..").collect();
+    rel.extend(p.components().skip(common));
+    Ok(rel)
 }

@@ -29,7 +29,7 @@ pub struct ImageRecord {
     pub index: usize,
     /// `None` for images made elsewhere (`--images`).
     pub seed: Option<u64>,
-    /// Relative to the output folder (or absolute for images scored in place).
+    /// Relative to the output folder (`../` for images scored where they are), as the report links it.
     pub file: String,
     /// Faces detected.
     pub faces: usize,

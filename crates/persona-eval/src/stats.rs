@@ -24,16 +24,15 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 /// The mean of the group means; `None` when no group has a value (e.g. no face was found anywhere).
-pub fn mean_of_means(groups: &[Vec<f64>]) -> Option<f64> {
+fn mean_of_means(groups: &[Vec<f64>]) -> Option<f64> {
     let means: Vec<f64> = groups.iter().filter(|g| !g.is_empty()).map(|g| mean(g)).collect();
     (!means.is_empty()).then(|| mean(&means))
 }
 
 /// Mean of group means with its two-stage bootstrap interval (empty groups are left out).
 pub fn bootstrap(groups: &[Vec<f64>], seed: u64) -> Option<Interval> {
+    let point = mean_of_means(groups)?;
     let groups: Vec<&Vec<f64>> = groups.iter().filter(|g| !g.is_empty()).collect();
-    let owned: Vec<Vec<f64>> = groups.iter().map(|g| g.to_vec()).collect();
-    let point = mean_of_means(&owned)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut reps: Vec<f64> = (0..REPLICATES).map(|_| replicate(&groups, &mut rng)).collect();
     reps.sort_by(f64::total_cmp);
