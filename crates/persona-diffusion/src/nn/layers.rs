@@ -224,7 +224,7 @@ pub enum Activation {
 impl Module for Activation {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Activation::Gelu => x.gelu_erf(),
+            Activation::Gelu => super::grad::gelu_erf(x),
             Activation::QuickGelu => x.mul(&sigmoid(&(x * 1.702)?)?),
             Activation::Silu | Activation::Swish => x.silu(),
         }

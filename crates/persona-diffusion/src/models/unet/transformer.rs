@@ -23,7 +23,7 @@ impl FeedForward {
         let hg = self.proj.forward(x)?;
         let half = hg.dim(candle_core::D::Minus1)? / 2;
         let (h, g) = (hg.narrow(candle_core::D::Minus1, 0, half)?, hg.narrow(candle_core::D::Minus1, half, half)?);
-        Ok(self.out.forward(&(h * g.gelu_erf()?)?)?)
+        Ok(self.out.forward(&(h * crate::nn::grad::gelu_erf(&g)?)?)?)
     }
 }
 
