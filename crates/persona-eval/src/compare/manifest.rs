@@ -49,6 +49,10 @@ pub struct Manifest {
     pub train: TrainSettings,
     pub methods: Vec<MethodEntry>,
     pub identities: Vec<IdentityEntry>,
+    /// The manifest as written (paths not yet resolved): what results and resume keys record, so shards on
+    /// machines with the checkout at different places still agree.
+    #[serde(skip)]
+    pub as_written: serde_json::Value,
 }
 
 /// Training settings shared by every method (a method may override the learning rate).
@@ -127,6 +131,7 @@ impl Manifest {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut m: Manifest = toml::from_str(&text).with_context(|| format!("{}: not a valid manifest", path.display()))?;
+        m.as_written = serde_json::to_value(&m)?;
         let base = path.parent().unwrap_or(Path::new("."));
         m.resolve(base);
         m.check().with_context(|| format!("{}", path.display()))?;

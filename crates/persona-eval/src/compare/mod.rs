@@ -80,15 +80,15 @@ fn face_search(m: &Manifest) -> ModelSearch {
 
 /// What results.json records, and (per method) the key a unit's stored records must carry to be reused.
 fn settings_of(m: &Manifest, scorer: &Scorer) -> serde_json::Value {
-    let mut s = settings(Some(&m.model), Some(&m.sampling), scorer, m.jpeg75);
+    let mut s = settings(m.as_written["model"].as_str(), Some(&m.sampling), scorer, m.jpeg75);
     s["train"] = serde_json::to_value(&m.train).expect("plain data");
     s["prompt_sets"] = serde_json::json!(m.prompt_sets.iter().map(|p| PromptSet::resolve(p).map(|s| s.name)).collect::<persona_diffusion::Result<Vec<_>>>().ok());
     s
 }
 
 fn unit_key(settings: &serde_json::Value, m: &Manifest, method: &str) -> String {
-    let entry = m.methods.iter().find(|e| e.name == method);
-    serde_json::json!({"settings": settings, "method": entry, "identities": m.identities}).to_string()
+    let entry = m.as_written["methods"].as_array().and_then(|all| all.iter().find(|e| e["name"] == method));
+    serde_json::json!({"settings": settings, "method": entry, "identities": m.as_written["identities"]}).to_string()
 }
 
 /// Runs this shard's units (all of them without a shard) and, unsharded, merges.
