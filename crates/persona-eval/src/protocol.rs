@@ -148,6 +148,7 @@ pub fn run_unit(cx: &UnitContext, unit: &Unit) -> Result<Vec<ImageRecord>> {
         return Ok(records);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    discard_stale(&dir, cx.key)?;
     write_atomic(&dir.join("prompt.txt"), unit.template.as_bytes())?;
     let order = unit.identities(names.len());
     generate_missing(cx, unit, &order, &dir)?;
@@ -178,6 +179,22 @@ pub fn run_unit(cx: &UnitContext, unit: &Unit) -> Result<Vec<ImageRecord>> {
     let stored = Stored { key: cx.key.to_string(), records };
     write_atomic(&done, serde_json::to_string_pretty(&stored)?.as_bytes())?;
     Ok(stored.records)
+}
+
+/// Images in a unit folder are reused only if they were made under the current key (`key.txt`, written before
+/// the first image): images of other settings are removed, so a changed setting never mixes old pictures in.
+fn discard_stale(dir: &Path, key: &str) -> Result<()> {
+    let marker = dir.join("key.txt");
+    if std::fs::read_to_string(&marker).is_ok_and(|k| k == key) {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "png") || path.file_name().is_some_and(|n| n == "records.json") {
+            std::fs::remove_file(&path).with_context(|| format!("removing stale {}", path.display()))?;
+        }
+    }
+    Ok(write_atomic(&marker, key.as_bytes())?)
 }
 
 pub fn image_name(i: usize) -> String {
@@ -259,7 +276,23 @@ fn contiguous(v: &[usize]) -> Vec<Vec<usize>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{contiguous, Unit};
+    use super::{contiguous, discard_stale, Unit};
+
+    #[test]
+    fn images_of_other_settings_are_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("0000.png"), b"x").unwrap();
+        discard_stale(d, "a").unwrap();
+        assert!(!d.join("0000.png").exists(), "images without a key are of unknown settings");
+        std::fs::write(d.join("0000.png"), b"x").unwrap();
+        std::fs::write(d.join("prompt.txt"), b"p").unwrap();
+        discard_stale(d, "a").unwrap();
+        assert!(d.join("0000.png").exists(), "same key: kept (resume)");
+        discard_stale(d, "b").unwrap();
+        assert!(!d.join("0000.png").exists() && d.join("prompt.txt").exists());
+        assert_eq!(std::fs::read_to_string(d.join("key.txt")).unwrap(), "b");
+    }
 
     #[test]
     fn double_prompts_pair_each_identity_with_the_next() {
