@@ -9,7 +9,11 @@ use clap::{Args, ValueEnum};
 use persona_diffusion::models::clip_text::{self, Output};
 use persona_diffusion::models::{unet, ClipTextModel, UNet2DConditionModel};
 use persona_diffusion::nn::grad::{mse_loss, place_rows};
-use persona_diffusion::nn::{Condition, Weights};
+use persona_diffusion::nn::{AttentionControl, Condition, Weights};
+use persona_train::methods::idea::adapter::Adapter;
+use persona_train::methods::idea::enhancer::Enhancer;
+use persona_train::methods::idea::kv::{self, KvDeltas};
+use persona_train::methods::idea::modules::Source;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Part {
@@ -42,6 +46,17 @@ pub struct BenchArgs {
     /// Timed runs after one warm-up; the best and the mean are reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// train-step: what is learned (tokens: TI / Cross Init; idea: + ID-Enhancer and ID-Adapter, gate open so
+    /// that every module gets its gradient; idea-kv: + the cross-attention key/value deltas).
+    #[arg(long, value_enum, default_value = "tokens")]
+    method: BenchMethod,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BenchMethod {
+    Tokens,
+    Idea,
+    IdeaKv,
 }
 
 fn config_text(arch: Arch, component: &str) -> &'static str {
@@ -96,8 +111,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         bail!("no timing");
     }
     println!(
-        "{{\"part\": \"{:?}\", \"arch\": \"{:?}\", \"size\": {}, \"batch\": {}, \"threads\": {}, \"best_s\": {best:.3}, \"mean_s\": {mean:.3}, \"peak_rss_gb\": {peak:.2}}}",
-        a.part, a.arch, a.size, a.batch, candle_core::utils::get_num_threads()
+        "{{\"part\": \"{:?}\", \"method\": \"{:?}\", \"arch\": \"{:?}\", \"size\": {}, \"batch\": {}, \"threads\": {}, \"best_s\": {best:.3}, \"mean_s\": {mean:.3}, \"peak_rss_gb\": {peak:.2}}}",
+        a.part, a.method, a.arch, a.size, a.batch, candle_core::utils::get_num_threads()
     );
     Ok(())
 }
@@ -122,14 +137,51 @@ fn train_step(w: &Weights, a: &BenchArgs) -> Result<(f64, f64)> {
     let x = Tensor::randn(0f32, 1., (a.batch, uc.in_channels, a.size, a.size), &dev)?;
     let target = Tensor::randn(0f32, 1., (a.batch, uc.out_channels, a.size, a.size), &dev)?;
     let t = Tensor::new(&[500f32], &dev)?;
+    let idea = match a.method {
+        BenchMethod::Tokens => None,
+        BenchMethod::Idea | BenchMethod::IdeaKv => Some(IdeaModules::new(&model, tc.hidden_size, matches!(a.method, BenchMethod::IdeaKv))?),
+    };
     time(a.runs, || {
         let embeds = place_rows(&base, rows.as_tensor(), &positions)?;
-        let cond = Condition::new(te.forward_embeds(&embeds, Output::Last)?);
-        let pred = model.forward(&x, &t, &cond, None)?;
+        let y = te.forward_embeds(&embeds, Output::Last)?;
+        let cond = Condition::new(match &idea {
+            Some(m) => m.adapter.forward(&y, &m.enhancer.forward(&m.face, &m.anchor)?)?,
+            None => y,
+        });
+        let control = idea.as_ref().and_then(|m| m.kv.as_ref()).map(|k| k as &dyn AttentionControl);
+        let pred = model.forward(&x, &t, &cond, control)?;
         let grads = mse_loss(&pred, &target)?.backward()?;
         if grads.get(rows.as_tensor()).is_none() {
             bail!("no gradient reached the learned rows");
         }
         Ok(())
     })
+}
+
+/// ID-EA's trainable modules on random values (8 heads, a 512-wide face embedding, 2 tokens), γ = 0.5.
+struct IdeaModules {
+    enhancer: Enhancer,
+    adapter: Adapter,
+    kv: Option<KvDeltas>,
+    face: Tensor,
+    anchor: Tensor,
+}
+
+impl IdeaModules {
+    fn new(unet: &UNet2DConditionModel, d: usize, with_kv: bool) -> Result<Self> {
+        let dev = Device::Cpu;
+        let mut vars = Vec::new();
+        let mut src = Source::Init { seed: 0, dtype: candle_core::DType::F32, device: &dev, vars: &mut vars };
+        let enhancer = Enhancer::new(&mut src, 512, d, 8)?;
+        let adapter = Adapter::new(&mut src, d, 8, 0.4)?;
+        let kv = if with_kv { Some(KvDeltas::new(&mut src, &kv::unet_cross_attention_layers(unet, &dev)?, kv::RANK)?) } else { None };
+        for (name, var) in &vars {
+            if name == "adapter.gamma" {
+                var.set(&Tensor::new(&[0.5f32], &dev)?)?;
+            }
+        }
+        let face = Tensor::randn(0f32, 1., 512, &dev)?;
+        let anchor = Tensor::randn(0f32, 1., (2, d), &dev)?;
+        Ok(Self { enhancer, adapter, kv, face, anchor })
+    }
 }
