@@ -30,14 +30,11 @@ pub fn identity_path(out: &Path, method: &MethodEntry, identity: &IdentityEntry)
 
 /// The identity to evaluate: a file the manifest names, one trained before, or a new one.
 pub fn ensure_identity(sd: &StableDiffusion, m: &Manifest, method: &MethodEntry, identity: &IdentityEntry, out: &Path, shard: &str, bar: &ProgressBar) -> Result<Identity> {
-    if let Some(file) = method.files.get(&identity.name) {
-        bar.inc(m.train.steps as u64);
-        return Identity::load(file).map_err(err);
-    }
     let path = identity_path(out, method, identity);
-    if path.is_file() {
+    if let Some(file) = method.files.get(&identity.name).or(Some(&path).filter(|p| p.is_file())) {
         bar.inc(m.train.steps as u64);
-        return Identity::load(&path).map_err(err);
+        let mut loaded = persona_train::output::load_identities(sd, std::slice::from_ref(file), false).map_err(err)?;
+        return Ok(loaded.remove(0));
     }
     bar.set_message(format!("training {} {}", method.name, identity.name));
     let work = out.join("train").join(&method.name).join(&identity.name).join(shard).join("identity.safetensors");
