@@ -29,12 +29,14 @@ pub enum AdapterUse {
     TrainOnly,
 }
 
+/// An adapted condition, keyed by the ids of the (key, value) tensors it was made from.
+type Cached = ((TensorId, Option<TensorId>), Condition);
+
 pub struct IdentityControl {
     adapters: Vec<(Adapter, Tensor)>,
     kv: Option<KvDeltas>,
     guided: bool,
-    /// Adapted conditions by the ids of the (key, value) tensors they were made from.
-    cache: RefCell<Vec<((TensorId, Option<TensorId>), Condition)>>,
+    cache: RefCell<Vec<Cached>>,
 }
 
 impl IdentityControl {

@@ -140,7 +140,7 @@ pub struct MultiheadAttention {
 
 impl MultiheadAttention {
     pub fn new(src: &mut Source, name: &str, dim: usize, heads: usize) -> Result<Self> {
-        if heads == 0 || dim % heads != 0 {
+        if heads == 0 || !dim.is_multiple_of(heads) {
             return Err(Error::Msg(format!(
                 "{heads} attention heads do not divide the width {dim}"
             )));
