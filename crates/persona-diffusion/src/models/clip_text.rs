@@ -34,7 +34,9 @@ impl Config {
     }
 }
 
-struct EncoderLayer {
+/// One pre-norm CLIP transformer layer, `x + attn(ln1(x))` then `x + mlp(ln2(x))` — shared by the text tower
+/// (causal mask) and CLIP's vision tower (no mask).
+pub struct EncoderLayer {
     layer_norm1: LayerNorm,
     q_proj: Linear,
     k_proj: Linear,
@@ -47,25 +49,37 @@ struct EncoderLayer {
     heads: usize,
 }
 
+/// The sizes of an [`EncoderLayer`].
+#[derive(Clone, Copy, Debug)]
+pub struct LayerShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub act: Activation,
+    pub eps: f64,
+}
+
 impl EncoderLayer {
-    fn load(w: &Weights, c: &Config) -> Result<Self> {
-        let h = c.hidden_size;
+    pub fn load(w: &Weights, s: LayerShape) -> Result<Self> {
+        let h = s.hidden;
         let attn = w.pp("self_attn");
         Ok(Self {
-            layer_norm1: LayerNorm::load(&w.pp("layer_norm1"), h, c.layer_norm_eps)?,
+            layer_norm1: LayerNorm::load(&w.pp("layer_norm1"), h, s.eps)?,
             q_proj: Linear::load(&attn.pp("q_proj"), h, h, true)?,
             k_proj: Linear::load(&attn.pp("k_proj"), h, h, true)?,
             v_proj: Linear::load(&attn.pp("v_proj"), h, h, true)?,
             out_proj: Linear::load(&attn.pp("out_proj"), h, h, true)?,
-            layer_norm2: LayerNorm::load(&w.pp("layer_norm2"), h, c.layer_norm_eps)?,
-            fc1: Linear::load(&w.pp("mlp.fc1"), h, c.intermediate_size, true)?,
-            fc2: Linear::load(&w.pp("mlp.fc2"), c.intermediate_size, h, true)?,
-            act: c.hidden_act,
-            heads: c.num_attention_heads,
+            layer_norm2: LayerNorm::load(&w.pp("layer_norm2"), h, s.eps)?,
+            fc1: Linear::load(&w.pp("mlp.fc1"), h, s.intermediate, true)?,
+            fc2: Linear::load(&w.pp("mlp.fc2"), s.intermediate, h, true)?,
+            act: s.act,
+            heads: s.heads,
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// `mask` (added to the attention scores, broadcast over batch and heads) is the causal mask of the text
+    /// tower; `None` attends everywhere.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, n, h) = x.dims3()?;
         let d = h / self.heads;
         let y = self.layer_norm1.forward(x)?;
@@ -73,7 +87,10 @@ impl EncoderLayer {
         let q = split((self.q_proj.forward(&y)? * (d as f64).powf(-0.5))?)?;
         let k = split(self.k_proj.forward(&y)?)?;
         let v = split(self.v_proj.forward(&y)?)?;
-        let scores = add(&matmul(&q, &k.t()?)?, mask)?;
+        let mut scores = matmul(&q, &k.t()?)?;
+        if let Some(mask) = mask {
+            scores = add(&scores, mask)?;
+        }
         let probs = crate::nn::softmax_last_dim(&scores)?;
         let attn = matmul(&probs, &v)?.transpose(1, 2)?.reshape((b, n, h))?;
         let x = add(x, &self.out_proj.forward(&attn)?)?;
@@ -108,8 +125,15 @@ impl ClipTextModel {
         let w = w.optional_prefix("text_model");
         let h = config.hidden_size;
         let emb = w.pp("embeddings");
+        let shape = LayerShape {
+            hidden: h,
+            intermediate: config.intermediate_size,
+            heads: config.num_attention_heads,
+            act: config.hidden_act,
+            eps: config.layer_norm_eps,
+        };
         let layers = (0..config.num_hidden_layers)
-            .map(|i| EncoderLayer::load(&w.pp("encoder.layers").pp(i), config))
+            .map(|i| EncoderLayer::load(&w.pp("encoder.layers").pp(i), shape))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             token_embedding: emb.get((config.vocab_size, h), "token_embedding.weight")?,
@@ -153,7 +177,7 @@ impl ClipTextModel {
             Output::Skip(n) => self.layers.len().saturating_sub(n),
         };
         for layer in &self.layers[..keep] {
-            x = layer.forward(&x, &mask)?;
+            x = layer.forward(&x, Some(&mask))?;
         }
         Ok(self.final_layer_norm.forward(&x)?)
     }

@@ -2,54 +2,12 @@
 //! learned positions, `pre_layrnorm`, pre-norm encoder layers with full (unmasked) attention, and `post_layernorm` of
 //! the class token as the pooled output.
 
-use candle_core::{Module, Tensor, D};
-use persona_diffusion::nn::{attend, Activation, LayerNorm, Linear, Weights};
+use candle_core::{Module, Tensor};
+use persona_diffusion::models::clip_text::{EncoderLayer, LayerShape};
+use persona_diffusion::nn::{LayerNorm, Weights};
 use persona_diffusion::{Error, Result};
 
 use super::VisionConfig;
-
-/// One pre-norm transformer layer: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
-struct EncoderLayer {
-    layer_norm1: LayerNorm,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
-    layer_norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    act: Activation,
-    heads: usize,
-}
-
-impl EncoderLayer {
-    fn load(w: &Weights, c: &VisionConfig) -> Result<Self> {
-        let h = c.hidden_size;
-        let attn = w.pp("self_attn");
-        Ok(Self {
-            layer_norm1: LayerNorm::load(&w.pp("layer_norm1"), h, c.layer_norm_eps)?,
-            q_proj: Linear::load(&attn.pp("q_proj"), h, h, true)?,
-            k_proj: Linear::load(&attn.pp("k_proj"), h, h, true)?,
-            v_proj: Linear::load(&attn.pp("v_proj"), h, h, true)?,
-            out_proj: Linear::load(&attn.pp("out_proj"), h, h, true)?,
-            layer_norm2: LayerNorm::load(&w.pp("layer_norm2"), h, c.layer_norm_eps)?,
-            fc1: Linear::load(&w.pp("mlp.fc1"), h, c.intermediate_size, true)?,
-            fc2: Linear::load(&w.pp("mlp.fc2"), c.intermediate_size, h, true)?,
-            act: c.hidden_act,
-            heads: c.num_attention_heads,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let head_dim = x.dim(D::Minus1)? / self.heads;
-        let y = self.layer_norm1.forward(x)?;
-        let (q, k, v) = (self.q_proj.forward(&y)?, self.k_proj.forward(&y)?, self.v_proj.forward(&y)?);
-        let attn = attend(&q, &k, &v, self.heads, (head_dim as f64).powf(-0.5), None)?;
-        let x = (x + self.out_proj.forward(&attn)?)?;
-        let y = self.fc2.forward(&self.act.forward(&self.fc1.forward(&self.layer_norm2.forward(&x)?)?)?)?;
-        Ok((x + y)?)
-    }
-}
 
 pub struct ClipVisionModel {
     class_embedding: Tensor,
@@ -67,8 +25,15 @@ impl ClipVisionModel {
         let (h, p) = (c.hidden_size, c.patch_size);
         let emb = w.pp("embeddings");
         let positions = (c.image_size / p).pow(2) + 1;
+        let shape = LayerShape {
+            hidden: h,
+            intermediate: c.intermediate_size,
+            heads: c.num_attention_heads,
+            act: c.hidden_act,
+            eps: c.layer_norm_eps,
+        };
         let layers = (0..c.num_hidden_layers)
-            .map(|i| EncoderLayer::load(&w.pp("encoder.layers").pp(i), c))
+            .map(|i| EncoderLayer::load(&w.pp("encoder.layers").pp(i), shape))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             class_embedding: emb.get(h, "class_embedding")?,
@@ -100,7 +65,7 @@ impl ClipVisionModel {
         let x = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?;
         let mut x = self.pre_layrnorm.forward(&x)?;
         for layer in &self.layers {
-            x = layer.forward(&x)?;
+            x = layer.forward(&x, None)?;
         }
         Ok(self.post_layernorm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?)?)
     }
