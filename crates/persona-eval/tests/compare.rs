@@ -2,7 +2,7 @@
 //! `single` prompt set. Two shards merged must give the same results.json as one run; an interrupted run
 //! resumes to the same results; `persona eval` on the identities it trained scores the same; the report loads in headless Chromium without errors or missing images.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

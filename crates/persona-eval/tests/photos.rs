@@ -2,7 +2,7 @@
 //! person's photo must score above every other person, faces must always be detected and noise never, and
 //! `persona eval --images` must produce a report that loads in Chromium without errors.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,7 @@
 //! MTCNN on real photos: counts, landmark plausibility, agreement with the onnxruntime
 //! reference (tools/faces/reference.py), odd image formats.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;

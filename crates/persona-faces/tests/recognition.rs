@@ -1,7 +1,7 @@
 //! Recognition: parity with onnxruntime on committed crops, identity behaviour on real photos,
 //! kind detection and the ArcFace (NCHW) path via a tiny generated model.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;

@@ -1,7 +1,7 @@
 //! SCRFD decoding against insightface's algorithm (restated in tools/faces/make_tiny_models.py)
 //! on a tiny generated SCRFD-shaped graph.
 
-mod common;
+use crate::common;
 
 use persona_faces::{load_rgb, Detector, Scrfd};
 use serde::Deserialize;

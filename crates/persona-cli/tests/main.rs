@@ -1,0 +1,6 @@
+//! All integration tests of this crate in one binary: one link of candle/tract instead of one per file,
+//! which keeps a cold CI build's disk use and link time small.
+
+mod generate_cli;
+mod idea_cli;
+mod sefi_cli;
