@@ -289,8 +289,11 @@ fn align(search: &ModelSearch, images: &[PathBuf], out: &Path, size: u32) -> Res
     no_face(missing)
 }
 
-/// Largest face and embedding of every image; `Err(NoFaceFound)` if any has none.
-fn embed_all(search: &ModelSearch, images: &[PathBuf]) -> Result<(Vec<(Face, Vec<f32>)>, String)> {
+/// A face and its embedding.
+type Embedded = (Face, Vec<f32>);
+
+/// Largest face and embedding of every image, and the recogniser's name; `Err(NoFaceFound)` if any has none.
+fn embed_all(search: &ModelSearch, images: &[PathBuf]) -> Result<(Vec<Embedded>, String)> {
     let detector = load_detector(search)?;
     let recognizer = load_recognizer(search)?;
     let mut found = Vec::new();

@@ -1,6 +1,5 @@
-//! `persona train`: photos of a person → an identity file.
-
-mod idea;
+//! `persona train`: photos of a person → an identity file. The flags map onto the training library's
+//! [`Recipe`], which `persona compare` runs too.
 
 use std::path::PathBuf;
 
@@ -8,13 +7,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use persona_diffusion::pipeline::{LoadOptions, StableDiffusion};
 use persona_faces::ModelSearch;
-use persona_train::captions::Captions;
 use persona_train::checkpoint::checkpoint_path;
-use persona_train::data::{load_folder, FaceLocator};
-use persona_train::methods::sefi::{LayerSelect, Parameterisation, SefiMethod, SefiOptions, SubjectAttention, WithAttentionLoss};
-use persona_train::methods::{InitOptions, MethodKind, TokenMethod};
-use persona_train::optim::{AdamW, AdamWConfig, Schedule};
-use persona_train::trainer::{TrainConfig, Trainer};
+use persona_train::methods::idea::Regularizer;
+use persona_train::methods::sefi::LayerSelect;
+use persona_train::optim::{AdamWConfig, Schedule};
+use persona_train::recipe::{self, MethodName, MethodOptions, Recipe, SefiParam};
+use persona_train::trainer::TrainConfig;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Method {
@@ -78,8 +76,22 @@ pub struct TrainArgs {
     /// Adam epsilon (default 1e-8; idea 1e-7).
     #[arg(long)]
     adam_eps: Option<f64>,
-    #[command(flatten)]
-    idea: idea::IdeaArgs,
+    /// idea: face recogniser (.onnx: ArcFace or FaceNet); default: found like every face model (--models,
+    /// $PERSONA_MODELS, ~/.cache/persona/models, ~/.insightface/models).
+    #[arg(long)]
+    recognizer: Option<PathBuf>,
+    /// idea: also train low-rank deltas on every cross-attention to_k / to_v (saved in the identity file).
+    #[arg(long)]
+    train_cross_attn_kv: bool,
+    /// idea: rank of those deltas.
+    #[arg(long, default_value_t = recipe::KV_RANK)]
+    kv_rank: usize,
+    /// idea: regulariser: l2 (Cross Init's) or mahalanobis (the released code's degenerate form, docs/idea.md).
+    #[arg(long, value_enum, default_value = "l2")]
+    reg: RegArg,
+    /// idea: attention heads of the Enhancer and the Adapter (must divide the text width).
+    #[arg(long, default_value_t = 8)]
+    idea_heads: usize,
     /// Celebrity names for the Cross Init anchor (default: the bundled 691-name list).
     #[arg(long)]
     names: Option<PathBuf>,
@@ -109,7 +121,7 @@ pub struct TrainArgs {
     attn_layers: String,
     /// sefi: train the vectors directly, or through a ProSpect-style generator block.
     #[arg(long, value_enum, default_value = "direct")]
-    sefi_param: SefiParam,
+    sefi_param: SefiParamArg,
     #[arg(long, default_value_t = 512)]
     resolution: u32,
     #[arg(long, default_value_t = 0)]
@@ -134,9 +146,15 @@ pub struct TrainArgs {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum SefiParam {
+enum SefiParamArg {
     Direct,
     Generator,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RegArg {
+    L2,
+    Mahalanobis,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -153,119 +171,75 @@ pub fn run(a: TrainArgs) -> Result<()> {
         bail!("--resume: no checkpoint at {}", checkpoint_path(&a.out).display());
     }
     let sd = StableDiffusion::load(&a.model, &LoadOptions { variant: a.variant.clone() })?;
-    let sefi = matches!(a.method, Method::Sefi);
-    let is_idea = matches!(a.method, Method::Idea);
-    let (method, hyper) = build_method(&sd, &a)?;
-    let detector = if a.no_face_crop { None } else { find_detector(&a.models) };
-    let locate = detector.as_ref().map(|d| {
-        Box::new(move |img: &image::RgbImage| d.detect(img).ok().and_then(|f| persona_faces::largest(&f)).map(|f| f.bbox)) as Box<FaceLocator>
-    });
-    let samples = load_folder(&a.images, a.resolution, locate.as_deref(), &sd.device)?;
-    let subject = a.subject.as_deref().unwrap_or(if sefi { "face of {tokens}" } else { "face of {tokens} person" });
-    let captions = Captions::new(a.templates.as_deref(), subject)?;
-    let cfg = TrainConfig {
-        steps: a.steps.unwrap_or(if sefi { 600 } else { 320 }),
+    let r = recipe_of(&a);
+    let cfg = config_of(&a, r.method);
+    let bar = crate::progress::bar(cfg.steps as u64, "training");
+    let identity = recipe::train(&sd, &a.model, &r, &cfg, a.resume, &mut |s| {
+        bar.set_position(s.step as u64);
+        bar.set_message(format!("training loss {:.4}", s.loss.total));
+    })?;
+    bar.finish_and_clear();
+    identity.save(&a.out).map_err(|e| anyhow::anyhow!("{e}")).with_context(|| format!("writing {}", a.out.display()))?;
+    eprintln!("wrote {} (checkpoint {}, loss log beside it)", a.out.display(), checkpoint_path(&a.out).display());
+    Ok(())
+}
+
+fn recipe_of(a: &TrainArgs) -> Recipe {
+    let method = match a.method {
+        Method::Ti => MethodName::Ti,
+        Method::CrossInit => MethodName::CrossInit,
+        Method::Sefi => MethodName::Sefi,
+        Method::Idea => MethodName::Idea,
+    };
+    let options = MethodOptions {
+        num_tokens: a.num_tokens,
+        init_words: a.init_words.clone(),
+        names: a.names.clone(),
+        reg_weight: a.reg_weight,
+        attn_loss: a.attn_loss,
+        class_word: a.class_word.clone(),
+        attn_layers: a.attn_layers.clone(),
+        stages: a.stages,
+        sefi_param: match a.sefi_param {
+            SefiParamArg::Direct => SefiParam::Direct,
+            SefiParamArg::Generator => SefiParam::Generator,
+        },
+        idea_heads: a.idea_heads,
+        reg: match a.reg {
+            RegArg::L2 => Regularizer::L2,
+            RegArg::Mahalanobis => Regularizer::Mahalanobis,
+        },
+        kv_rank: a.train_cross_attn_kv.then_some(a.kv_rank),
+    };
+    Recipe {
+        method,
+        token: a.token.clone(),
+        images: a.images.clone(),
+        options,
+        faces: ModelSearch { models_dir: a.models.clone(), recognizer: a.recognizer.clone(), ..Default::default() },
+        face_crop: !a.no_face_crop,
+        templates: a.templates.clone(),
+        subject: a.subject.clone(),
+    }
+}
+
+fn config_of(a: &TrainArgs, method: MethodName) -> TrainConfig {
+    let accum = a.grad_accum.max(1);
+    TrainConfig {
+        steps: a.steps.unwrap_or(method.default_steps()),
         batch_size: a.batch_size,
-        grad_accum: a.grad_accum.max(1),
-        lr: a.lr.unwrap_or(match a.method {
-            Method::Sefi => 1e-4 * (a.batch_size * a.grad_accum.max(1)) as f64,
-            Method::Idea => idea::LR_PER_SAMPLE * (a.batch_size * a.grad_accum.max(1)) as f64,
-            _ => 0.005,
-        }),
+        grad_accum: accum,
+        lr: a.lr.unwrap_or(method.default_lr(a.batch_size * accum)),
         scale_lr: a.scale_lr,
         schedule: match a.schedule {
             ScheduleArg::Constant => Schedule::Constant,
             ScheduleArg::Cosine => Schedule::Cosine,
         },
         warmup: a.warmup,
-        adam: AdamWConfig { eps: a.adam_eps.unwrap_or(if is_idea { idea::ADAM_EPS } else { 1e-8 }), ..Default::default() },
+        adam: AdamWConfig { eps: a.adam_eps.unwrap_or(method.default_adam_eps()), ..Default::default() },
         seed: a.seed,
         save_every: a.save_every,
         resolution: a.resolution,
         out: a.out.clone(),
-    };
-    let mut trainer = Trainer::new(&sd, method, samples, captions, a.seed)?;
-    let mut opt = AdamW::new(trainer.method.vars(), cfg.adam)?;
-    let start = if a.resume { trainer.resume(&cfg, &mut opt)? } else { 0 };
-    let bar = crate::progress::bar(cfg.steps as u64, "training");
-    bar.set_position(start as u64);
-    trainer.run(&cfg, &mut opt, start, &mut |r| {
-        bar.set_position(r.step as u64);
-        bar.set_message(format!("training loss {:.4}", r.loss.total));
-    })?;
-    bar.finish_and_clear();
-    let face_model = hyper.get("face_model").and_then(|v| v.as_str()).map(String::from);
-    let mut identity = persona_train::output::to_identity(&sd, &a.model, trainer.method.as_ref(), &cfg, &a.token, hyper)?;
-    identity.meta.face_model = face_model;
-    identity.save(&a.out).map_err(|e| anyhow::anyhow!("{e}")).with_context(|| format!("writing {}", a.out.display()))?;
-    eprintln!("wrote {} (checkpoint {}, loss log beside it)", a.out.display(), checkpoint_path(&a.out).display());
-    Ok(())
-}
-
-/// The method and the hyper-parameters its identity file records.
-fn build_method<'a>(sd: &StableDiffusion, a: &TrainArgs) -> Result<(Box<dyn persona_train::methods::Method + 'a>, serde_json::Value)> {
-    let latent_side = a.resolution as usize / sd.vae_scale();
-    let layers = LayerSelect::parse(&a.attn_layers, latent_side)?;
-    let attention = |weight: f64| SubjectAttention::new(sd, &a.class_word, weight, layers.clone());
-    let attn_hyper = |weight: f64| serde_json::json!({"attn_loss": weight, "class_word": a.class_word, "attn_layers": a.attn_layers});
-    let kind = match a.method {
-        Method::Ti => MethodKind::Ti,
-        Method::CrossInit => MethodKind::CrossInit,
-        Method::Idea => {
-            let init = InitOptions { num_tokens: a.num_tokens.unwrap_or(2), init_words: a.init_words.clone(), names: a.names.clone() };
-            let common = idea::Common {
-                token: &a.token,
-                images: &a.images,
-                models: &a.models,
-                init,
-                reg_weight: a.reg_weight.unwrap_or(idea::REG_WEIGHT),
-                seed: a.seed,
-            };
-            return idea::build(sd, &a.idea, common);
-        }
-        Method::Sefi => {
-            let weight = a.attn_loss.unwrap_or(0.003);
-            let parameterisation = match a.sefi_param {
-                SefiParam::Direct => Parameterisation::Direct,
-                SefiParam::Generator => Parameterisation::Generator,
-            };
-            let o = SefiOptions {
-                stages: a.stages,
-                num_tokens: a.num_tokens.unwrap_or(1),
-                init_word: a.init_words.clone(),
-                class_word: a.class_word.clone(),
-                attn_weight: weight,
-                layers,
-                parameterisation,
-                seed: a.seed,
-            };
-            let hyper = serde_json::json!({"stages": a.stages, "num_tokens": o.num_tokens, "init_words": a.init_words,
-                "parameterisation": format!("{:?}", a.sefi_param).to_lowercase(), "attention": attn_hyper(weight)});
-            return Ok((Box::new(SefiMethod::new(sd, &a.token, &o)?), hyper));
-        }
-    };
-    let num_tokens = a.num_tokens.unwrap_or(2);
-    let init = InitOptions { num_tokens, init_words: a.init_words.clone(), names: a.names.clone() };
-    let method = TokenMethod::new(sd, kind, &a.token, &init, a.reg_weight.unwrap_or(1e-5))?;
-    let mut hyper = serde_json::json!({"reg_weight": method.reg_weight, "num_tokens": num_tokens, "init_words": a.init_words});
-    match a.attn_loss.filter(|&w| w != 0.0) {
-        Some(weight) => {
-            hyper["attention"] = attn_hyper(weight);
-            let names = method.names.clone();
-            Ok((Box::new(WithAttentionLoss::new(method, names, attention(weight)?)?), hyper))
-        }
-        None => Ok((Box::new(method), hyper)),
-    }
-}
-
-fn find_detector(models: &Option<PathBuf>) -> Option<Box<dyn persona_faces::Detector>> {
-    let search = ModelSearch { models_dir: models.clone(), ..Default::default() };
-    match search.load_detector() {
-        Ok(d) => Some(d),
-        Err(e) => {
-            tracing::warn!("no face detector ({e}); photos are centre-cropped");
-            eprintln!("warning: no face detector found, photos are centre-cropped ({e})");
-            None
-        }
     }
 }

@@ -1,6 +1,8 @@
 //! `persona compare` end to end on the tiny pipeline: two methods (ti, cross-init) × two identities × the
 //! `single` prompt set. Two shards merged must give the same results.json as one run; an interrupted run
-//! resumes to the same results; `persona eval` on the identities it trained scores the same; the report loads in headless Chromium without errors or missing images.
+//! resumes to the same results; `persona eval` on the identities it trained scores the same; the report loads
+//! in headless Chromium without errors or missing images. SeFi-IDE and ID-EA train through it with their
+//! options.
 
 use crate::common;
 
@@ -116,6 +118,70 @@ fn sharded_compare_equals_one_run_resumes_and_its_report_loads() {
     let Some(chromium) = common::browser::chromium() else { return };
     let problems = common::browser::page_problems(&chromium, &single.join("report.html"));
     assert!(problems.is_empty(), "report problems: {problems:#?}");
+}
+
+/// `compare` trains every method `persona train` has, each with its own defaults and the options its entry
+/// gives; a misspelt option is an error naming the method.
+#[test]
+fn compare_trains_sefi_and_idea_with_their_options() {
+    let Some(models) = common::shared("models") else { return };
+    let Some(photos) = common::photos("celeba") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let alice = common::folder_of(&tmp.path().join("photos/alice"), &photos[..2].iter().map(|p| p.as_path()).collect::<Vec<_>>());
+    std::fs::write(tmp.path().join("two.txt"), "a {} person on the beach\na {} person with a cat\n").unwrap();
+    let write = |methods: &str| {
+        let text = format!(
+            r#"model = "{root}/fixtures/sd2-tiny"
+prompt_sets = ["two.txt"]
+clip = "{root}/fixtures/clip-tiny"
+face_models = "{models}"
+[sampling]
+images_per_prompt = 1
+steps = 2
+resolution = 32
+[train]
+steps = 2
+batch_size = 1
+resolution = 32
+{methods}
+[[identities]]
+name = "alice"
+photos = "{alice}"
+"#,
+            root = common::root().canonicalize().unwrap().display(),
+            models = models.display(),
+            alice = alice.display(),
+        );
+        let path = tmp.path().join("compare.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let m = write("[[methods]]\nname = \"sefi\"\nstages = 2\nclass_word = \"person\"\n[[methods]]\nname = \"idea-kv\"\nmethod = \"idea\"\nkv_rank = 2\n");
+    let out = tmp.path().join("out");
+    let results = run(&m, &out, None, &ProgressBar::hidden()).unwrap().expect("an unsharded run merges");
+    let methods: Vec<&str> = results.methods.iter().map(|m| m.method.as_str()).collect();
+    assert_eq!(methods, ["idea-kv", "sefi"]);
+    assert_eq!(results.images.len(), 2 * 2);
+
+    let sd = persona_diffusion::pipeline::StableDiffusion::load(&format!("{}/fixtures/sd2-tiny", common::root().display()), &Default::default()).unwrap();
+    let load = |method: &str| {
+        let file = out.join(format!("identities/{method}/alice.safetensors"));
+        persona_train::output::load_identities(&sd, &[file], false).unwrap().remove(0)
+    };
+    let sefi = load("sefi");
+    assert_eq!(sefi.meta.method, "sefi");
+    assert_eq!(sefi.modules[persona_train::methods::sefi::KEYS].dims()[0], 2, "stages = 2 reached the method");
+    let idea = load("idea-kv");
+    assert_eq!(idea.meta.method, "idea");
+    assert!(idea.meta.face_model.as_deref().is_some_and(|f| f.contains("facenet")), "{:?}", idea.meta.face_model);
+    assert!(idea.modules.keys().any(|k| k.contains("to_k")), "kv_rank gave key/value deltas: {:?}", idea.modules.keys().collect::<Vec<_>>());
+
+    let m = write("[[methods]]\nname = \"sefi\"\nstagez = 2\n");
+    let err = format!("{:#}", run(&m, &tmp.path().join("bad"), None, &ProgressBar::hidden()).unwrap_err());
+    assert!(err.contains("sefi") && err.contains("stagez"), "{err}");
+    let m = write("[[methods]]\nname = \"dreambooth\"\n");
+    let err = format!("{:#}", run(&m, &tmp.path().join("bad"), None, &ProgressBar::hidden()).unwrap_err());
+    assert!(err.contains("dreambooth") && err.contains("cross-init"), "{err}");
 }
 
 /// The browser check itself must catch what it is there to catch.

@@ -1,7 +1,8 @@
 //! Personalization of a frozen Stable Diffusion: the methods, the shared training loop, identity files.
 //!
 //! Data flow: `data` (photos → training tensors) and `captions` → `methods` (what is learned and how the
-//! condition is built) → `trainer` (the loop: noising, loss, AdamW, checkpoints) → `identity` (the file).
+//! condition is built) → `trainer` (the loop: noising, loss, AdamW, checkpoints) → `identity` (the file); `recipe` wires them
+//! together for one identity, as `persona train` and `persona compare` run it.
 
 pub mod captions;
 pub mod checkpoint;
@@ -10,6 +11,7 @@ pub mod identity;
 pub mod methods;
 pub mod optim;
 pub mod output;
+pub mod recipe;
 pub mod trainer;
 
 pub use persona_diffusion::{Error, Result};

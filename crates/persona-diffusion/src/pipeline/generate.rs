@@ -72,7 +72,7 @@ impl StableDiffusion {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Tensor> {
         let f = self.vae_scale();
-        if p.height % f != 0 || p.width % f != 0 || p.height == 0 || p.width == 0 {
+        if !p.height.is_multiple_of(f) || !p.width.is_multiple_of(f) || p.height == 0 || p.width == 0 {
             return Err(Error::Msg(format!("height and width must be positive multiples of {f}, got {}×{}", p.height, p.width)));
         }
         let shape = [self.unet.config().in_channels, p.height / f, p.width / f];

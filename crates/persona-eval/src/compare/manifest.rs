@@ -10,20 +10,27 @@
 //! scheduler = "ddim"
 //! steps = 50
 //! guidance = 10
-//! [train]
-//! steps = 320
-//! [[methods]]
-//! name = "ti"
+//! [train]                                     # unset: each method's default
+//! batch_size = 8
 //! [[methods]]
 //! name = "cross-init"
+//! [[methods]]
+//! name = "idea-kv"
+//! method = "idea"
+//! kv_rank = 4                                 # any `persona train` method option (MethodOptions)
+//! [[methods]]
+//! name = "sefi"
+//! attn_loss = 0.003
 //! [[identities]]
 //! name = "alice"
 //! photos = "photos/alice"                     # training photos; also the references unless `references`
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use persona_train::recipe::{MethodName, MethodOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::Sampling;
@@ -55,14 +62,15 @@ pub struct Manifest {
     pub as_written: serde_json::Value,
 }
 
-/// Training settings shared by every method (a method may override the learning rate).
+/// Training settings shared by every method; unset values take each method's own default (the same as
+/// `persona train`'s), and a method entry may override steps and learning rate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainSettings {
-    pub steps: usize,
+    pub steps: Option<usize>,
     pub batch_size: usize,
-    pub lr: f64,
-    pub num_tokens: usize,
+    pub lr: Option<f64>,
+    pub num_tokens: Option<usize>,
     pub resolution: u32,
     pub seed: u64,
     pub save_every: usize,
@@ -72,36 +80,69 @@ pub struct TrainSettings {
 
 impl Default for TrainSettings {
     fn default() -> Self {
-        Self { steps: 320, batch_size: 8, lr: 0.005, num_tokens: 2, resolution: 512, seed: 0, save_every: 50, no_face_crop: false }
+        Self { steps: None, batch_size: 8, lr: None, num_tokens: None, resolution: 512, seed: 0, save_every: 50, no_face_crop: false }
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One method of the comparison. Besides the keys below it takes every option of `persona train`'s methods
+/// under its [`MethodOptions`] name (`reg_weight`, `attn_loss`, `class_word`, `stages`, `kv_rank`, …).
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MethodEntry {
-    /// The label in the report; also the training method unless `method` is given (`ti`, `cross-init`).
+    /// The label in the report; also the training method unless `method` is given (`ti`, `cross-init`,
+    /// `sefi`, `idea`).
     pub name: String,
-    #[serde(default)]
     pub method: Option<String>,
-    #[serde(default)]
     pub lr: Option<f64>,
-    /// Cross Init regulariser weight.
-    #[serde(default = "default_reg")]
-    pub reg_weight: f64,
-    #[serde(default)]
-    pub init_words: Option<String>,
+    pub steps: Option<usize>,
     /// Identity files trained elsewhere, by identity name: used instead of training.
-    #[serde(default)]
-    pub files: std::collections::BTreeMap<String, PathBuf>,
+    pub files: BTreeMap<String, PathBuf>,
+    #[serde(flatten)]
+    pub options: MethodOptions,
 }
 
-fn default_reg() -> f64 {
-    1e-5
+/// The keys of a method entry that are not method options.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryHead {
+    name: String,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    lr: Option<f64>,
+    #[serde(default)]
+    steps: Option<usize>,
+    #[serde(default)]
+    files: BTreeMap<String, PathBuf>,
+}
+
+/// Split by hand: serde cannot combine `flatten` with `deny_unknown_fields`, and a misspelt option must be an
+/// error, not silently the default.
+impl<'de> Deserialize<'de> for MethodEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        let all = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let head_keys = ["name", "method", "lr", "steps", "files"];
+        let (head, rest): (serde_json::Map<_, _>, serde_json::Map<_, _>) = all.into_iter().partition(|(k, _)| head_keys.contains(&k.as_str()));
+        let h = EntryHead::deserialize(serde_json::Value::Object(head)).map_err(D::Error::custom)?;
+        let options = MethodOptions::deserialize(serde_json::Value::Object(rest)).map_err(|e| D::Error::custom(format!("method {}: {e}", h.name)))?;
+        Ok(Self { name: h.name, method: h.method, lr: h.lr, steps: h.steps, files: h.files, options })
+    }
 }
 
 impl MethodEntry {
     pub fn training_method(&self) -> &str {
         self.method.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The method to train; an error when some identity has no file and the name is not a method.
+    pub fn method_name(&self) -> Result<MethodName> {
+        self.training_method().parse().with_context(|| format!("method {}: set `method` to one of ti, cross-init, sefi, idea, or give every identity's file under `files`", self.name))
+    }
+
+    /// Optimizer steps: the entry's, the shared setting's, or the method's default.
+    pub fn steps(&self, t: &TrainSettings) -> usize {
+        let default = self.method_name().map(MethodName::default_steps).unwrap_or(0);
+        self.steps.or(t.steps).unwrap_or(default)
     }
 }
 
@@ -159,6 +200,7 @@ impl Manifest {
         }
         for m in &mut self.methods {
             m.files.values_mut().for_each(fix);
+            m.options.names.iter_mut().for_each(fix);
         }
     }
 
@@ -177,6 +219,11 @@ impl Manifest {
         };
         unique(self.methods.iter().map(|m| m.name.as_str()).collect(), "method")?;
         unique(self.identities.iter().map(|i| i.name.as_str()).collect(), "identity")?;
+        for m in &self.methods {
+            if self.identities.iter().any(|i| !m.files.contains_key(&i.name)) {
+                m.method_name()?;
+            }
+        }
         for i in &self.identities {
             if i.name.is_empty() || !i.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
                 bail!("identity name {:?}: use letters, digits, - and _ only", i.name);

@@ -106,7 +106,8 @@ pub fn run(manifest: &Path, out: &Path, shard: Option<Shard>, bar: &ProgressBar)
     let references = m.identities.iter().map(|i| scorer.reference(i.references())).collect::<Result<Vec<_>>>()?;
     let settings = settings_of(&m, &scorer);
     let needed = needed_identities(&m, &mine);
-    bar.set_length((needed.iter().flatten().count() * m.train.steps) as u64 + mine.len() as u64 * m.sampling.unit_ticks());
+    let train_ticks: usize = m.methods.iter().zip(&needed).map(|(e, n)| n.iter().filter(|&&b| b).count() * e.steps(&m.train)).sum();
+    bar.set_length(train_ticks as u64 + mine.len() as u64 * m.sampling.unit_ticks());
     let tag = shard.map_or("all".to_string(), Shard::tag);
     for (method, need) in m.methods.iter().zip(&needed) {
         let units: Vec<&Unit> = mine.iter().filter(|u| u.method == method.name).collect();
