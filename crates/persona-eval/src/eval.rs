@@ -207,6 +207,7 @@ fn score_prompt_folder(scorer: &Scorer, f: &PromptFolder, names: &[String], refe
                 id: s.id,
                 id_each: s.id_each,
                 prompt_score: s.prompt_score,
+                diversity: s.diversity,
             })
         })
         .collect()

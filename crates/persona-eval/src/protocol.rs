@@ -174,6 +174,7 @@ pub fn run_unit(cx: &UnitContext, unit: &Unit) -> Result<Vec<ImageRecord>> {
             id: s.id,
             id_each: s.id_each,
             prompt_score: s.prompt_score,
+            diversity: s.diversity,
         })
         .collect();
     let stored = Stored { key: cx.key.to_string(), records };

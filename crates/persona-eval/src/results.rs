@@ -41,6 +41,10 @@ pub struct ImageRecord {
     pub id_each: Vec<f64>,
     /// CLIP cosine with the prompt (placeholders removed); `None` without a CLIP model.
     pub prompt_score: Option<f64>,
+    /// Mean `1 − cos` of this image's face embedding to the other images of its (identity, prompt) that have
+    /// a face (the spec's optional diversity); `None` without a face or without another face to compare.
+    #[serde(default)]
+    pub diversity: Option<f64>,
 }
 
 impl ImageRecord {
@@ -59,6 +63,9 @@ pub struct Stats {
     /// Mean over (identity, prompt) groups of the mean ID of images with a face.
     pub id: Option<Interval>,
     pub prompt_score: Option<Interval>,
+    /// Mean pairwise face diversity within each (identity, prompt), averaged like ID.
+    #[serde(default)]
+    pub diversity: Option<Interval>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -103,6 +110,7 @@ fn stats(records: &[&ImageRecord], key: &str, seed: u64) -> Stats {
         detection_rate: if records.is_empty() { 0.0 } else { detected as f64 / records.len() as f64 },
         id: bootstrap(&collect(&|r| r.id), seed_for(&format!("id/{key}"), seed)),
         prompt_score: bootstrap(&collect(&|r| r.prompt_score), seed_for(&format!("prompt/{key}"), seed)),
+        diversity: bootstrap(&collect(&|r| r.diversity), seed_for(&format!("diversity/{key}"), seed)),
     }
 }
 
@@ -154,7 +162,7 @@ impl Results {
 
     /// One row per image.
     pub fn csv(&self) -> String {
-        let mut out = String::from("method,identity,second,class,prompt_index,prompt,index,seed,file,faces,id,prompt_score\n");
+        let mut out = String::from("method,identity,second,class,prompt_index,prompt,index,seed,file,faces,id,prompt_score,diversity\n");
         let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
         for r in &self.images {
             let cells = [
@@ -170,6 +178,7 @@ impl Results {
                 r.faces.to_string(),
                 opt(r.id),
                 opt(r.prompt_score),
+                opt(r.diversity),
             ];
             out.push_str(&cells.join(","));
             out.push('\n');
@@ -206,6 +215,7 @@ mod tests {
             id,
             id_each: vec![],
             prompt_score: None,
+            diversity: None,
         }
     }
 

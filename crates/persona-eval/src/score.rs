@@ -21,6 +21,8 @@ pub struct ImageScore {
     pub id: Option<f64>,
     pub id_each: Vec<f64>,
     pub prompt_score: Option<f64>,
+    /// Mean `1 − cos` between this image's face embedding and those of the other images scored with it.
+    pub diversity: Option<f64>,
 }
 
 /// Face models, the optional CLIP model, and the prompt embeddings already computed.
@@ -80,24 +82,29 @@ impl Scorer {
     pub fn score(&self, images: &[RgbImage], refs: &[&[f32]], clip_text: &str) -> Result<Vec<ImageScore>> {
         let images: Vec<RgbImage> = if self.jpeg { images.iter().map(jpeg_round_trip).collect::<Result<_>>()? } else { images.to_vec() };
         let prompt = self.prompt_scores(&images, clip_text)?;
-        images.iter().zip(prompt).map(|(img, prompt_score)| self.face_scores(img, refs, prompt_score)).collect()
+        let scored = images.iter().zip(prompt).map(|(img, prompt_score)| self.face_scores(img, refs, prompt_score)).collect::<Result<Vec<_>>>()?;
+        let embeddings: Vec<Option<Vec<f32>>> = scored.iter().map(|(_, e)| e.clone()).collect();
+        Ok(scored.into_iter().enumerate().map(|(i, (s, _))| ImageScore { diversity: diversity(&embeddings, i), ..s }).collect())
     }
 
-    fn face_scores(&self, img: &RgbImage, refs: &[&[f32]], prompt_score: Option<f64>) -> Result<ImageScore> {
+    /// The image's scores and the embedding of its `{}` face (the largest face, or for double prompts the face
+    /// that best matches the first identity).
+    fn face_scores(&self, img: &RgbImage, refs: &[&[f32]], prompt_score: Option<f64>) -> Result<(ImageScore, Option<Vec<f32>>)> {
         let faces = self.faces.detect(img).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (id, id_each) = if faces.is_empty() {
-            (None, vec![])
+        let (id, id_each, embedding) = if faces.is_empty() {
+            (None, vec![], None)
         } else if refs.len() == 1 {
             let face = persona_faces::largest(&faces).expect("not empty");
             let e = self.faces.embed(img, &face).map_err(|e| anyhow::anyhow!("{e}"))?;
-            (Some(cosine(&e, refs[0]) as f64), vec![])
+            (Some(cosine(&e, refs[0]) as f64), vec![], Some(e))
         } else {
             let embeds = faces.iter().map(|f| self.faces.embed(img, f)).collect::<persona_faces::Result<Vec<_>>>().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let each: Vec<f64> =
-                refs.iter().map(|r| embeds.iter().map(|e| cosine(e, r) as f64).fold(f64::NEG_INFINITY, f64::max)).collect();
-            (Some(each.iter().sum::<f64>() / each.len() as f64), each)
+            let best = |r: &[f32]| embeds.iter().map(|e| (cosine(e, r) as f64, e)).max_by(|a, b| a.0.total_cmp(&b.0)).expect("not empty");
+            let each: Vec<f64> = refs.iter().map(|r| best(r).0).collect();
+            let first = best(refs[0]).1.clone();
+            (Some(each.iter().sum::<f64>() / each.len() as f64), each, Some(first))
         };
-        Ok(ImageScore { faces: faces.len(), id, id_each, prompt_score })
+        Ok((ImageScore { faces: faces.len(), id, id_each, prompt_score, diversity: None }, embedding))
     }
 
     fn prompt_scores(&self, images: &[RgbImage], text: &str) -> Result<Vec<Option<f64>>> {
@@ -116,6 +123,15 @@ impl Scorer {
         let scores = crate::clip::cosine(&clip.image_embeds(images)?, &text_embed)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(scores.into_iter().map(|s| Some(s as f64)).collect())
     }
+}
+
+/// Image `i`'s mean `1 − cos` to every other image with a face; `None` without a face or a second one. Averaged
+/// over the images of a prompt this is the mean pairwise diversity the spec names: how different the faces
+/// a prompt produced are from each other (a method that always draws the same face scores 0).
+pub fn diversity(embeddings: &[Option<Vec<f32>>], i: usize) -> Option<f64> {
+    let own = embeddings[i].as_ref()?;
+    let others: Vec<f64> = embeddings.iter().enumerate().filter(|&(j, _)| j != i).filter_map(|(_, e)| e.as_ref()).map(|e| 1.0 - cosine(own, e) as f64).collect();
+    (!others.is_empty()).then(|| others.iter().sum::<f64>() / others.len() as f64)
 }
 
 /// Encodes at JPEG quality 75 and decodes again.
@@ -187,5 +203,16 @@ mod tests {
     fn clip_labels() {
         assert_eq!(clip_label(Path::new("/c/hub/models--openai--clip-vit-base-patch32/snapshots/abc")), CLIP_DEFAULT);
         assert_eq!(clip_label(Path::new("fixtures/clip-tiny")), "clip-tiny");
+    }
+
+    #[test]
+    fn diversity_is_mean_one_minus_cosine_to_the_other_faces() {
+        let e = |v: [f32; 2]| Some(v.to_vec());
+        let set = [e([1.0, 0.0]), e([1.0, 0.0]), e([0.0, 1.0]), None];
+        // Image 0: 1 − 1 against image 1, 1 − 0 against image 2; the faceless image does not count.
+        assert!((diversity(&set, 0).unwrap() - 0.5).abs() < 1e-12);
+        assert!((diversity(&set, 2).unwrap() - 1.0).abs() < 1e-12);
+        assert_eq!(diversity(&set, 3), None);
+        assert_eq!(diversity(&[e([1.0, 0.0]), None], 0), None, "one face alone has nothing to differ from");
     }
 }

@@ -109,6 +109,14 @@ fn id_ranks_same_person_first_and_detection_separates_faces_from_noise() {
     eprintln!("same person: mean {:.3}, min {lowest_same:.3}; other people: mean {:.3}, max {highest_other:.3}", mean(&same), mean(&other));
     assert!(lowest_same > highest_other, "every same-person pair must rank above every different-person pair");
 
+    // Diversity: one person's edits are near-duplicates; five different people are not; noise has no faces.
+    let same_diversity = photo.stats.diversity.expect("every edit has a face").mean;
+    let people = scorer.score(&s.originals, &all[..1], "").unwrap();
+    let mixed_diversity = mean(&people.iter().map(|p| p.diversity.expect("every photo has a face")).collect::<Vec<_>>());
+    eprintln!("diversity: one person's edits {same_diversity:.3}, {PEOPLE} people {mixed_diversity:.3}");
+    assert!(noise.stats.diversity.is_none());
+    assert!(mixed_diversity > 3.0 * same_diversity, "different people must be far more diverse than one person's edits");
+
     let Some(chromium) = common::browser::chromium() else { return };
     let problems = common::browser::page_problems(&chromium, &cfg.out.join("report.html"));
     assert!(problems.is_empty(), "report problems: {problems:#?}");

@@ -81,12 +81,21 @@ fn interval(i: &Option<Interval>) -> String {
 }
 
 fn stats_cells(s: &Stats) -> String {
-    format!("<td>{}</td><td>{:.2} ({}/{})</td><td>{}</td><td>{}</td>", s.images, s.detection_rate, s.detected, s.images, interval(&s.id), interval(&s.prompt_score))
+    format!(
+        "<td>{}</td><td>{:.2} ({}/{})</td><td>{}</td><td>{}</td><td>{}</td>",
+        s.images,
+        s.detection_rate,
+        s.detected,
+        s.images,
+        interval(&s.id),
+        interval(&s.prompt_score),
+        interval(&s.diversity)
+    )
 }
 
 fn method_table(h: &mut String, results: &Results) {
-    h.push_str("<h2>Methods</h2><p class=\"muted\">Means over (identity, prompt) groups with 95 % bootstrap intervals; ID over images with a face.</p>");
-    h.push_str("<table><tr><th>method</th><th>prompts</th><th>images</th><th>detection rate</th><th>ID</th><th>prompt score</th></tr>");
+    h.push_str("<h2>Methods</h2><p class=\"muted\">Means over (identity, prompt) groups with 95 % bootstrap intervals; ID over images with a face; diversity: mean pairwise 1 − cos of the face embeddings within a prompt.</p>");
+    h.push_str("<table><tr><th>method</th><th>prompts</th><th>images</th><th>detection rate</th><th>ID</th><th>prompt score</th><th>diversity</th></tr>");
     for m in &results.methods {
         let _ = write!(h, "<tr><th>{}</th><td>all</td>{}</tr>", esc(&m.method), stats_cells(&m.overall));
         for (class, s) in &m.classes {
@@ -123,13 +132,14 @@ fn grids(h: &mut String, results: &Results) {
     for p in &results.prompts {
         let _ = write!(
             h,
-            "<h3>{} · {} · {}</h3><p class=\"muted\">detection {:.2} · ID {} · prompt {}</p><div class=\"grid\">",
+            "<h3>{} · {} · {}</h3><p class=\"muted\">detection {:.2} · ID {} · prompt {} · diversity {}</p><div class=\"grid\">",
             esc(&p.method),
             esc(&p.class),
             esc(&p.prompt),
             p.stats.detection_rate,
             interval(&p.stats.id),
-            interval(&p.stats.prompt_score)
+            interval(&p.stats.prompt_score),
+            interval(&p.stats.diversity)
         );
         for r in by_prompt.get(&(p.method.as_str(), p.class.as_str(), p.prompt_index)).into_iter().flatten() {
             figure(h, r);
