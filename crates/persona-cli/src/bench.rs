@@ -106,7 +106,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             })?
         }
     };
-    let peak = peak_rss_gb();
+    let peak = persona_train::recipe::peak_rss_gb().unwrap_or(0.0);
     if !best.is_finite() {
         bail!("no timing");
     }
@@ -115,13 +115,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.part, a.method, a.arch, a.size, a.batch, candle_core::utils::get_num_threads()
     );
     Ok(())
-}
-
-/// Peak resident memory of this process (VmHWM), in GB; 0 where /proc is unavailable.
-fn peak_rss_gb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
-    kb.map_or(0.0, |kb| kb / 1e6)
 }
 
 fn train_step(w: &Weights, a: &BenchArgs) -> Result<(f64, f64)> {

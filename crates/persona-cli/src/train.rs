@@ -180,7 +180,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
     })?;
     bar.finish_and_clear();
     identity.save(&a.out).map_err(|e| anyhow::anyhow!("{e}")).with_context(|| format!("writing {}", a.out.display()))?;
-    eprintln!("wrote {} (checkpoint {}, loss log beside it)", a.out.display(), checkpoint_path(&a.out).display());
+    let cost = &identity.meta.hyper["method"]["cost"];
+    eprintln!(
+        "wrote {} (checkpoint {}, loss log beside it); {} steps in {:.1} s, peak memory {:.2} GB",
+        a.out.display(),
+        checkpoint_path(&a.out).display(),
+        cost["steps"],
+        cost["seconds"].as_f64().unwrap_or(f64::NAN),
+        cost["peak_rss_gb"].as_f64().unwrap_or(f64::NAN)
+    );
     Ok(())
 }
 

@@ -44,7 +44,7 @@ pub fn run(cfg: &EvalConfig, bar: &ProgressBar) -> Result<Results> {
         None => generate_and_score(cfg, &scorer, bar)?,
     };
     results.write(&cfg.out)?;
-    crate::report::write(&results, &cfg.out)?;
+    crate::report::write(&results, &[], &cfg.out)?;
     Ok(results)
 }
 

@@ -114,6 +114,17 @@ fn stats(records: &[&ImageRecord], key: &str, seed: u64) -> Stats {
     }
 }
 
+/// What training one identity cost, as its file records it (identities trained elsewhere may not say):
+/// `compare` writes these to `training.json` and the report's training-cost table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingCost {
+    pub method: String,
+    pub identity: String,
+    pub seconds: Option<f64>,
+    pub steps: Option<u64>,
+    pub peak_rss_gb: Option<f64>,
+}
+
 impl Results {
     /// Sorts the records and computes every summary (`seed` seeds the bootstrap).
     pub fn summarise(settings: serde_json::Value, mut images: Vec<ImageRecord>, seed: u64) -> Self {

@@ -176,6 +176,13 @@ photos = "{alice}"
     assert!(idea.meta.face_model.as_deref().is_some_and(|f| f.contains("facenet")), "{:?}", idea.meta.face_model);
     assert!(idea.modules.keys().any(|k| k.contains("to_k")), "kv_rank gave key/value deltas: {:?}", idea.modules.keys().collect::<Vec<_>>());
 
+    // The training cost each file records reaches training.json and the report.
+    let costs: Vec<persona_eval::results::TrainingCost> = serde_json::from_str(&std::fs::read_to_string(out.join("training.json")).unwrap()).unwrap();
+    assert_eq!(costs.len(), 2);
+    assert!(costs.iter().all(|c| c.steps == Some(2) && c.seconds.is_some_and(|s| s > 0.0)), "{costs:?}");
+    assert!(costs.iter().all(|c| c.peak_rss_gb.is_some_and(|g| g > 0.0)), "{costs:?}");
+    assert!(std::fs::read_to_string(out.join("report.html")).unwrap().contains("Training cost"));
+
     let m = write("[[methods]]\nname = \"sefi\"\nstagez = 2\n");
     let err = format!("{:#}", run(&m, &tmp.path().join("bad"), None, &ProgressBar::hidden()).unwrap_err());
     assert!(err.contains("sefi") && err.contains("stagez"), "{err}");

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use persona_diffusion::pipeline::StableDiffusion;
@@ -156,7 +157,9 @@ pub struct Built<'a> {
 }
 
 /// Trains the recipe's identity with `cfg` (continuing from `cfg.out`'s checkpoint when `resume`), reporting
-/// every step; the identity is returned, not written.
+/// every step; the identity is returned, not written. Its hyper-parameters record what the training cost
+/// (`method.cost`: seconds and steps of this run, the process's peak resident memory), the spec's time per
+/// identity and peak memory.
 pub fn train(sd: &StableDiffusion, model: &str, r: &Recipe, cfg: &TrainConfig, resume: bool, report: &mut dyn FnMut(StepReport)) -> Result<Identity> {
     if resume && !checkpoint_path(&cfg.out).is_file() {
         bail!("no checkpoint to resume at {}", checkpoint_path(&cfg.out).display());
@@ -168,10 +171,24 @@ pub fn train(sd: &StableDiffusion, model: &str, r: &Recipe, cfg: &TrainConfig, r
     let mut trainer = Trainer::new(sd, built.method, samples, captions, cfg.seed)?;
     let mut opt = AdamW::new(trainer.method.vars(), cfg.adam)?;
     let start = if resume { trainer.resume(cfg, &mut opt)? } else { 0 };
+    let clock = Instant::now();
     trainer.run(cfg, &mut opt, start, report)?;
-    let mut identity = crate::output::to_identity(sd, model, trainer.method.as_ref(), cfg, &r.token, built.hyper)?;
+    let mut hyper = built.hyper;
+    hyper["cost"] = serde_json::json!({
+        "seconds": clock.elapsed().as_secs_f64(),
+        "steps": cfg.steps - start,
+        "peak_rss_gb": peak_rss_gb(),
+    });
+    let mut identity = crate::output::to_identity(sd, model, trainer.method.as_ref(), cfg, &r.token, hyper)?;
     identity.meta.face_model = built.face_model;
     Ok(identity)
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in GB; `None` where `/proc` is unavailable.
+pub fn peak_rss_gb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse::<f64>().ok()?;
+    Some(kb / 1e6)
 }
 
 /// The training photos, cropped around the largest detected face when a detector is found.

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
+use persona_diffusion::pipeline::image::write_atomic;
 use persona_diffusion::pipeline::{LoadOptions, StableDiffusion};
 use persona_faces::ModelSearch;
 use persona_train::identity::Identity;
@@ -174,7 +175,9 @@ fn merge_with(m: &Manifest, scorer: &Scorer, out: &Path) -> Result<Results> {
     }
     let results = Results::summarise(settings, records, m.sampling.seed);
     results.write(out)?;
-    crate::report::write(&results, out)?;
+    let costs = train::costs(m, out);
+    write_atomic(&out.join("training.json"), serde_json::to_string_pretty(&costs)?.as_bytes())?;
+    crate::report::write(&results, &costs, out)?;
     Ok(results)
 }
 

@@ -15,6 +15,7 @@ use persona_train::recipe::{self, Recipe};
 use persona_train::trainer::TrainConfig;
 
 use super::face_search;
+use crate::results::TrainingCost;
 use super::manifest::{IdentityEntry, Manifest, MethodEntry};
 
 fn err(e: impl std::fmt::Display) -> anyhow::Error {
@@ -80,4 +81,24 @@ fn train(sd: &StableDiffusion, m: &Manifest, method: &MethodEntry, identity: &Id
         bar.inc(r.step.saturating_sub(done) as u64);
         done = r.step;
     })
+}
+
+/// The training cost of every (method, identity) of the manifest. Kept out of `results.json`, which is a pure
+/// function of the scores (a sharded run equals a single one), while timings are not.
+pub fn costs(m: &Manifest, out: &Path) -> Vec<TrainingCost> {
+    let mut all = Vec::new();
+    for method in &m.methods {
+        for identity in &m.identities {
+            let path = method.files.get(&identity.name).cloned().unwrap_or_else(|| identity_path(out, method, identity));
+            let cost = Identity::load(&path).ok().map(|i| i.meta.hyper["method"]["cost"].clone()).unwrap_or_default();
+            all.push(TrainingCost {
+                method: method.name.clone(),
+                identity: identity.name.clone(),
+                seconds: cost["seconds"].as_f64(),
+                steps: cost["steps"].as_u64(),
+                peak_rss_gb: cost["peak_rss_gb"].as_f64(),
+            });
+        }
+    }
+    all
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use persona_diffusion::pipeline::image::write_atomic;
 use persona_diffusion::Result;
 
-use crate::results::{ImageRecord, Results, Stats};
+use crate::results::{ImageRecord, Results, Stats, TrainingCost};
 use crate::stats::Interval;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}\
@@ -21,17 +21,18 @@ object-fit:cover;image-rendering:pixelated;border:4px solid #fff}figure.noface i
 figcaption{font-size:12px}.mark{color:#d33;font-weight:bold}.muted{color:#777}h3{margin-bottom:4px}";
 
 /// Writes `dir/report.html` (atomically).
-pub fn write(results: &Results, dir: &Path) -> Result<()> {
-    write_atomic(&dir.join("report.html"), html(results).as_bytes())
+pub fn write(results: &Results, costs: &[TrainingCost], dir: &Path) -> Result<()> {
+    write_atomic(&dir.join("report.html"), html(results, costs).as_bytes())
 }
 
-/// The whole page.
-pub fn html(results: &Results) -> String {
+/// The whole page; `costs` (from `compare`) adds the training-cost table.
+pub fn html(results: &Results, costs: &[TrainingCost]) -> String {
     let mut h = String::new();
     h.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>persona evaluation</title>");
     let _ = write!(h, "<style>{STYLE}</style></head><body><h1>persona evaluation</h1>");
     settings(&mut h, &results.settings);
     method_table(&mut h, results);
+    cost_table(&mut h, costs);
     h.push_str("<h2>Identity vs prompt</h2>");
     match scatter::svg(&scatter::points(results)) {
         Some(svg) => h.push_str(&svg),
@@ -101,6 +102,30 @@ fn method_table(h: &mut String, results: &Results) {
         for (class, s) in &m.classes {
             let _ = write!(h, "<tr><td></td><td>{}</td>{}</tr>", esc(class), stats_cells(s));
         }
+    }
+    h.push_str("</table>");
+}
+
+/// Time per identity and peak memory of training, per method (the spec's optional costs).
+fn cost_table(h: &mut String, costs: &[TrainingCost]) {
+    if costs.iter().all(|c| c.seconds.is_none()) {
+        return;
+    }
+    h.push_str("<h2>Training cost</h2><p class=\"muted\">As each identity file records it: wall time and steps of the run that trained it, and the peak resident memory of that process.</p>");
+    h.push_str("<table><tr><th>method</th><th>identity</th><th>steps</th><th>time</th><th>s / step</th><th>peak memory</th></tr>");
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "<span class=\"muted\">not recorded</span>".into());
+    for c in costs {
+        let per_step = c.seconds.zip(c.steps.filter(|&n| n > 0)).map(|(s, n)| format!("{:.2}", s / n as f64));
+        let _ = write!(
+            h,
+            "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&c.method),
+            esc(&c.identity),
+            opt(c.steps.map(|n| n.to_string())),
+            opt(c.seconds.map(|s| format!("{s:.1} s"))),
+            opt(per_step),
+            opt(c.peak_rss_gb.map(|g| format!("{g:.2} GB")))
+        );
     }
     h.push_str("</table>");
 }
