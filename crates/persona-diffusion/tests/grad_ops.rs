@@ -110,3 +110,43 @@ fn placed_rows() {
     let positions = [(0, 1, 0), (1, 4, 0), (1, 2, 1)];
     check("place_rows", &[2, 3], |x| place_rows(&base, x, &positions).unwrap());
 }
+
+/// The plain graph `softmax(q kᵀ) v`, as attention ran before the fused op.
+fn plain_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    matmul(&softmax_last_dim(&matmul(q, &k.t().unwrap()).unwrap()).unwrap(), v).unwrap()
+}
+
+#[test]
+fn sdpa_gradients_of_each_operand_match_finite_differences() {
+    use persona_diffusion::nn::sdpa::sdpa_blocked;
+    // G = 3 heads of 5 queries over 4 keys, d = 2; a block of 20 score elements holds one head, so the
+    // forward and the backward both run in three blocks.
+    let (q, k, v) = (randn(&[3, 5, 2], 11), randn(&[3, 4, 2], 12), randn(&[3, 4, 2], 13));
+    check("sdpa dq", &[3, 5, 2], |x| sdpa_blocked(x, &k, &v, 20).unwrap());
+    check("sdpa dk", &[3, 4, 2], |x| sdpa_blocked(&q, x, &v, 20).unwrap());
+    check("sdpa dv", &[3, 4, 2], |x| sdpa_blocked(&q, &k, x, 20).unwrap());
+}
+
+#[test]
+fn sdpa_equals_the_plain_graph_in_value_and_gradients() {
+    use persona_diffusion::nn::sdpa::{sdpa, sdpa_blocked};
+    let vars = [randn(&[4, 6, 3], 21), randn(&[4, 7, 3], 22), randn(&[4, 7, 3], 23)].map(|t| Var::from_tensor(&t).unwrap());
+    let [q, k, v] = vars.each_ref().map(|x| x.as_tensor().clone());
+    let target = randn(&[4, 6, 3], 24);
+    let plain = plain_attention(&q, &k, &v);
+    let plain_grads = mse_loss(&plain, &target).unwrap().backward().unwrap();
+    for block in [1, 42, 84, usize::MAX / 2] {
+        let fused = if block == usize::MAX / 2 { sdpa(&q, &k, &v).unwrap() } else { sdpa_blocked(&q, &k, &v, block).unwrap() };
+        let diff = (&fused - &plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(diff < 1e-12, "block {block}: value differs by {diff}");
+        let grads = mse_loss(&fused, &target).unwrap().backward().unwrap();
+        assert_eq!(grad_count(&grads), 3, "block {block}: only q, k and v get gradients");
+        for (name, x) in ["q", "k", "v"].iter().zip(&vars) {
+            let d = (grads.get(x).unwrap() - plain_grads.get(x).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+            assert!(d < 1e-12, "block {block}: d{name} differs by {d}");
+        }
+    }
+    // An untracked operand gets no gradient computed or stored.
+    let grads = mse_loss(&sdpa(&q, &k.detach(), &v.detach()).unwrap(), &target).unwrap().backward().unwrap();
+    assert_eq!(grad_count(&grads), 1);
+}

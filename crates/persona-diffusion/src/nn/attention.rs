@@ -12,6 +12,7 @@ use std::fmt;
 use candle_core::{Module, Tensor};
 
 use super::grad::{matmul, softmax_last_dim};
+use super::sdpa::sdpa;
 use super::layers::Linear;
 use super::weights::Weights;
 use crate::Result;
@@ -168,11 +169,20 @@ pub fn attend(
     capture: Option<(&dyn AttentionControl, &LayerId)>,
 ) -> Result<Tensor> {
     let (b, n, inner) = q.dims3()?;
-    let probs = probabilities(q, k, heads, scale)?;
-    if let Some((control, layer)) = capture {
-        control.capture(layer, &probs)?;
-    }
-    let out = matmul(&probs, &split_heads(v, heads)?)?;
+    let out = match capture {
+        Some((control, layer)) => {
+            let probs = probabilities(q, k, heads, scale)?;
+            control.capture(layer, &probs)?;
+            matmul(&probs, &split_heads(v, heads)?)?
+        }
+        None => {
+            let flat = |t: &Tensor| -> candle_core::Result<Tensor> {
+                let (b, l, inner) = t.dims3()?;
+                split_heads(t, heads)?.reshape((b * heads, l, inner / heads))
+            };
+            sdpa(&flat(&(q * scale)?)?, &flat(k)?, &flat(v)?)?.reshape((b, heads, n, inner / heads))?
+        }
+    };
     Ok(out.transpose(1, 2)?.reshape((b, n, inner))?)
 }
 

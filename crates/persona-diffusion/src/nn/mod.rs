@@ -4,6 +4,7 @@ mod attention;
 pub mod grad;
 mod kernels;
 mod layers;
+pub mod sdpa;
 mod weights;
 
 pub use attention::{attend, Attention, AttentionControl, Condition, LayerId};

@@ -1,0 +1,111 @@
+//! Scaled dot-product attention that never keeps its probabilities.
+//!
+//! The plain graph `softmax(q kᵀ) v` keeps the scores and the probabilities of every head alive until the
+//! backward: at 64×64 latents that is 5 heads × 4096² floats, ~0.7 GB per self-attention layer, for each of
+//! the UNet's five such layers. Here the forward runs a few heads at a time and keeps only its output; the
+//! backward recomputes each block's probabilities from q and k (one extra `q kᵀ`, as flash attention does)
+//! and returns the gradients of exactly the operands that need one.
+
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor, D};
+
+use super::grad::softmax_last_dim;
+
+/// Largest score block computed at once, in elements (64 MiB of f32): one head of a 4096-token
+/// self-attention, every head of a cross-attention.
+pub const BLOCK_ELEMENTS: usize = 16 << 20;
+
+/// `softmax(q kᵀ) v` for `q` `[G, N, d]` (already scaled), `k` and `v` `[G, L, d]`, `G` = batch × heads.
+pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    sdpa_blocked(q, k, v, BLOCK_ELEMENTS)
+}
+
+/// [`sdpa`] with at most `block` score elements per block (tests use tiny blocks).
+pub fn sdpa_blocked(q: &Tensor, k: &Tensor, v: &Tensor, block: usize) -> candle_core::Result<Tensor> {
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let value = forward(&q.detach(), &k.detach(), &v.detach(), block)?;
+    if !(q.track_op() || k.track_op() || v.track_op()) {
+        return Ok(value);
+    }
+    q.apply_op3(&k, &v, Sdpa { value, block })
+}
+
+/// Heads per block so that a block's scores stay within `block` elements.
+fn heads_per_block(q: &Tensor, k: &Tensor, block: usize) -> candle_core::Result<usize> {
+    let (n, l) = (q.dim(1)?, k.dim(1)?);
+    Ok((block / (n * l).max(1)).max(1))
+}
+
+fn forward(q: &Tensor, k: &Tensor, v: &Tensor, block: usize) -> candle_core::Result<Tensor> {
+    let g = q.dim(0)?;
+    let step = heads_per_block(q, k, block)?;
+    let mut outs = Vec::with_capacity(g.div_ceil(step));
+    for start in (0..g).step_by(step) {
+        let len = step.min(g - start);
+        let (qb, kb, vb) = (q.narrow(0, start, len)?, k.narrow(0, start, len)?, v.narrow(0, start, len)?);
+        let p = softmax_last_dim(&qb.matmul(&kb.t()?)?)?;
+        outs.push(p.matmul(&vb)?);
+    }
+    Tensor::cat(&outs, 0)
+}
+
+/// The gradients of one block: `dS = P ⊙ (dO vᵀ − rowsum(dO ⊙ O))`, `dq = dS k`, `dk = dSᵀ q`, `dv = Pᵀ dO`.
+fn backward_block(q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, g: &Tensor, want: [bool; 3]) -> candle_core::Result<[Option<Tensor>; 3]> {
+    let p = softmax_last_dim(&q.matmul(&k.t()?)?)?;
+    let dv = if want[2] { Some(p.t()?.matmul(g)?) } else { None };
+    if !(want[0] || want[1]) {
+        return Ok([None, None, dv]);
+    }
+    let row = (g * out)?.sum_keepdim(D::Minus1)?;
+    let ds = (p * g.matmul(&v.t()?)?.broadcast_sub(&row)?)?;
+    let dq = if want[0] { Some(ds.matmul(k)?) } else { None };
+    let dk = if want[1] { Some(ds.t()?.matmul(q)?) } else { None };
+    Ok([dq, dk, dv])
+}
+
+struct Sdpa {
+    value: Tensor,
+    block: usize,
+}
+
+impl CustomOp3 for Sdpa {
+    fn name(&self) -> &'static str {
+        "sdpa"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        copy_value(&self.value)
+    }
+
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let want = [q.track_op(), k.track_op(), v.track_op()];
+        let (q, k, v, out, grad) = (q.detach(), k.detach(), v.detach(), out.detach(), grad.contiguous()?);
+        let g = q.dim(0)?;
+        let step = heads_per_block(&q, &k, self.block)?;
+        let mut parts: [Vec<Tensor>; 3] = Default::default();
+        for start in (0..g).step_by(step) {
+            let len = step.min(g - start);
+            let b = |t: &Tensor| t.narrow(0, start, len);
+            let grads = backward_block(&b(&q)?, &b(&k)?, &b(&v)?, &b(&out)?, &b(&grad)?, want)?;
+            for (part, grad) in parts.iter_mut().zip(grads) {
+                part.extend(grad);
+            }
+        }
+        let join = |p: &Vec<Tensor>| if p.is_empty() { Ok(None) } else { Tensor::cat(p, 0).map(Some) };
+        Ok((join(&parts[0])?, join(&parts[1])?, join(&parts[2])?))
+    }
+}
+
+/// The forward value as the op's output storage.
+fn copy_value(value: &Tensor) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (storage, layout) = value.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("sdpa: value not on the CPU");
+    };
+    let (start, end) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("sdpa: value not contiguous".into()))?;
+    let copied = match cpu {
+        CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
+        CpuStorage::F64(v) => CpuStorage::F64(v[start..end].to_vec()),
+        other => candle_core::bail!("sdpa: unsupported dtype {:?}", other.dtype()),
+    };
+    Ok((copied, value.shape().clone()))
+}
