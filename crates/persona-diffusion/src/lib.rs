@@ -4,6 +4,7 @@
 //! (`models`: text encoder, UNet, VAE) → pipeline pieces (`tokenizer`,
 //! `schedulers`, `loading`) → sampling (`pipeline`).
 
+pub mod allocator;
 pub mod error;
 pub mod loading;
 pub mod pipeline;
