@@ -16,12 +16,12 @@ use persona_eval::prompts::PromptSet;
 use persona_eval::protocol::Sampling;
 use persona_faces::ModelSearch;
 
-fn manifest(dir: &Path, photos: &[PathBuf], models: &Path) -> PathBuf {
-    let alice = common::folder_of(&dir.join("photos/alice"), &[&photos[0]]);
-    let bob = common::folder_of(&dir.join("photos/bob"), &[&photos[1]]);
+/// `compare.toml` in `dir`: the tiny pipeline at 32 px, 2 sampling and 2 training steps, with `body`'s methods
+/// and identities.
+fn write_manifest(dir: &Path, models: &Path, prompt_set: &str, body: &str) -> PathBuf {
     let text = format!(
         r#"model = "{root}/fixtures/sd2-tiny"
-prompt_sets = ["single"]
+prompt_sets = ["{prompt_set}"]
 clip = "{root}/fixtures/clip-tiny"
 face_models = "{models}"
 [sampling]
@@ -34,25 +34,25 @@ steps = 2
 batch_size = 1
 resolution = 32
 save_every = 1
-[[methods]]
-name = "ti"
-[[methods]]
-name = "cross-init"
-[[identities]]
-name = "alice"
-photos = "{alice}"
-[[identities]]
-name = "bob"
-photos = "{bob}"
-"#,
+{body}"#,
         root = common::root().canonicalize().unwrap().display(),
         models = models.display(),
-        alice = alice.display(),
-        bob = bob.display(),
     );
     let path = dir.join("compare.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+fn manifest(dir: &Path, photos: &[PathBuf], models: &Path) -> PathBuf {
+    let alice = common::folder_of(&dir.join("photos/alice"), &[&photos[0]]);
+    let bob = common::folder_of(&dir.join("photos/bob"), &[&photos[1]]);
+    let body = format!(
+        "[[methods]]\nname = \"ti\"\n[[methods]]\nname = \"cross-init\"\n\
+         [[identities]]\nname = \"alice\"\nphotos = \"{}\"\n[[identities]]\nname = \"bob\"\nphotos = \"{}\"\n",
+        alice.display(),
+        bob.display()
+    );
+    write_manifest(dir, models, "single", &body)
 }
 
 fn read(dir: &Path) -> String {
@@ -129,33 +129,8 @@ fn compare_trains_sefi_and_idea_with_their_options() {
     let tmp = tempfile::tempdir().unwrap();
     let alice = common::folder_of(&tmp.path().join("photos/alice"), &photos[..2].iter().map(|p| p.as_path()).collect::<Vec<_>>());
     std::fs::write(tmp.path().join("two.txt"), "a {} person on the beach\na {} person with a cat\n").unwrap();
-    let write = |methods: &str| {
-        let text = format!(
-            r#"model = "{root}/fixtures/sd2-tiny"
-prompt_sets = ["two.txt"]
-clip = "{root}/fixtures/clip-tiny"
-face_models = "{models}"
-[sampling]
-images_per_prompt = 1
-steps = 2
-resolution = 32
-[train]
-steps = 2
-batch_size = 1
-resolution = 32
-{methods}
-[[identities]]
-name = "alice"
-photos = "{alice}"
-"#,
-            root = common::root().canonicalize().unwrap().display(),
-            models = models.display(),
-            alice = alice.display(),
-        );
-        let path = tmp.path().join("compare.toml");
-        std::fs::write(&path, text).unwrap();
-        path
-    };
+    let identity = format!("[[identities]]\nname = \"alice\"\nphotos = \"{}\"\n", alice.display());
+    let write = |methods: &str| write_manifest(tmp.path(), &models, "two.txt", &format!("{methods}{identity}"));
     let m = write("[[methods]]\nname = \"sefi\"\nstages = 2\nclass_word = \"person\"\n[[methods]]\nname = \"idea-kv\"\nmethod = \"idea\"\nkv_rank = 2\n");
     let out = tmp.path().join("out");
     let results = run(&m, &out, None, &ProgressBar::hidden()).unwrap().expect("an unsharded run merges");

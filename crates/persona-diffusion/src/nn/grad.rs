@@ -29,22 +29,27 @@ impl CustomOp1 for Precomputed {
     }
 
     fn cpu_fwd(&self, _storage: &CpuStorage, _layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (storage, layout) = self.value.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else {
-            candle_core::bail!("input-grad-only: value not on the CPU");
-        };
-        let (start, end) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("input-grad-only: value not contiguous".into()))?;
-        let copied = match cpu {
-            CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
-            CpuStorage::F64(v) => CpuStorage::F64(v[start..end].to_vec()),
-            other => candle_core::bail!("input-grad-only: unsupported dtype {:?}", other.dtype()),
-        };
-        Ok((copied, self.value.shape().clone()))
+        precomputed_output(&self.value, self.name())
     }
 
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some((self.backward)(arg, res, grad_res)?))
     }
+}
+
+/// A value computed beforehand, as the output storage of the custom op `op` that attaches it to a graph.
+pub(crate) fn precomputed_output(value: &Tensor, op: &str) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (storage, layout) = value.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("{op}: value not on the CPU");
+    };
+    let (start, end) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{op}: value not contiguous")))?;
+    let copied = match cpu {
+        CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
+        CpuStorage::F64(v) => CpuStorage::F64(v[start..end].to_vec()),
+        other => candle_core::bail!("{op}: unsupported dtype {:?}", other.dtype()),
+    };
+    Ok((copied, value.shape().clone()))
 }
 
 /// Attaches `value` (computed from `input.detach()`) to the graph of `input`, with `backward` giving the

@@ -6,9 +6,9 @@
 //! backward recomputes each block's probabilities from q and k (one extra `q kᵀ`, as flash attention does)
 //! and returns the gradients of exactly the operands that need one.
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, D};
 
-use super::grad::softmax_last_dim;
+use super::grad::{precomputed_output, softmax_last_dim};
 
 /// Largest score block computed at once, in elements (64 MiB of f32): one head of a 4096-token
 /// self-attention, every head of a cross-attention.
@@ -73,7 +73,7 @@ impl CustomOp3 for Sdpa {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        copy_value(&self.value)
+        precomputed_output(&self.value, self.name())
     }
 
     fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -93,19 +93,4 @@ impl CustomOp3 for Sdpa {
         let join = |p: &Vec<Tensor>| if p.is_empty() { Ok(None) } else { Tensor::cat(p, 0).map(Some) };
         Ok((join(&parts[0])?, join(&parts[1])?, join(&parts[2])?))
     }
-}
-
-/// The forward value as the op's output storage.
-fn copy_value(value: &Tensor) -> candle_core::Result<(CpuStorage, Shape)> {
-    let (storage, layout) = value.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("sdpa: value not on the CPU");
-    };
-    let (start, end) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("sdpa: value not contiguous".into()))?;
-    let copied = match cpu {
-        CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
-        CpuStorage::F64(v) => CpuStorage::F64(v[start..end].to_vec()),
-        other => candle_core::bail!("sdpa: unsupported dtype {:?}", other.dtype()),
-    };
-    Ok((copied, value.shape().clone()))
 }
