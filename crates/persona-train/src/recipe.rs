@@ -24,8 +24,7 @@ use crate::optim::AdamW;
 use crate::trainer::{StepReport, TrainConfig, Trainer};
 
 /// The methods a person can be trained with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MethodName {
     Ti,
     CrossInit,
