@@ -124,6 +124,10 @@ pub struct TrainArgs {
     sefi_param: SefiParamArg,
     #[arg(long, default_value_t = 512)]
     resolution: u32,
+    /// Photos per epoch = photos × repeats, drawn in a seeded shuffled order so that every photo is seen
+    /// equally often (diffusers' --repeats).
+    #[arg(long, default_value_t = 100)]
+    repeats: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Checkpoint every N steps (0: only at the end).
@@ -248,6 +252,7 @@ fn config_of(a: &TrainArgs, method: MethodName) -> TrainConfig {
         seed: a.seed,
         save_every: a.save_every,
         resolution: a.resolution,
+        repeats: a.repeats,
         out: a.out.clone(),
     }
 }

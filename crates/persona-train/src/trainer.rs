@@ -14,6 +14,7 @@ use persona_diffusion::models::vae::Posterior;
 use persona_diffusion::nn::grad::mse_loss;
 use persona_diffusion::pipeline::{seeded_normal, StableDiffusion};
 use persona_diffusion::schedulers::NoiseSchedule;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::captions::Captions;
@@ -38,11 +39,29 @@ pub struct TrainConfig {
     /// Checkpoint every N steps (0: only at the end).
     pub save_every: usize,
     pub resolution: u32,
+    /// diffusers' `--repeats`: an epoch is every photo this many times, in a seeded shuffled order, so each
+    /// photo is seen equally often (default 100, diffusers').
+    pub repeats: usize,
     /// The identity file; the checkpoint and loss log are written next to it.
     pub out: PathBuf,
 }
 
+/// Keeps the photo-order generator apart from the per-step draws ("orderseed" in ASCII, truncated).
+const ORDER_SALT: u64 = 0x6F72_6465_7273_6565;
+
+/// How the samples of a step are drawn: batch size, micro-batches per step, and epoch repeats.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub batch: usize,
+    pub accum: usize,
+    pub repeats: usize,
+}
+
 impl TrainConfig {
+    pub fn plan(&self) -> Plan {
+        Plan { batch: self.batch_size, accum: self.grad_accum.max(1), repeats: self.repeats.max(1) }
+    }
+
     pub fn effective_lr(&self) -> f64 {
         if self.scale_lr { self.lr * (self.batch_size * self.grad_accum) as f64 } else { self.lr }
     }
@@ -103,15 +122,29 @@ impl<'a> Trainer<'a> {
         Ok(self.posteriors[index][flip].as_ref().expect("just filled"))
     }
 
-    /// The draws of micro-batch `micro` of step `step` (deterministic in seed, step, micro).
-    pub fn draw(&mut self, step: usize, micro: usize, batch: usize) -> Result<StepInputs> {
+    /// The photo of the `g`-th sample of the run: position `g` of its epoch's seeded permutation of
+    /// photos × repeats (diffusers' shuffled, repeated dataset), so it depends on `g` alone and a resumed run
+    /// draws what an uninterrupted one does.
+    pub fn photo_of(&self, g: usize, repeats: usize) -> usize {
+        let n = self.samples.len();
+        let len = n * repeats;
+        let epoch = (g / len) as u64;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ ORDER_SALT);
+        let mut order: Vec<usize> = (0..len).collect();
+        order.shuffle(&mut rng);
+        order[g % len] % n
+    }
+
+    /// The draws of micro-batch `micro` of step `step` (deterministic in seed, step, micro and the plan).
+    pub fn draw(&mut self, step: usize, micro: usize, plan: &Plan) -> Result<StepInputs> {
+        let batch = plan.batch;
         let mix = (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (micro as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
         let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ mix);
         let scaling = self.sd.vae.config().scaling_factor;
         let (mut latents, mut captions, mut timesteps) = (Vec::new(), Vec::new(), Vec::new());
         let phrase = self.method.phrase();
-        for _ in 0..batch {
-            let index = rng.random_range(0..self.samples.len());
+        for j in 0..batch {
+            let index = self.photo_of((step * plan.accum + micro) * batch + j, plan.repeats);
             let flip = usize::from(rng.random_bool(0.5));
             let template = rng.random_range(0..self.captions.len());
             let post = self.posterior(index, flip)?;
@@ -200,7 +233,7 @@ impl<'a> Trainer<'a> {
         let mut log = open_log(&log_path, start)?;
         let base_lr = cfg.effective_lr();
         for step in start..cfg.steps {
-            let micro = (0..cfg.grad_accum.max(1)).map(|m| self.draw(step, m, cfg.batch_size)).collect::<Result<Vec<_>>>()?;
+            let micro = (0..cfg.grad_accum.max(1)).map(|m| self.draw(step, m, &cfg.plan())).collect::<Result<Vec<_>>>()?;
             let lr = lr_at(cfg.schedule, base_lr, step, cfg.steps, cfg.warmup);
             let parts = match self.step(opt, &micro, lr) {
                 Ok(p) => p,
@@ -258,7 +291,8 @@ impl<'a> Trainer<'a> {
 /// The settings a resumed run must share with the run that wrote the checkpoint.
 fn resume_key(cfg: &TrainConfig) -> serde_json::Value {
     serde_json::json!({"batch": cfg.batch_size, "accum": cfg.grad_accum, "lr": cfg.effective_lr(), "seed": cfg.seed,
-        "resolution": cfg.resolution, "schedule": cfg.schedule, "warmup": cfg.warmup, "steps": cfg.steps})
+        "resolution": cfg.resolution, "schedule": cfg.schedule, "warmup": cfg.warmup, "steps": cfg.steps,
+        "repeats": cfg.repeats})
 }
 
 /// Opens the loss log for appending, first dropping entries past `start` (a resumed run rewrites them).

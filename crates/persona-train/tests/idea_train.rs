@@ -20,7 +20,7 @@ use persona_train::methods::idea::{Idea, IdeaConfig, FUSED};
 use persona_train::methods::InitOptions;
 use persona_train::optim::{AdamW, AdamWConfig, Schedule};
 use persona_train::output::{learned_tokens, to_identity};
-use persona_train::trainer::{TrainConfig, Trainer};
+use persona_train::trainer::{Plan, TrainConfig, Trainer};
 
 fn shared(rel: &str) -> Option<PathBuf> {
     let p = fixtures_dir().join("../../shared").join(rel);
@@ -71,6 +71,7 @@ fn config(out: PathBuf, steps: usize) -> TrainConfig {
         seed: 3,
         save_every: 0,
         resolution: 32,
+        repeats: 100,
         out,
     }
 }
@@ -163,7 +164,7 @@ fn idea_trains_saves_generates_and_resumes() {
 
     let start = std::time::Instant::now();
     let mut t = trainer(&sd, &photos, &face);
-    let eval: Vec<_> = (0..4).map(|m| t.draw(1_000_000, m, 2).unwrap()).collect();
+    let eval: Vec<_> = (0..4).map(|m| t.draw(1_000_000, m, &Plan { batch: 2, accum: 1, repeats: 1 }).unwrap()).collect();
     let eval_loss =
         |t: &Trainer| eval.iter().map(|i| t.eval_loss(i).unwrap()).sum::<f64>() / eval.len() as f64;
     let before = eval_loss(&t);

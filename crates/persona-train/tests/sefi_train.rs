@@ -13,7 +13,7 @@ use persona_train::data::load_folder;
 use persona_train::methods::sefi::{Generator, LayerSelect, Parameterisation, SefiMethod, SefiOptions};
 use persona_train::methods::Method;
 use persona_train::optim::{AdamW, AdamWConfig, Schedule};
-use persona_train::trainer::{StepInputs, TrainConfig, Trainer};
+use persona_train::trainer::{Plan, StepInputs, TrainConfig, Trainer};
 
 fn sd() -> StableDiffusion {
     StableDiffusion::load(fixtures_dir().join("sd2-tiny").to_str().unwrap(), &LoadOptions::default()).unwrap()
@@ -63,7 +63,7 @@ fn attention_loss_falls_over_50_steps() {
     let method = SefiMethod::new(&sd, "<alice>", &options(weight, Some("car"))).unwrap();
     let captions = Captions::new(None, "face of {tokens}").unwrap();
     let mut trainer = Trainer::new(&sd, Box::new(method), samples, captions, 11).unwrap();
-    let mut eval: Vec<StepInputs> = (0..5).map(|m| trainer.draw(10_000, m, 1).unwrap()).collect();
+    let mut eval: Vec<StepInputs> = (0..5).map(|m| trainer.draw(10_000, m, &Plan { batch: 1, accum: 1, repeats: 1 }).unwrap()).collect();
     for (s, inputs) in eval.iter_mut().enumerate() {
         inputs.timesteps = vec![200 * s + 100];
     }
@@ -79,6 +79,7 @@ fn attention_loss_falls_over_50_steps() {
         seed: 11,
         save_every: 0,
         resolution: 32,
+        repeats: 100,
         out: tmp.path().join("alice.safetensors"),
     };
     let before = attention_loss(&trainer, &eval, weight);

@@ -9,7 +9,7 @@ use persona_train::captions::Captions;
 use persona_train::data::{list_images, load_folder};
 use persona_train::methods::{InitOptions, MethodKind, TokenMethod};
 use persona_train::optim::{AdamW, AdamWConfig, Schedule};
-use persona_train::trainer::{TrainConfig, Trainer};
+use persona_train::trainer::{Plan, TrainConfig, Trainer};
 
 fn faces_dir() -> PathBuf {
     let dir = fixtures_dir().join("../../shared/data/faces/celeba");
@@ -51,6 +51,7 @@ fn config(out: PathBuf, steps: usize) -> TrainConfig {
         seed: 3,
         save_every: 20,
         resolution: 32,
+        repeats: 100,
         out,
     }
 }
@@ -62,6 +63,27 @@ fn trainer<'a>(sd: &'a StableDiffusion, photos: &Path) -> Trainer<'a> {
     Trainer::new(sd, Box::new(method), samples, Captions::new(None, "face of {tokens} person").unwrap(), 3).unwrap()
 }
 
+/// diffusers' `--repeats`: within each epoch of photos × repeats samples every photo comes up exactly `repeats`
+/// times, in an order that changes from epoch to epoch and depends on the sample's index alone.
+#[test]
+fn every_epoch_shows_each_photo_repeats_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(photos) = photos(tmp.path()) else { return };
+    let sd = sd();
+    let t = trainer(&sd, &photos);
+    let n = persona_train::data::list_images(&photos).unwrap().len();
+    let repeats = 4;
+    let epoch = |e: usize| (e * n * repeats..(e + 1) * n * repeats).map(|g| t.photo_of(g, repeats)).collect::<Vec<_>>();
+    let (first, second) = (epoch(0), epoch(1));
+    for order in [&first, &second] {
+        let mut counts = vec![0; n];
+        order.iter().for_each(|&p| counts[p] += 1);
+        assert_eq!(counts, vec![repeats; n], "{order:?}");
+    }
+    assert_ne!(first, second, "each epoch is shuffled anew");
+    assert_eq!(first, epoch(0), "the order depends on the index alone");
+}
+
 #[test]
 fn cross_init_lowers_the_loss_and_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -69,7 +91,7 @@ fn cross_init_lowers_the_loss_and_resumes_exactly() {
     let sd = sd();
 
     let mut t = trainer(&sd, &photos);
-    let eval: Vec<_> = (0..4).map(|m| t.draw(1_000_000, m, 2).unwrap()).collect();
+    let eval: Vec<_> = (0..4).map(|m| t.draw(1_000_000, m, &Plan { batch: 2, accum: 1, repeats: 1 }).unwrap()).collect();
     let eval_loss = |t: &Trainer| eval.iter().map(|i| t.eval_loss(i).unwrap()).sum::<f64>() / eval.len() as f64;
     let before = eval_loss(&t);
     let cfg = config(tmp.path().join("full.safetensors"), 50);

@@ -74,13 +74,15 @@ pub struct TrainSettings {
     pub resolution: u32,
     pub seed: u64,
     pub save_every: usize,
+    /// Epoch repeats of the photos (diffusers' `--repeats`).
+    pub repeats: usize,
     /// Centre-crop the photos instead of cropping around the detected face.
     pub no_face_crop: bool,
 }
 
 impl Default for TrainSettings {
     fn default() -> Self {
-        Self { steps: None, batch_size: 8, lr: None, num_tokens: None, resolution: 512, seed: 0, save_every: 50, no_face_crop: false }
+        Self { steps: None, batch_size: 8, lr: None, num_tokens: None, resolution: 512, seed: 0, save_every: 50, repeats: 100, no_face_crop: false }
     }
 }
 

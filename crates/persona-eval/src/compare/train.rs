@@ -72,6 +72,7 @@ fn train(sd: &StableDiffusion, m: &Manifest, method: &MethodEntry, identity: &Id
         seed: t.seed,
         save_every: t.save_every,
         resolution: t.resolution,
+        repeats: t.repeats,
         out: work.to_path_buf(),
     };
     let resume = checkpoint_path(work).is_file();
