@@ -26,6 +26,7 @@ see tools/bench/README.md (the pure-Python wheel, `pip install --no-deps --targe
 import argparse
 import contextlib
 import copy
+import gc
 import json
 import platform
 import random
@@ -103,6 +104,12 @@ def save(models, cfg, folder):
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def free(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def timed(device, fn, warm, runs):
@@ -292,8 +299,9 @@ def main():
             save(models, cfg, tmp)
         print(f"built random models in {time.perf_counter() - t:.1f} s ({tmp})", flush=True)
         te = models.pop("text_encoder")
-        models["unet"].to(device, dtype=dtype)
-        models["vae"].to(device, dtype=dtype)
+        if any(p in parts for p in ("unet", "generate", "train_step")):
+            models["unet"].to(device, dtype=dtype)
+            models["vae"].to(device, dtype=dtype)
         results["attn_processor"] = sorted({type(p).__name__ for p in models["unet"].attn_processors.values()})
         if "unet" in parts:
             results.update(bench_unet(models["unet"], device, dtype))
@@ -302,13 +310,13 @@ def main():
             te_infer = copy.deepcopy(te).to(device, dtype=dtype)
             results.update(bench_generate(models, te_infer, cfg, device, a.steps_gen))
             del te_infer
+            free(device)
             print(f"generate_{a.steps_gen} {results[f'generate_{a.steps_gen}']:.3f} s", flush=True)
         if "train_step" in parts:
             results.update(bench_train_step(models, copy.deepcopy(te), cfg, device, dtype, a.batch))
             print(f"train_step_b{a.batch} {results[f'train_step_b{a.batch}']:.3f} s", flush=True)
         del models, te
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        free(device)
         if "train_run" in parts:
             results.update(bench_train_run(tmp, device, dtype, a.batch, a.run_steps))
             print(f"train_run_{a.run_steps} {results[f'train_run_{a.run_steps}_s']:.1f} s", flush=True)
