@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 use clap::Args;
 use image::{imageops, Rgb, RgbImage};
 use persona_diffusion::models::clip_text::Output;
 use persona_diffusion::nn::{AttentionControl, LayerId};
 use persona_diffusion::pipeline::image::{to_rgb8, write_atomic, write_png};
-use persona_diffusion::pipeline::{expand_prompt, GenerateParams, LoadOptions, StableDiffusion};
+use persona_diffusion::pipeline::{expand_prompt, GenerateParams, StableDiffusion};
 use persona_diffusion::schedulers::SchedulerKind;
 
 /// Writes DIR/image.png, DIR/attention_HxW.png per layer resolution (H×W in latent pixels: 64×64 … 8×8 for
@@ -54,6 +54,8 @@ pub struct AttentionArgs {
     /// Output folder (created if missing).
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    device: crate::device_flags::DeviceArgs,
 }
 
 /// Accumulates, per layer resolution, the token's map of the conditional image (the last batch row).
@@ -71,7 +73,7 @@ impl AttentionControl for HeatMaps {
         // [B, heads, N, L] → the conditional row, the token's columns summed, heads averaged → [N].
         let row = probs.get(probs.dim(0)? - 1)?;
         let idx = Tensor::new(self.positions.iter().map(|&p| p as u32).collect::<Vec<_>>(), row.device())?;
-        let map = row.index_select(&idx, D::Minus1)?.sum(D::Minus1)?.mean(0)?;
+        let map = row.index_select(&idx, D::Minus1)?.to_dtype(DType::F32)?.sum(D::Minus1)?.mean(0)?;
         let mut sums = self.sums.borrow_mut();
         let entry = sums.entry(layer.resolution);
         match entry {
@@ -128,7 +130,8 @@ fn overlay(image: &RgbImage, map: &[f32], (h, w): (usize, usize)) -> RgbImage {
 }
 
 pub fn run(a: AttentionArgs) -> Result<()> {
-    let sd = StableDiffusion::load(&a.model, &LoadOptions { variant: a.variant.clone() })?;
+    let place = a.device.resolve()?;
+    let sd = StableDiffusion::load(&a.model, &place.load_options(a.variant.clone()))?;
     let identities = persona_train::output::load_identities(&sd, &a.identity, a.force)?;
     let (tokens, names) = persona_train::output::learned_tokens(&identities);
     let prompt = expand_prompt(&a.prompt, &names)?;
@@ -154,7 +157,7 @@ pub fn run(a: AttentionArgs) -> Result<()> {
     let images = sd.generate_with(&params, Some(&control), &mut |p| bar.set_position(p.step as u64))?;
     bar.finish_and_clear();
     let image = to_rgb8(&images)?.remove(0);
-    let record = serde_json::json!({"model": a.model, "prompt": a.prompt, "expanded": prompt, "token": a.token, "positions": control.positions, "steps": a.steps, "seed": a.seed});
+    let record = serde_json::json!({"model": a.model, "prompt": a.prompt, "expanded": prompt, "token": a.token, "positions": control.positions, "steps": a.steps, "seed": a.seed, "device": place.device_name(), "dtype": place.dtype_name()});
     write_png(&a.out.join("image.png"), &image, &[("persona", record.to_string())])?;
     let rgb = RgbImage::from_raw(image.width as u32, image.height as u32, image.data).context("image buffer")?;
     let mut maps = serde_json::Map::new();

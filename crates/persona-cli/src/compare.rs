@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use persona_eval::compare::{merge, run as run_compare, Shard};
+use persona_eval::compare::{merge, run_on, Shard};
 use persona_eval::results::Results;
 
 /// Reads a TOML manifest of methods × identities × prompt sets (see docs/evaluation.md), trains the identities
@@ -28,6 +28,9 @@ pub struct CompareArgs {
     /// Join the shards' outputs into results.json and report.html.
     #[arg(long)]
     merge: bool,
+    /// (The manifest may set `device` and `dtype` too; these flags win.)
+    #[command(flatten)]
+    device: crate::device_flags::DeviceArgs,
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {
@@ -35,7 +38,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         Some(merge(&a.manifest, &a.out)?)
     } else {
         let bar = crate::progress::bar(0, "comparing");
-        let r = run_compare(&a.manifest, &a.out, a.shard, &bar)?;
+        let r = run_on(&a.manifest, &a.out, a.shard, (a.device.device, a.device.dtype), &bar)?;
         bar.finish_and_clear();
         r
     };

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use persona_eval::eval::{run as run_eval, EvalConfig};
+use persona_eval::eval::{run_on, EvalConfig, ModelPlacement};
 use persona_eval::prompts::PromptSet;
 use persona_eval::protocol::Sampling;
 use persona_faces::ModelSearch;
@@ -71,9 +71,19 @@ pub struct EvalArgs {
     jpeg75: bool,
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    device: crate::device_flags::DeviceArgs,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
+    // Only a generating run loads a model (the face models and the CLIP scorer stay on the CPU).
+    let place = match a.images {
+        None => {
+            let p = a.device.resolve()?;
+            ModelPlacement { device: p.device, dtype: p.dtype }
+        }
+        Some(_) => ModelPlacement::default(),
+    };
     let cfg = EvalConfig {
         model: a.model,
         variant: a.variant,
@@ -98,7 +108,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         out: a.out.clone(),
     };
     let bar = crate::progress::bar(0, "evaluating");
-    let results = run_eval(&cfg, &bar)?;
+    let results = run_on(&cfg, &place, &bar)?;
     bar.finish_and_clear();
     crate::compare::print_table(&results);
     eprintln!("wrote {}/results.json, results.csv, report.html", a.out.display());

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use persona_diffusion::models::clip_text::Output;
 use persona_diffusion::pipeline::image::{to_rgb8, write_atomic, write_png};
 use persona_diffusion::nn::AttentionControl;
-use persona_diffusion::pipeline::{expand_prompt, GenerateParams, LoadOptions, StableDiffusion};
+use persona_diffusion::pipeline::{expand_prompt, GenerateParams, StableDiffusion};
 use persona_diffusion::schedulers::SchedulerKind;
 use persona_train::methods::idea::inference::{AdapterUse, IdentityControl};
 
@@ -71,6 +71,8 @@ pub struct GenerateArgs {
     /// Output folder (created if missing).
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    device: crate::device_flags::DeviceArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -91,9 +93,10 @@ fn read_latents(path: &PathBuf) -> Result<candle_core::Tensor> {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    let sd = StableDiffusion::load(&a.model, &LoadOptions { variant: a.variant.clone() })?;
+    let place = a.device.resolve()?;
+    let sd = StableDiffusion::load(&a.model, &place.load_options(a.variant.clone()))?;
     let size = sd.default_size();
-    let latents = a.latents.as_ref().map(read_latents).transpose()?;
+    let latents = a.latents.as_ref().map(read_latents).transpose()?.map(|l| l.to_device(&sd.device)).transpose()?;
     let identities = persona_train::output::load_identities(&sd, &a.identity, a.force)?;
     let (tokens, names) = persona_train::output::learned_tokens(&identities);
     let prompt = expand_prompt(&a.prompt, &names)?;
@@ -138,15 +141,16 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         "height": params.height, "width": params.width, "seed": a.seed, "num_images": num_images,
         "latents": a.latents, "clip_skip": a.clip_skip, "identities": a.identity,
         "adapter": format!("{:?}", a.adapter).to_lowercase(),
+        "device": place.device_name(), "dtype": place.dtype_name(),
     });
     for (i, img) in to_rgb8(&images)?.iter().enumerate() {
         let mut one = record.clone();
         one["seed"] = serde_json::json!(a.seed + i as u64);
         one["index"] = serde_json::json!(i);
         let a1111 = format!(
-            "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
+            "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}, Device: {}, Dtype: {}",
             a.prompt, a.negative_prompt, a.steps, scheduler.cli_name().unwrap_or("?"), a.guidance,
-            a.seed + i as u64, params.width, params.height, a.model
+            a.seed + i as u64, params.width, params.height, a.model, place.device_name(), place.dtype_name()
         );
         let path = a.out.join(format!("{i:04}.png"));
         write_png(&path, img, &[("parameters", a1111), ("persona", one.to_string())])?;

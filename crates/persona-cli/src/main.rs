@@ -5,6 +5,7 @@
 mod attention;
 mod bench;
 mod compare;
+mod device_flags;
 mod eval;
 mod faces;
 mod generate;
@@ -39,7 +40,8 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Heat maps of a token's cross-attention over a generated image, per layer resolution.
     Attention(attention::AttentionArgs),
-    /// Measure the speed of model parts (random weights, real architectures).
+    /// Measure speed and memory on random weights of the real architectures; write random-weight pipelines;
+    /// check that two devices compute the same images and gradients.
     Bench(bench::BenchArgs),
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use persona_diffusion::pipeline::{LoadOptions, StableDiffusion};
+use persona_diffusion::pipeline::StableDiffusion;
 use persona_faces::ModelSearch;
 use persona_train::checkpoint::checkpoint_path;
 use persona_train::methods::idea::Regularizer;
@@ -147,6 +147,8 @@ pub struct TrainArgs {
     /// The identity file to write (safetensors).
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    device: crate::device_flags::DeviceArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -174,7 +176,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if a.resume && !checkpoint_path(&a.out).exists() {
         bail!("--resume: no checkpoint at {}", checkpoint_path(&a.out).display());
     }
-    let sd = StableDiffusion::load(&a.model, &LoadOptions { variant: a.variant.clone() })?;
+    let place = a.device.resolve()?;
+    let sd = StableDiffusion::load(&a.model, &place.load_options(a.variant.clone()))?;
     let r = recipe_of(&a);
     let cfg = config_of(&a, r.method);
     let bar = crate::progress::bar(cfg.steps as u64, "training");
@@ -183,14 +186,19 @@ pub fn run(a: TrainArgs) -> Result<()> {
         bar.set_message(format!("training loss {:.4}", s.loss.total));
     })?;
     bar.finish_and_clear();
+    let mut identity = identity;
+    identity.meta.hyper["device"] = place.device_name().into();
+    identity.meta.hyper["dtype"] = place.dtype_name().into();
     identity.save(&a.out).map_err(|e| anyhow::anyhow!("{e}")).with_context(|| format!("writing {}", a.out.display()))?;
     let cost = &identity.meta.hyper["method"]["cost"];
     eprintln!(
-        "wrote {} (checkpoint {}, loss log beside it); {} steps in {:.1} s, peak memory {:.2} GB",
+        "wrote {} (checkpoint {}, loss log beside it); {} steps in {:.1} s on {} ({}), peak memory {:.2} GB",
         a.out.display(),
         checkpoint_path(&a.out).display(),
         cost["steps"],
         cost["seconds"].as_f64().unwrap_or(f64::NAN),
+        place.device_name(),
+        place.dtype_name(),
         cost["peak_rss_gb"].as_f64().unwrap_or(f64::NAN)
     );
     Ok(())

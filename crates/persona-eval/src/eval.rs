@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
 use indicatif::ProgressBar;
 use persona_diffusion::pipeline::{LoadOptions, StableDiffusion};
 use persona_faces::ModelSearch;
@@ -35,13 +36,32 @@ pub struct EvalConfig {
     pub out: PathBuf,
 }
 
-/// Runs the evaluation and writes its files into `cfg.out`.
+/// Where the generating models run and in which dtype (the face models and the CLIP scorer stay on the CPU).
+#[derive(Clone, Debug)]
+pub struct ModelPlacement {
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl Default for ModelPlacement {
+    /// The CPU in f32.
+    fn default() -> Self {
+        Self { device: Device::Cpu, dtype: DType::F32 }
+    }
+}
+
+/// Runs the evaluation on the CPU in f32 and writes its files into `cfg.out`.
 pub fn run(cfg: &EvalConfig, bar: &ProgressBar) -> Result<Results> {
+    run_on(cfg, &ModelPlacement::default(), bar)
+}
+
+/// [`run`] with the generating models on `place`.
+pub fn run_on(cfg: &EvalConfig, place: &ModelPlacement, bar: &ProgressBar) -> Result<Results> {
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("{}: cannot create the output folder", cfg.out.display()))?;
     let scorer = Scorer::load(&cfg.faces, cfg.clip.as_deref(), cfg.jpeg)?;
     let results = match &cfg.images {
         Some(dir) => score_folder(cfg, dir, &scorer, bar)?,
-        None => generate_and_score(cfg, &scorer, bar)?,
+        None => generate_and_score(cfg, place, &scorer, bar)?,
     };
     results.write(&cfg.out)?;
     crate::report::write(&results, &[], &cfg.out)?;
@@ -57,13 +77,13 @@ pub fn settings(model: Option<&str>, sampling: Option<&Sampling>, scorer: &Score
     })
 }
 
-fn generate_and_score(cfg: &EvalConfig, scorer: &Scorer, bar: &ProgressBar) -> Result<Results> {
+fn generate_and_score(cfg: &EvalConfig, place: &ModelPlacement, scorer: &Scorer, bar: &ProgressBar) -> Result<Results> {
     let Some(model) = &cfg.model else { bail!("--model is needed to generate (or pass --images to score existing images)") };
     let Some(set) = &cfg.prompts else { bail!("--prompts is needed to generate") };
     if cfg.identities.is_empty() {
         bail!("at least one --identity is needed to generate");
     }
-    let sd = StableDiffusion::load(model, &LoadOptions { variant: cfg.variant.clone() })?;
+    let sd = StableDiffusion::load(model, &LoadOptions { variant: cfg.variant.clone(), device: place.device.clone(), dtype: place.dtype })?;
     let identities = persona_train::output::load_identities(&sd, &cfg.identities, cfg.force)?;
     let names: Vec<String> = identities.iter().map(|i| i.token.clone()).collect();
     let references = reference_embeddings(scorer, &cfg.references, &names)?;

@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use persona_diffusion::device::{DeviceRequest, Precision};
 use persona_train::recipe::{MethodName, MethodOptions};
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +42,13 @@ pub struct Manifest {
     pub model: String,
     #[serde(default)]
     pub variant: Option<String>,
+    /// Where the models run: `auto`, `cpu`, `cuda` or `cuda:N` (default auto; `persona compare --device` wins).
+    #[serde(default)]
+    pub device: Option<String>,
+    /// The frozen models' precision: `f32`, `bf16` or `f16` (default: bf16 on a GPU, f32 on the CPU;
+    /// `persona compare --dtype` wins).
+    #[serde(default)]
+    pub dtype: Option<String>,
     /// Bundled set names or prompt files.
     pub prompt_sets: Vec<String>,
     #[serde(default)]
@@ -206,7 +214,15 @@ impl Manifest {
         }
     }
 
+    /// The manifest's `device` and `dtype`, parsed.
+    pub fn placement(&self) -> Result<(Option<DeviceRequest>, Option<Precision>)> {
+        let device = self.device.as_deref().map(str::parse::<DeviceRequest>).transpose().map_err(|e| anyhow::anyhow!("device: {e}"))?;
+        let dtype = self.dtype.as_deref().map(str::parse::<Precision>).transpose().map_err(|e| anyhow::anyhow!("dtype: {e}"))?;
+        Ok((device, dtype))
+    }
+
     fn check(&self) -> Result<()> {
+        self.placement()?;
         if self.methods.is_empty() || self.identities.is_empty() || self.prompt_sets.is_empty() {
             bail!("needs at least one method, one identity and one prompt set");
         }

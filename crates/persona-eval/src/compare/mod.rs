@@ -15,6 +15,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use persona_diffusion::pipeline::image::write_atomic;
+use persona_diffusion::device::{DeviceRequest, Precision};
 use persona_diffusion::pipeline::{LoadOptions, StableDiffusion};
 use persona_faces::ModelSearch;
 use persona_train::identity::Identity;
@@ -92,9 +93,28 @@ fn unit_key(settings: &serde_json::Value, m: &Manifest, method: &str) -> String 
     serde_json::json!({"settings": settings, "method": entry, "identities": m.as_written["identities"]}).to_string()
 }
 
-/// Runs this shard's units (all of them without a shard) and, unsharded, merges.
+/// Runs this shard's units (all of them without a shard) and, unsharded, merges; on the manifest's device
+/// and dtype.
 pub fn run(manifest: &Path, out: &Path, shard: Option<Shard>, bar: &ProgressBar) -> Result<Option<Results>> {
+    run_on(manifest, out, shard, (None, None), bar)
+}
+
+/// [`run`] with `--device` / `--dtype` (each `Some` wins over the manifest's `device` / `dtype`; both unset:
+/// `auto`, which prints a note when it falls back to the CPU, and the device's default dtype).
+pub fn run_on(
+    manifest: &Path,
+    out: &Path,
+    shard: Option<Shard>,
+    flags: (Option<DeviceRequest>, Option<Precision>),
+    bar: &ProgressBar,
+) -> Result<Option<Results>> {
     let m = Manifest::read(manifest)?;
+    let (device, dtype) = m.placement()?;
+    let (device, note) = persona_diffusion::device::select(flags.0.or(device).unwrap_or_default())?;
+    if let Some(note) = note {
+        eprintln!("note: {note}");
+    }
+    let dtype = persona_diffusion::device::model_dtype(flags.1.or(dtype), &device);
     let all = plan(&m)?;
     let mine = match shard {
         Some(s) => all[s.range(all.len())].to_vec(),
@@ -102,7 +122,7 @@ pub fn run(manifest: &Path, out: &Path, shard: Option<Shard>, bar: &ProgressBar)
     };
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the output folder", out.display()))?;
     let scorer = Scorer::load(&face_search(&m), m.clip.as_deref(), m.jpeg75)?;
-    let sd = StableDiffusion::load(&m.model, &LoadOptions { variant: m.variant.clone() })?;
+    let sd = StableDiffusion::load(&m.model, &LoadOptions { variant: m.variant.clone(), device, dtype })?;
     let names: Vec<String> = m.identities.iter().map(|i| i.token()).collect();
     let references = m.identities.iter().map(|i| scorer.reference(i.references())).collect::<Result<Vec<_>>>()?;
     let settings = settings_of(&m, &scorer);
