@@ -22,7 +22,9 @@ pub fn keep_freed_memory() {
         // plain integers.
         let ok = unsafe { mallopt(-4, 0) == 1 && mallopt(-1, -1) == 1 };
         if !ok {
-            tracing::debug!("mallopt refused the allocator settings; large buffers stay mmap-backed");
+            tracing::debug!(
+                "mallopt refused the allocator settings; large buffers stay mmap-backed"
+            );
         }
     }
 }

@@ -7,7 +7,10 @@ pub enum Error {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A file exists but its content is wrong (bad JSON, missing tensor, wrong shape…).
     #[error("{}: {msg}", path.display())]
     File { path: PathBuf, msg: String },
@@ -17,10 +20,16 @@ pub enum Error {
 
 impl Error {
     pub fn file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
-        Error::File { path: path.into(), msg: msg.to_string() }
+        Error::File {
+            path: path.into(),
+            msg: msg.to_string(),
+        }
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 

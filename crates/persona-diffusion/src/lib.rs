@@ -5,13 +5,14 @@
 //! `schedulers`, `loading`) → sampling (`pipeline`).
 
 pub mod allocator;
+pub mod device;
 pub mod error;
 pub mod loading;
-pub mod pipeline;
-pub mod testing;
 pub mod models;
 pub mod nn;
+pub mod pipeline;
 pub mod schedulers;
+pub mod testing;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -13,14 +13,18 @@ pub fn resolve_model(name: &str) -> Result<PathBuf> {
     if path.is_dir() {
         return require_index(path);
     }
-    let looks_like_hub_id = name.split('/').count() == 2 && !name.starts_with('.') && !path.exists();
+    let looks_like_hub_id =
+        name.split('/').count() == 2 && !name.starts_with('.') && !path.exists();
     if looks_like_hub_id {
         for cache in hub_caches() {
             if let Some(snapshot) = hub_snapshot(&cache, name)? {
                 return require_index(snapshot);
             }
         }
-        let tried: Vec<String> = hub_caches().iter().map(|p| p.display().to_string()).collect();
+        let tried: Vec<String> = hub_caches()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         return Err(Error::Msg(format!(
             "model {name}: not a folder, and not found in the Hugging Face cache ({}); download it with \
              `huggingface-cli download {name}` on a machine with access, or pass a diffusers folder",
@@ -34,7 +38,10 @@ fn require_index(dir: PathBuf) -> Result<PathBuf> {
     if dir.join("model_index.json").is_file() {
         Ok(dir)
     } else {
-        Err(Error::file(dir.join("model_index.json"), "missing: not a diffusers pipeline folder"))
+        Err(Error::file(
+            dir.join("model_index.json"),
+            "missing: not a diffusers pipeline folder",
+        ))
     }
 }
 
@@ -107,8 +114,12 @@ pub fn component_files(dir: &Path, stem: &str, variant: Option<&str>) -> Result<
 fn variants_present(dir: &Path, stem: &str) -> Result<BTreeSet<String>> {
     let mut out = BTreeSet::new();
     for name in file_names(dir)? {
-        let Some(rest) = name.strip_prefix(&format!("{stem}.")) else { continue };
-        let Some(middle) = rest.strip_suffix(".safetensors") else { continue };
+        let Some(rest) = name.strip_prefix(&format!("{stem}.")) else {
+            continue;
+        };
+        let Some(middle) = rest.strip_suffix(".safetensors") else {
+            continue;
+        };
         let variant = middle.split('-').next().unwrap_or("");
         if !variant.is_empty() && !variant.contains('.') {
             out.insert(variant.to_string());
@@ -119,13 +130,26 @@ fn variants_present(dir: &Path, stem: &str) -> Result<BTreeSet<String>> {
 
 fn file_names(dir: &Path) -> Result<Vec<String>> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    Ok(entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect())
+    Ok(entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect())
 }
 
-fn files_for_variant(dir: &Path, stem: &str, variant: Option<&str>) -> Result<Option<Vec<PathBuf>>> {
+fn files_for_variant(
+    dir: &Path,
+    stem: &str,
+    variant: Option<&str>,
+) -> Result<Option<Vec<PathBuf>>> {
     let (single, index) = match variant {
-        Some(v) => (format!("{stem}.{v}.safetensors"), format!("{stem}.safetensors.index.{v}.json")),
-        None => (format!("{stem}.safetensors"), format!("{stem}.safetensors.index.json")),
+        Some(v) => (
+            format!("{stem}.{v}.safetensors"),
+            format!("{stem}.safetensors.index.{v}.json"),
+        ),
+        None => (
+            format!("{stem}.safetensors"),
+            format!("{stem}.safetensors.index.json"),
+        ),
     };
     let index_path = dir.join(&index);
     if index_path.is_file() {
@@ -148,7 +172,14 @@ fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
         .into_iter()
         .map(|f| {
             let p = dir.join(f);
-            if p.is_file() { Ok(p) } else { Err(Error::file(index, format!("names shard {f}, which is missing"))) }
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(Error::file(
+                    index,
+                    format!("names shard {f}, which is missing"),
+                ))
+            }
         })
         .collect()
 }

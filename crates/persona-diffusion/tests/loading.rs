@@ -50,7 +50,10 @@ fn missing_tensor_is_named_with_its_file() {
         t.remove("mid_block.attentions.0.proj_in.weight");
     });
     let err = load_error(&dir);
-    assert!(err.contains("missing tensors: mid_block.attentions.0.proj_in.weight"), "{err}");
+    assert!(
+        err.contains("missing tensors: mid_block.attentions.0.proj_in.weight"),
+        "{err}"
+    );
     assert!(err.contains(&file.display().to_string()), "{err}");
     assert_eq!(err.lines().count(), 1);
 }
@@ -59,17 +62,26 @@ fn missing_tensor_is_named_with_its_file() {
 fn wrong_shape_is_named() {
     let (_tmp, dir) = pipeline_copy();
     rewrite_unet(&dir, |t| {
-        t.insert("conv_in.bias".into(), Tensor::zeros(7, candle_core::DType::F32, &Device::Cpu).unwrap());
+        t.insert(
+            "conv_in.bias".into(),
+            Tensor::zeros(7, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
     });
     let err = load_error(&dir);
-    assert!(err.contains("conv_in.bias has shape [7], expected [32]"), "{err}");
+    assert!(
+        err.contains("conv_in.bias has shape [7], expected [32]"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unexpected_tensor_is_named() {
     let (_tmp, dir) = pipeline_copy();
     rewrite_unet(&dir, |t| {
-        t.insert("extra.weight".into(), Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap());
+        t.insert(
+            "extra.weight".into(),
+            Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
     });
     assert!(load_error(&dir).contains("unexpected tensors: extra.weight"));
 }
@@ -81,7 +93,10 @@ fn truncated_file_is_named() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let err = load_error(&dir);
-    assert!(err.contains(&path.display().to_string()) && err.contains("safetensors"), "{err}");
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("safetensors"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -90,7 +105,10 @@ fn missing_config_is_named() {
     let path = dir.join("unet/config.json");
     std::fs::remove_file(&path).unwrap();
     let err = load_error(&dir);
-    assert!(err.contains(&path.display().to_string()) && err.contains("missing"), "{err}");
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("missing"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -103,12 +121,17 @@ fn not_a_pipeline_folder() {
 fn hub_id_resolves_from_the_local_cache() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("hub/models--someone--tiny-sd");
-    copy_dir(&fixtures_dir().join("sd2-tiny"), &repo.join("snapshots/abc123"));
+    copy_dir(
+        &fixtures_dir().join("sd2-tiny"),
+        &repo.join("snapshots/abc123"),
+    );
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), "abc123").unwrap();
     std::env::set_var("HF_HUB_CACHE", tmp.path().join("hub"));
     let found = persona_diffusion::loading::resolve_model("someone/tiny-sd").unwrap();
     assert_eq!(found, repo.join("snapshots/abc123"));
-    let err = persona_diffusion::loading::resolve_model("someone/absent").unwrap_err().to_string();
+    let err = persona_diffusion::loading::resolve_model("someone/absent")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not found in the Hugging Face cache"), "{err}");
 }

@@ -5,6 +5,7 @@ mod grad_ops;
 mod gradients;
 mod loading;
 mod manifests;
+mod mixed_precision;
 mod models;
 mod pipeline;
 mod schedulers;

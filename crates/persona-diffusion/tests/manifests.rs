@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use persona_diffusion::models::{clip_text, unet, vae, AutoencoderKL, ClipTextModel, UNet2DConditionModel};
+use persona_diffusion::models::{
+    clip_text, unet, vae, AutoencoderKL, ClipTextModel, UNet2DConditionModel,
+};
 use persona_diffusion::nn::Weights;
 use persona_diffusion::testing::fixtures_dir;
 
@@ -13,7 +15,16 @@ fn manifest(dir: &Path) -> BTreeMap<String, Vec<usize>> {
     let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
     let m: BTreeMap<String, Vec<usize>> = serde_json::from_str(&text).unwrap();
     // Hub text encoders prefix every name with `text_model.`; the recorder sees the unprefixed layout.
-    m.into_iter().map(|(k, v)| (k.strip_prefix("text_model.").map(str::to_string).unwrap_or(k), v)).collect()
+    m.into_iter()
+        .map(|(k, v)| {
+            (
+                k.strip_prefix("text_model.")
+                    .map(str::to_string)
+                    .unwrap_or(k),
+                v,
+            )
+        })
+        .collect()
 }
 
 fn compare(model: &str, component: &str, build: impl FnOnce(&Weights, &Path)) {
@@ -24,13 +35,22 @@ fn compare(model: &str, component: &str, build: impl FnOnce(&Weights, &Path)) {
     let theirs = manifest(&dir);
     let missing: Vec<_> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
     let extra: Vec<_> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
-    assert!(missing.is_empty(), "{model}/{component}: tensors we never read: {missing:?}");
-    assert!(extra.is_empty(), "{model}/{component}: tensors diffusers does not have: {extra:?}");
+    assert!(
+        missing.is_empty(),
+        "{model}/{component}: tensors we never read: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "{model}/{component}: tensors diffusers does not have: {extra:?}"
+    );
     for (name, shape) in &theirs {
         assert_eq!(&ours[name], shape, "{model}/{component}: shape of {name}");
     }
     let params: usize = ours.values().map(|s| s.iter().product::<usize>()).sum();
-    eprintln!("{model}/{component}: {} tensors, {params} parameters", ours.len());
+    eprintln!(
+        "{model}/{component}: {} tensors, {params} parameters",
+        ours.len()
+    );
 }
 
 fn all_components(model: &str) {

@@ -20,7 +20,11 @@ fn text_encoder(pipeline: &str) -> ClipTextModel {
     let dir = fixtures_dir().join(pipeline).join("text_encoder");
     let variant = (pipeline == "sd2-unseen").then_some("fp16");
     let w = weights(&dir, "model", variant);
-    let m = ClipTextModel::load(&w, &clip_text::Config::read(&dir.join("config.json")).unwrap()).unwrap();
+    let m = ClipTextModel::load(
+        &w,
+        &clip_text::Config::read(&dir.join("config.json")).unwrap(),
+    )
+    .unwrap();
     w.finish().unwrap();
     m
 }
@@ -37,10 +41,22 @@ fn text_encoder_matches_transformers() {
         let r = load_reference(&format!("reference/{p}/text_encoder.safetensors")).unwrap();
         let m = text_encoder(p);
         let ids = &r["input_ids"];
-        check(&format!("{p} last_hidden_state"), &m.forward(ids, Output::Last).unwrap(), &r["last_hidden_state"]);
-        check(&format!("{p} clip_skip_1"), &m.forward(ids, Output::Skip(1)).unwrap(), &r["clip_skip_1"]);
+        check(
+            &format!("{p} last_hidden_state"),
+            &m.forward(ids, Output::Last).unwrap(),
+            &r["last_hidden_state"],
+        );
+        check(
+            &format!("{p} clip_skip_1"),
+            &m.forward(ids, Output::Skip(1)).unwrap(),
+            &r["clip_skip_1"],
+        );
         let from_embeds = m.forward_embeds(&r["inputs_embeds"], Output::Last).unwrap();
-        check(&format!("{p} inputs_embeds"), &from_embeds, &r["inputs_embeds_out"]);
+        check(
+            &format!("{p} inputs_embeds"),
+            &from_embeds,
+            &r["inputs_embeds_out"],
+        );
     }
 }
 
@@ -48,7 +64,8 @@ fn unet_model(pipeline: &str) -> UNet2DConditionModel {
     let dir = fixtures_dir().join(pipeline).join("unet");
     let variant = (pipeline == "sd2-unseen").then_some("fp16");
     let w = weights(&dir, "diffusion_pytorch_model", variant);
-    let m = UNet2DConditionModel::load(&w, &unet::Config::read(&dir.join("config.json")).unwrap()).unwrap();
+    let m = UNet2DConditionModel::load(&w, &unet::Config::read(&dir.join("config.json")).unwrap())
+        .unwrap();
     w.finish().unwrap();
     m
 }
@@ -59,7 +76,9 @@ fn unet_matches_diffusers() {
         let r = load_reference(&format!("reference/{p}/unet.safetensors")).unwrap();
         let m = unet_model(p);
         let cond = Condition::new(r["encoder_hidden_states"].clone());
-        let out = m.forward(&r["sample"], &r["timestep"], &cond, None).unwrap();
+        let out = m
+            .forward(&r["sample"], &r["timestep"], &cond, None)
+            .unwrap();
         check(&format!("{p} unet"), &out, &r["out"]);
     }
 }
@@ -71,13 +90,30 @@ fn vae_matches_diffusers() {
         let dir = fixtures_dir().join(p).join("vae");
         let variant = (p == "sd2-unseen").then_some("fp16");
         let w = weights(&dir, "diffusion_pytorch_model", variant);
-        let m = AutoencoderKL::load(&w, &vae::Config::read(&dir.join("config.json")).unwrap()).unwrap();
+        let m =
+            AutoencoderKL::load(&w, &vae::Config::read(&dir.join("config.json")).unwrap()).unwrap();
         w.finish().unwrap();
         let post = m.encode(&r["image"]).unwrap();
-        check(&format!("{p} posterior mean"), &post.mean, &r["posterior_mean"]);
-        check(&format!("{p} posterior logvar"), &post.logvar, &r["posterior_logvar"]);
-        check(&format!("{p} posterior sample"), &post.sample(&r["posterior_noise"]).unwrap(), &r["posterior_sample"]);
-        check(&format!("{p} decode"), &m.decode(&r["latents"]).unwrap(), &r["decoded"]);
+        check(
+            &format!("{p} posterior mean"),
+            &post.mean,
+            &r["posterior_mean"],
+        );
+        check(
+            &format!("{p} posterior logvar"),
+            &post.logvar,
+            &r["posterior_logvar"],
+        );
+        check(
+            &format!("{p} posterior sample"),
+            &post.sample(&r["posterior_noise"]).unwrap(),
+            &r["posterior_sample"],
+        );
+        check(
+            &format!("{p} decode"),
+            &m.decode(&r["latents"]).unwrap(),
+            &r["decoded"],
+        );
     }
 }
 

@@ -2,8 +2,8 @@
 //! deterministic scheduler and all three tiny pipelines (one of them, `sd2-unseen`, with fp16 variant files,
 //! a sharded UNet, v-prediction and a non-square size).
 
-use persona_diffusion::pipeline::{GenerateParams, LoadOptions, StableDiffusion};
 use persona_diffusion::models::clip_text::Output;
+use persona_diffusion::pipeline::{GenerateParams, LoadOptions, StableDiffusion};
 use persona_diffusion::schedulers::SchedulerKind;
 use persona_diffusion::testing::{fixtures_dir, load_reference};
 
@@ -26,10 +26,17 @@ struct SchedulerJson {
 
 fn run_case(pipeline: &str, scheduler: &str) -> f64 {
     let stem = format!("reference/pipeline/{pipeline}_{scheduler}");
-    let case: Case = serde_json::from_str(&std::fs::read_to_string(fixtures_dir().join(format!("{stem}.json"))).unwrap()).unwrap();
+    let case: Case = serde_json::from_str(
+        &std::fs::read_to_string(fixtures_dir().join(format!("{stem}.json"))).unwrap(),
+    )
+    .unwrap();
     let r = load_reference(&format!("{stem}.safetensors")).unwrap();
     let dir = fixtures_dir().join(pipeline);
-    let sd = StableDiffusion::load(dir.to_str().unwrap(), &LoadOptions { variant: case.variant.clone() }).unwrap();
+    let sd = StableDiffusion::load(
+        dir.to_str().unwrap(),
+        &LoadOptions::variant(case.variant.clone()),
+    )
+    .unwrap();
     let latents = r["latents"].clone();
     let params = GenerateParams {
         prompt: case.prompt,
@@ -48,14 +55,28 @@ fn run_case(pipeline: &str, scheduler: &str) -> f64 {
     };
     let images = sd.generate(&params, &mut |_| {}).unwrap();
     let got = images.permute((0, 2, 3, 1)).unwrap();
-    let mae = (got - &r["image"]).unwrap().abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap() as f64;
-    eprintln!("{pipeline} {scheduler}: mean abs error {:.2e} (1/255 = {:.2e})", mae, 1.0 / 255.0);
+    let mae = (got - &r["image"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+    eprintln!(
+        "{pipeline} {scheduler}: mean abs error {:.2e} (1/255 = {:.2e})",
+        mae,
+        1.0 / 255.0
+    );
     mae
 }
 
 fn assert_matches(pipeline: &str, scheduler: &str) {
     let mae = run_case(pipeline, scheduler);
-    assert!(mae <= 1.0 / 255.0, "{pipeline} {scheduler}: mean abs error {mae} > 1/255");
+    assert!(
+        mae <= 1.0 / 255.0,
+        "{pipeline} {scheduler}: mean abs error {mae} > 1/255"
+    );
 }
 
 #[test]
@@ -80,7 +101,11 @@ fn sd1_tiny_ddim() {
 
 #[test]
 fn unseen_pipeline_all_deterministic_schedulers() {
-    for s in ["DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler"] {
+    for s in [
+        "DDIMScheduler",
+        "DPMSolverMultistepScheduler",
+        "EulerDiscreteScheduler",
+    ] {
         assert_matches("sd2-unseen", s);
     }
 }
@@ -88,7 +113,11 @@ fn unseen_pipeline_all_deterministic_schedulers() {
 /// Same seed, same images (whatever the batch size); another seed, other images.
 #[test]
 fn seeded_generation_is_reproducible() {
-    let sd = StableDiffusion::load(fixtures_dir().join("sd2-tiny").to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let sd = StableDiffusion::load(
+        fixtures_dir().join("sd2-tiny").to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     let mut p = GenerateParams {
         prompt: "a photo of a person".into(),
         negative_prompt: String::new(),
@@ -106,14 +135,34 @@ fn seeded_generation_is_reproducible() {
     };
     let a = sd.generate(&p, &mut |_| {}).unwrap();
     let again = sd.generate(&p, &mut |_| {}).unwrap();
-    assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), again.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    assert_eq!(
+        a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        again.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
     // Each image has its own seed (seed + index), so the batch size changes only float rounding.
     p.batch_size = 1;
     let b = sd.generate(&p, &mut |_| {}).unwrap();
-    let batch_diff = (&a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    assert!(batch_diff < 1e-4, "batch size changed the images by {batch_diff}");
+    let batch_diff = (&a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        batch_diff < 1e-4,
+        "batch size changed the images by {batch_diff}"
+    );
     p.seed = 8;
     let c = sd.generate(&p, &mut |_| {}).unwrap();
-    let diff = (a - c).unwrap().abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (a - c)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(diff > 1e-3, "different seeds gave the same images");
 }

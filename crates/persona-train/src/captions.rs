@@ -19,11 +19,21 @@ impl Captions {
             Some(p) => std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?,
             None => BUNDLED.to_string(),
         };
-        let templates: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+        let templates: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
         if templates.is_empty() || templates.iter().any(|t| !t.contains("{}")) {
-            return Err(Error::Msg("caption templates must be non-empty lines each containing {}".into()));
+            return Err(Error::Msg(
+                "caption templates must be non-empty lines each containing {}".into(),
+            ));
         }
-        Ok(Self { templates, subject: subject.to_string() })
+        Ok(Self {
+            templates,
+            subject: subject.to_string(),
+        })
     }
 
     pub fn len(&self) -> usize {

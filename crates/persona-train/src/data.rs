@@ -23,11 +23,18 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file())
-        .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_lowercase().as_str())))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| EXTENSIONS.contains(&e.to_lowercase().as_str()))
+        })
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(Error::file(dir, format!("no training images (looked for {})", EXTENSIONS.join(", "))));
+        return Err(Error::file(
+            dir,
+            format!("no training images (looked for {})", EXTENSIONS.join(", ")),
+        ));
     }
     Ok(files)
 }
@@ -35,7 +42,12 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Decodes an image, applying its EXIF orientation.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let bad = |e: &dyn std::fmt::Display| Error::file(path, format!("cannot read image: {e}"));
-    let mut decoder = ImageReader::open(path).map_err(|e| Error::io(path, e))?.with_guessed_format().map_err(|e| Error::io(path, e))?.into_decoder().map_err(|e| bad(&e))?;
+    let mut decoder = ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?
+        .into_decoder()
+        .map_err(|e| bad(&e))?;
     let orientation = decoder.orientation().map_err(|e| bad(&e))?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| bad(&e))?;
     img.apply_orientation(orientation);
@@ -49,9 +61,12 @@ pub fn crop_square(width: u32, height: u32, face: Option<[f32; 4]>) -> (u32, u32
     let Some([x0, y0, x1, y1]) = face else {
         return ((width - max_side) / 2, (height - max_side) / 2, max_side);
     };
-    let side = ((x1 - x0).max(y1 - y0) * 2.0).round().clamp(1.0, max_side as f32) as u32;
+    let side = ((x1 - x0).max(y1 - y0) * 2.0)
+        .round()
+        .clamp(1.0, max_side as f32) as u32;
     let (cx, cy) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0);
-    let place = |c: f32, limit: u32| ((c - side as f32 / 2.0).round().max(0.0) as u32).min(limit - side);
+    let place =
+        |c: f32, limit: u32| ((c - side as f32 / 2.0).round().max(0.0) as u32).min(limit - side);
     (place(cx, width), place(cy, height), side)
 }
 
@@ -63,11 +78,24 @@ pub struct Sample {
 }
 
 /// Prepares every photo of `dir` at `resolution`.
-pub fn load_folder(dir: &Path, resolution: u32, locate: Option<&FaceLocator>, device: &Device) -> Result<Vec<Sample>> {
-    list_images(dir)?.into_iter().map(|path| load_sample(path, resolution, locate, device)).collect()
+pub fn load_folder(
+    dir: &Path,
+    resolution: u32,
+    locate: Option<&FaceLocator>,
+    device: &Device,
+) -> Result<Vec<Sample>> {
+    list_images(dir)?
+        .into_iter()
+        .map(|path| load_sample(path, resolution, locate, device))
+        .collect()
 }
 
-fn load_sample(path: PathBuf, resolution: u32, locate: Option<&FaceLocator>, device: &Device) -> Result<Sample> {
+fn load_sample(
+    path: PathBuf,
+    resolution: u32,
+    locate: Option<&FaceLocator>,
+    device: &Device,
+) -> Result<Sample> {
     let img = load_rgb(&path)?;
     let face = locate.and_then(|f| f(&img));
     if locate.is_some() && face.is_none() {
@@ -78,9 +106,19 @@ fn load_sample(path: PathBuf, resolution: u32, locate: Option<&FaceLocator>, dev
     let resized = image::imageops::resize(&square, resolution, resolution, FilterType::Lanczos3);
     let flipped = image::imageops::flip_horizontal(&resized);
     let to_tensor = |im: &RgbImage| -> Result<Tensor> {
-        let data: Vec<f32> = im.as_raw().iter().map(|&v| v as f32 / 127.5 - 1.0).collect();
+        let data: Vec<f32> = im
+            .as_raw()
+            .iter()
+            .map(|&v| v as f32 / 127.5 - 1.0)
+            .collect();
         let r = resolution as usize;
-        Ok(Tensor::from_vec(data, (r, r, 3), device)?.permute((2, 0, 1))?.contiguous()?)
+        Ok(Tensor::from_vec(data, (r, r, 3), device)?
+            .permute((2, 0, 1))?
+            .contiguous()?)
     };
-    Ok(Sample { pixels: [to_tensor(&resized)?, to_tensor(&flipped)?], face_found: face.is_some(), path })
+    Ok(Sample {
+        pixels: [to_tensor(&resized)?, to_tensor(&flipped)?],
+        face_found: face.is_some(),
+        path,
+    })
 }

@@ -18,7 +18,13 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
     }
 }
 
@@ -33,9 +39,21 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(vars: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
         let zeros = |v: &Var| v.as_tensor().zeros_like();
-        let m = vars.iter().map(|(_, v)| zeros(v)).collect::<candle_core::Result<Vec<_>>>()?;
-        let v = vars.iter().map(|(_, v)| zeros(v)).collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self { vars, m, v, step: 0, config })
+        let m = vars
+            .iter()
+            .map(|(_, v)| zeros(v))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let v = vars
+            .iter()
+            .map(|(_, v)| zeros(v))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            vars,
+            m,
+            v,
+            step: 0,
+            config,
+        })
     }
 
     pub fn steps_taken(&self) -> usize {
@@ -50,7 +68,9 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         for (i, (_, var)) in self.vars.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
             let p = var.as_tensor().affine(1.0 - lr * c.weight_decay, 0.0)?;
             self.m[i] = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             self.v[i] = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
@@ -73,8 +93,13 @@ impl AdamW {
 
     /// Restores [`AdamW::state`] and the step count.
     pub fn restore(&mut self, state: &BTreeMap<String, Tensor>, step: usize) -> Result<()> {
-        for (i, (name, _)) in self.vars.iter().enumerate() {
-            let get = |k: String| state.get(&k).cloned().ok_or_else(|| crate::Error::Msg(format!("checkpoint lacks {k}")));
+        for (i, (name, var)) in self.vars.iter().enumerate() {
+            let get = |k: String| -> Result<Tensor> {
+                let t = state
+                    .get(&k)
+                    .ok_or_else(|| crate::Error::Msg(format!("checkpoint lacks {k}")))?;
+                Ok(t.to_device(var.device())?)
+            };
             self.m[i] = get(format!("adam.m.{name}"))?;
             self.v[i] = get(format!("adam.v.{name}"))?;
         }

@@ -12,7 +12,14 @@ fn identity_error(e: impl std::fmt::Display) -> Error {
 }
 
 /// The identity a run produced: the learned rows, the Cross Init anchor as a module, and the settings.
-pub fn to_identity(sd: &StableDiffusion, model: &str, method: &dyn Method, cfg: &TrainConfig, token: &str, hyper_extra: serde_json::Value) -> Result<Identity> {
+pub fn to_identity(
+    sd: &StableDiffusion,
+    model: &str,
+    method: &dyn Method,
+    cfg: &TrainConfig,
+    token: &str,
+    hyper_extra: serde_json::Value,
+) -> Result<Identity> {
     let mut base = BaseModel::from_model_dir(&sd.dir).map_err(identity_error)?;
     base.name = model.to_string();
     let hyper = serde_json::json!({
@@ -28,8 +35,12 @@ pub fn to_identity(sd: &StableDiffusion, model: &str, method: &dyn Method, cfg: 
     Ok(identity)
 }
 
-/// Loads identity files for generation, checking each against the loaded base model.
-pub fn load_identities(sd: &StableDiffusion, paths: &[std::path::PathBuf], force: bool) -> Result<Vec<Identity>> {
+/// Loads identity files for generation, checking each against the loaded base model, onto its device.
+pub fn load_identities(
+    sd: &StableDiffusion,
+    paths: &[std::path::PathBuf],
+    force: bool,
+) -> Result<Vec<Identity>> {
     let base = BaseModel::from_model_dir(&sd.dir).map_err(identity_error)?;
     paths
         .iter()
@@ -37,7 +48,7 @@ pub fn load_identities(sd: &StableDiffusion, paths: &[std::path::PathBuf], force
             let id = Identity::load(p).map_err(identity_error)?;
             id.check_base(&base, force).map_err(identity_error)?;
             crate::methods::sefi::staged_tokens(&id).map_err(|e| Error::file(p, e))?;
-            Ok(id)
+            id.to_device(&sd.device).map_err(identity_error)
         })
         .collect()
 }
@@ -45,9 +56,23 @@ pub fn load_identities(sd: &StableDiffusion, paths: &[std::path::PathBuf], force
 /// What the pipeline needs from identities: their tokens and rows (per-stage key/value rows for SeFi-IDE
 /// identities, checked by [`load_identities`]), and `(name, phrase)` for prompt expansion.
 pub fn learned_tokens(identities: &[Identity]) -> (Vec<LearnedTokens>, Vec<(String, String)>) {
-    let plain = |i: &Identity| LearnedTokens { names: i.tokens.clone(), rows: i.embeddings.clone() };
-    let tokens: Vec<LearnedTokens> =
-        identities.iter().map(|i| crate::methods::sefi::staged_tokens(i).ok().flatten().unwrap_or_else(|| plain(i))).collect();
-    let names = identities.iter().zip(&tokens).map(|(i, t)| (i.token.clone(), t.phrase())).collect();
+    let plain = |i: &Identity| LearnedTokens {
+        names: i.tokens.clone(),
+        rows: i.embeddings.clone(),
+    };
+    let tokens: Vec<LearnedTokens> = identities
+        .iter()
+        .map(|i| {
+            crate::methods::sefi::staged_tokens(i)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| plain(i))
+        })
+        .collect();
+    let names = identities
+        .iter()
+        .zip(&tokens)
+        .map(|(i, t)| (i.token.clone(), t.phrase()))
+        .collect();
     (tokens, names)
 }

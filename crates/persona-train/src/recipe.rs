@@ -18,7 +18,9 @@ use crate::data::{load_folder, FaceLocator, Sample};
 use crate::identity::Identity;
 use crate::methods::idea::face::identity_embedding;
 use crate::methods::idea::{kv, Idea, IdeaConfig, Regularizer};
-use crate::methods::sefi::{LayerSelect, Parameterisation, SefiMethod, SefiOptions, SubjectAttention, WithAttentionLoss};
+use crate::methods::sefi::{
+    LayerSelect, Parameterisation, SefiMethod, SefiOptions, SubjectAttention, WithAttentionLoss,
+};
 use crate::methods::{InitOptions, Method, MethodKind, TokenMethod};
 use crate::optim::AdamW;
 use crate::trainer::{StepReport, TrainConfig, Trainer};
@@ -49,7 +51,11 @@ impl FromStr for MethodName {
 impl MethodName {
     /// Optimizer steps: the papers' 320 (Cross Init, ID-EA), SeFi-IDE's 600.
     pub fn default_steps(self) -> usize {
-        if self == Self::Sefi { 600 } else { 320 }
+        if self == Self::Sefi {
+            600
+        } else {
+            320
+        }
     }
 
     /// The learning rate for `samples` images per optimizer step: Cross Init's effective 0.005; ProSpect's
@@ -64,12 +70,20 @@ impl MethodName {
 
     /// Adam's ε: ID-EA's official 1e-7, PyTorch's 1e-8 otherwise.
     pub fn default_adam_eps(self) -> f64 {
-        if self == Self::Idea { 1e-7 } else { 1e-8 }
+        if self == Self::Idea {
+            1e-7
+        } else {
+            1e-8
+        }
     }
 
     /// What each caption template's `{}` becomes: SeFi-IDE's "a photo of the face of V*" has no class word.
     pub fn default_subject(self) -> &'static str {
-        if self == Self::Sefi { "face of {tokens}" } else { "face of {tokens} person" }
+        if self == Self::Sefi {
+            "face of {tokens}"
+        } else {
+            "face of {tokens} person"
+        }
     }
 }
 
@@ -159,9 +173,19 @@ pub struct Built<'a> {
 /// every step; the identity is returned, not written. Its hyper-parameters record what the training cost
 /// (`method.cost`: seconds and steps of this run, the process's peak resident memory), the spec's time per
 /// identity and peak memory.
-pub fn train(sd: &StableDiffusion, model: &str, r: &Recipe, cfg: &TrainConfig, resume: bool, report: &mut dyn FnMut(StepReport)) -> Result<Identity> {
+pub fn train(
+    sd: &StableDiffusion,
+    model: &str,
+    r: &Recipe,
+    cfg: &TrainConfig,
+    resume: bool,
+    report: &mut dyn FnMut(StepReport),
+) -> Result<Identity> {
     if resume && !checkpoint_path(&cfg.out).is_file() {
-        bail!("no checkpoint to resume at {}", checkpoint_path(&cfg.out).display());
+        bail!(
+            "no checkpoint to resume at {}",
+            checkpoint_path(&cfg.out).display()
+        );
     }
     let built = build(sd, r, cfg.resolution, cfg.seed)?;
     let samples = photos(sd, r, cfg.resolution)?;
@@ -169,7 +193,11 @@ pub fn train(sd: &StableDiffusion, model: &str, r: &Recipe, cfg: &TrainConfig, r
     let captions = Captions::new(r.templates.as_deref(), subject)?;
     let mut trainer = Trainer::new(sd, built.method, samples, captions, cfg.seed)?;
     let mut opt = AdamW::new(trainer.method.vars(), cfg.adam)?;
-    let start = if resume { trainer.resume(cfg, &mut opt)? } else { 0 };
+    let start = if resume {
+        trainer.resume(cfg, &mut opt)?
+    } else {
+        0
+    };
     let clock = Instant::now();
     trainer.run(cfg, &mut opt, start, report)?;
     let mut hyper = built.hyper;
@@ -178,25 +206,35 @@ pub fn train(sd: &StableDiffusion, model: &str, r: &Recipe, cfg: &TrainConfig, r
         "steps": cfg.steps - start,
         "peak_rss_gb": peak_rss_gb(),
     });
-    let mut identity = crate::output::to_identity(sd, model, trainer.method.as_ref(), cfg, &r.token, hyper)?;
+    let mut identity =
+        crate::output::to_identity(sd, model, trainer.method.as_ref(), cfg, &r.token, hyper)?;
     identity.meta.face_model = built.face_model;
     Ok(identity)
 }
 
-/// Peak resident memory of this process so far (Linux `VmHWM`), in GB; `None` where `/proc` is unavailable.
-pub fn peak_rss_gb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse::<f64>().ok()?;
-    Some(kb / 1e6)
-}
+pub use persona_diffusion::device::peak_rss_gb;
 
 /// The training photos, cropped around the largest detected face when a detector is found.
 pub fn photos(sd: &StableDiffusion, r: &Recipe, resolution: u32) -> Result<Vec<Sample>> {
-    let detector = if r.face_crop { find_detector(&r.faces) } else { None };
+    let detector = if r.face_crop {
+        find_detector(&r.faces)
+    } else {
+        None
+    };
     let locate = detector.as_ref().map(|d| {
-        Box::new(move |img: &image::RgbImage| d.detect(img).ok().and_then(|f| persona_faces::largest(&f)).map(|f| f.bbox)) as Box<FaceLocator>
+        Box::new(move |img: &image::RgbImage| {
+            d.detect(img)
+                .ok()
+                .and_then(|f| persona_faces::largest(&f))
+                .map(|f| f.bbox)
+        }) as Box<FaceLocator>
     });
-    Ok(load_folder(&r.images, resolution, locate.as_deref(), &sd.device)?)
+    Ok(load_folder(
+        &r.images,
+        resolution,
+        locate.as_deref(),
+        &sd.device,
+    )?)
 }
 
 fn find_detector(search: &ModelSearch) -> Option<Box<dyn persona_faces::Detector>> {
@@ -211,12 +249,21 @@ fn find_detector(search: &ModelSearch) -> Option<Box<dyn persona_faces::Detector
 }
 
 /// The method with its options, and the hyper-parameters its identity file records.
-pub fn build<'a>(sd: &StableDiffusion, r: &Recipe, resolution: u32, seed: u64) -> Result<Built<'a>> {
+pub fn build<'a>(
+    sd: &StableDiffusion,
+    r: &Recipe,
+    resolution: u32,
+    seed: u64,
+) -> Result<Built<'a>> {
     let o = &r.options;
     let latent_side = resolution as usize / sd.vae_scale();
     let layers = LayerSelect::parse(&o.attn_layers, latent_side)?;
     let attn_hyper = |weight: f64| serde_json::json!({"attn_loss": weight, "class_word": o.class_word, "attn_layers": o.attn_layers});
-    let init = InitOptions { num_tokens: o.num_tokens.unwrap_or(2), init_words: o.init_words.clone(), names: o.names.clone() };
+    let init = InitOptions {
+        num_tokens: o.num_tokens.unwrap_or(2),
+        init_words: o.init_words.clone(),
+        names: o.names.clone(),
+    };
     let kind = match r.method {
         MethodName::Ti => MethodKind::Ti,
         MethodName::CrossInit => MethodKind::CrossInit,
@@ -238,7 +285,11 @@ pub fn build<'a>(sd: &StableDiffusion, r: &Recipe, resolution: u32, seed: u64) -
             };
             let hyper = serde_json::json!({"stages": o.stages, "num_tokens": so.num_tokens, "init_words": o.init_words,
                 "parameterisation": o.sefi_param, "attention": attn_hyper(weight)});
-            return Ok(Built { method: Box::new(SefiMethod::new(sd, &r.token, &so)?), hyper, face_model: None });
+            return Ok(Built {
+                method: Box::new(SefiMethod::new(sd, &r.token, &so)?),
+                hyper,
+                face_model: None,
+            });
         }
     };
     let method = TokenMethod::new(sd, kind, &r.token, &init, o.reg_weight.unwrap_or(1e-5))?;
@@ -252,18 +303,34 @@ pub fn build<'a>(sd: &StableDiffusion, r: &Recipe, resolution: u32, seed: u64) -
         }
         None => Box::new(method),
     };
-    Ok(Built { method, hyper, face_model: None })
+    Ok(Built {
+        method,
+        hyper,
+        face_model: None,
+    })
 }
 
 /// ID-EA: the face embedding of the photos, then the method around it.
-fn build_idea<'a>(sd: &StableDiffusion, r: &Recipe, init: InitOptions, seed: u64) -> Result<Built<'a>> {
+fn build_idea<'a>(
+    sd: &StableDiffusion,
+    r: &Recipe,
+    init: InitOptions,
+    seed: u64,
+) -> Result<Built<'a>> {
     let o = &r.options;
-    let analyzer = FaceAnalyzer::from_search(&r.faces).context("ID-EA needs a face detector and a face recogniser")?;
+    let analyzer = FaceAnalyzer::from_search(&r.faces)
+        .context("ID-EA needs a face detector and a face recogniser")?;
     let file = r.faces.find_recognizer()?.path;
-    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let face_model = format!("{:?} ({name})", analyzer.recognizer().kind()).to_lowercase();
     let embed = |img: &image::RgbImage| {
-        analyzer.embed_largest(img).map(|f| f.map(|(_, v)| v)).map_err(|e| persona_diffusion::Error::Msg(e.to_string()))
+        analyzer
+            .embed_largest(img)
+            .map(|f| f.map(|(_, v)| v))
+            .map_err(|e| persona_diffusion::Error::Msg(e.to_string()))
     };
     let (face, used) = identity_embedding(&r.images, &embed, &sd.device)?;
     eprintln!("face embedding: {used} photo(s), {face_model}");
@@ -277,5 +344,9 @@ fn build_idea<'a>(sd: &StableDiffusion, r: &Recipe, init: InitOptions, seed: u64
     let method = Idea::new(sd, &r.token, config, face, face_model.clone())?;
     let mut hyper = method.hyper();
     hyper["face_photos"] = used.into();
-    Ok(Built { method: Box::new(method), hyper, face_model: Some(face_model) })
+    Ok(Built {
+        method: Box::new(method),
+        hyper,
+        face_model: Some(face_model),
+    })
 }

@@ -59,11 +59,19 @@ pub struct Plan {
 
 impl TrainConfig {
     pub fn plan(&self) -> Plan {
-        Plan { batch: self.batch_size, accum: self.grad_accum.max(1), repeats: self.repeats.max(1) }
+        Plan {
+            batch: self.batch_size,
+            accum: self.grad_accum.max(1),
+            repeats: self.repeats.max(1),
+        }
     }
 
     pub fn effective_lr(&self) -> f64 {
-        if self.scale_lr { self.lr * (self.batch_size * self.grad_accum) as f64 } else { self.lr }
+        if self.scale_lr {
+            self.lr * (self.batch_size * self.grad_accum) as f64
+        } else {
+            self.lr
+        }
     }
 }
 
@@ -105,13 +113,27 @@ pub struct Trainer<'a> {
 }
 
 impl<'a> Trainer<'a> {
-    pub fn new(sd: &'a StableDiffusion, method: Box<dyn Method + 'a>, samples: Vec<Sample>, captions: Captions, seed: u64) -> Result<Self> {
+    pub fn new(
+        sd: &'a StableDiffusion,
+        method: Box<dyn Method + 'a>,
+        samples: Vec<Sample>,
+        captions: Captions,
+        seed: u64,
+    ) -> Result<Self> {
         if samples.is_empty() {
             return Err(Error::Msg("no training images".into()));
         }
         let noise = NoiseSchedule::from_config(&sd.scheduler_config)?;
         let posteriors = samples.iter().map(|_| [None, None]).collect();
-        Ok(Self { sd, method, samples, posteriors, captions, noise, seed })
+        Ok(Self {
+            sd,
+            method,
+            samples,
+            posteriors,
+            captions,
+            noise,
+            seed,
+        })
     }
 
     fn posterior(&mut self, index: usize, flip: usize) -> Result<&Posterior> {
@@ -129,7 +151,9 @@ impl<'a> Trainer<'a> {
         let n = self.samples.len();
         let len = n * repeats;
         let epoch = (g / len) as u64;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ ORDER_SALT);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(
+            self.seed ^ epoch.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ ORDER_SALT,
+        );
         let mut order: Vec<usize> = (0..len).collect();
         order.shuffle(&mut rng);
         order[g % len] % n
@@ -138,7 +162,8 @@ impl<'a> Trainer<'a> {
     /// The draws of micro-batch `micro` of step `step` (deterministic in seed, step, micro and the plan).
     pub fn draw(&mut self, step: usize, micro: usize, plan: &Plan) -> Result<StepInputs> {
         let batch = plan.batch;
-        let mix = (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (micro as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        let mix = (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (micro as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
         let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ mix);
         let scaling = self.sd.vae.config().scaling_factor;
         let (mut latents, mut captions, mut timesteps) = (Vec::new(), Vec::new(), Vec::new());
@@ -157,18 +182,35 @@ impl<'a> Trainer<'a> {
         }
         let latents = Tensor::stack(&latents, 0)?;
         let noise = seeded_normal(&mut rng, latents.dims(), &self.sd.device)?;
-        Ok(StepInputs { latents, noise, timesteps, captions })
+        Ok(StepInputs {
+            latents,
+            noise,
+            timesteps,
+            captions,
+        })
     }
 
     /// The loss of the current parameters on `inputs`, as a graph to differentiate.
     pub fn loss(&self, inputs: &StepInputs) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-        let noisy = self.noise.add_noise(&inputs.latents, &inputs.noise, &inputs.timesteps)?;
-        let target = self.noise.target(self.noise.prediction_type(), &inputs.latents, &inputs.noise, &inputs.timesteps)?;
+        let noisy = self
+            .noise
+            .add_noise(&inputs.latents, &inputs.noise, &inputs.timesteps)?;
+        let target = self.noise.target(
+            self.noise.prediction_type(),
+            &inputs.latents,
+            &inputs.noise,
+            &inputs.timesteps,
+        )?;
         let prompts: Vec<&str> = inputs.captions.iter().map(String::as_str).collect();
-        let cond = self.method.condition(self.sd, &prompts, &inputs.timesteps)?;
+        let cond = self
+            .method
+            .condition(self.sd, &prompts, &inputs.timesteps)?;
         let t: Vec<f32> = inputs.timesteps.iter().map(|&t| t as f32).collect();
         let t = Tensor::new(t, &self.sd.device)?;
-        let pred = self.sd.unet.forward(&noisy, &t, &cond, self.method.control())?;
+        let pred = self
+            .sd
+            .unet
+            .forward(&noisy, &t, &cond, self.method.control())?;
         let diffusion = mse_loss(&pred, &target)?;
         let reg = self.method.extra_loss()?;
         let total = match &reg {
@@ -185,7 +227,13 @@ impl<'a> Trainer<'a> {
     }
 
     /// Forward + backward of one micro-batch, gradients scaled by `scale` and added to `acc`.
-    fn accumulate(&self, inputs: &StepInputs, scale: f64, acc: &mut GradStore, parts: &mut LossParts) -> Result<()> {
+    fn accumulate(
+        &self,
+        inputs: &StepInputs,
+        scale: f64,
+        acc: &mut GradStore,
+        parts: &mut LossParts,
+    ) -> Result<()> {
         let (total, diffusion, reg) = self.loss(inputs)?;
         let grads = (total.clone() * scale)?.backward()?;
         for (_, var) in self.method.vars() {
@@ -207,7 +255,11 @@ impl<'a> Trainer<'a> {
     /// One optimizer step on given inputs (one micro-batch per entry).
     pub fn step(&self, opt: &mut AdamW, micro: &[StepInputs], lr: f64) -> Result<LossParts> {
         let mut acc = GradStore::default();
-        let mut parts = LossParts { total: 0.0, diffusion: 0.0, reg: 0.0 };
+        let mut parts = LossParts {
+            total: 0.0,
+            diffusion: 0.0,
+            reg: 0.0,
+        };
         let scale = 1.0 / micro.len() as f64;
         for inputs in micro {
             self.accumulate(inputs, scale, &mut acc, &mut parts)?;
@@ -228,12 +280,20 @@ impl<'a> Trainer<'a> {
     }
 
     /// Trains for `cfg.steps` optimizer steps from `start` (after a resume), checkpointing and logging.
-    pub fn run(&mut self, cfg: &TrainConfig, opt: &mut AdamW, start: usize, report: &mut dyn FnMut(StepReport)) -> Result<()> {
+    pub fn run(
+        &mut self,
+        cfg: &TrainConfig,
+        opt: &mut AdamW,
+        start: usize,
+        report: &mut dyn FnMut(StepReport),
+    ) -> Result<()> {
         let log_path = checkpoint::loss_log_path(&cfg.out);
         let mut log = open_log(&log_path, start)?;
         let base_lr = cfg.effective_lr();
         for step in start..cfg.steps {
-            let micro = (0..cfg.grad_accum.max(1)).map(|m| self.draw(step, m, &cfg.plan())).collect::<Result<Vec<_>>>()?;
+            let micro = (0..cfg.grad_accum.max(1))
+                .map(|m| self.draw(step, m, &cfg.plan()))
+                .collect::<Result<Vec<_>>>()?;
             let lr = lr_at(cfg.schedule, base_lr, step, cfg.steps, cfg.warmup);
             let parts = match self.step(opt, &micro, lr) {
                 Ok(p) => p,
@@ -248,7 +308,12 @@ impl<'a> Trainer<'a> {
             };
             let line = serde_json::json!({"step": step + 1, "loss": parts.total, "loss_diffusion": parts.diffusion, "loss_reg": parts.reg, "lr": lr, "timesteps": micro[0].timesteps});
             writeln!(log, "{line}").map_err(|e| Error::io(&log_path, e))?;
-            report(StepReport { step: step + 1, steps: cfg.steps, loss: parts, lr });
+            report(StepReport {
+                step: step + 1,
+                steps: cfg.steps,
+                loss: parts,
+                lr,
+            });
             if cfg.save_every > 0 && (step + 1) % cfg.save_every == 0 && step + 1 < cfg.steps {
                 self.save_checkpoint(cfg, opt, step + 1)?;
             }
@@ -265,7 +330,10 @@ impl<'a> Trainer<'a> {
         tensors.extend(self.method.extra_tensors());
         let meta = HashMap::from([
             ("step".to_string(), step.to_string()),
-            ("config".to_string(), serde_json::to_string(&resume_key(cfg)).unwrap_or_default()),
+            (
+                "config".to_string(),
+                serde_json::to_string(&resume_key(cfg)).unwrap_or_default(),
+            ),
         ]);
         checkpoint::save(&checkpoint::checkpoint_path(&cfg.out), &tensors, meta)
     }
@@ -274,14 +342,22 @@ impl<'a> Trainer<'a> {
     pub fn resume(&mut self, cfg: &TrainConfig, opt: &mut AdamW) -> Result<usize> {
         let path = checkpoint::checkpoint_path(&cfg.out);
         let (tensors, meta) = checkpoint::load(&path)?;
-        let saved: serde_json::Value = meta.get("config").and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default();
+        let saved: serde_json::Value = meta
+            .get("config")
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or_default();
         if saved != resume_key(cfg) {
             return Err(Error::file(&path, "the checkpoint was written with other training settings; remove it or use the same flags"));
         }
-        let step: usize = meta.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| Error::file(&path, "no step in metadata"))?;
+        let step: usize = meta
+            .get("step")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::file(&path, "no step in metadata"))?;
         for (name, var) in self.method.vars() {
-            let t = tensors.get(&name).ok_or_else(|| Error::file(&path, format!("missing tensor {name}")))?;
-            var.set(t)?;
+            let t = tensors
+                .get(&name)
+                .ok_or_else(|| Error::file(&path, format!("missing tensor {name}")))?;
+            var.set(&t.to_device(var.device())?)?;
         }
         opt.restore(&tensors, step)?;
         Ok(step)
@@ -300,7 +376,12 @@ fn open_log(path: &std::path::Path, start: usize) -> Result<std::fs::File> {
     let kept: Vec<String> = match std::fs::read_to_string(path) {
         Ok(text) if start > 0 => text
             .lines()
-            .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= start))
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s as usize <= start)
+            })
             .map(String::from)
             .collect(),
         _ => Vec::new(),
@@ -310,5 +391,8 @@ fn open_log(path: &std::path::Path, start: usize) -> Result<std::fs::File> {
         text.push('\n');
     }
     persona_diffusion::pipeline::image::write_atomic(path, text.as_bytes())?;
-    std::fs::OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, e))
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
 }

@@ -164,7 +164,20 @@ fn idea_trains_saves_generates_and_resumes() {
 
     let start = std::time::Instant::now();
     let mut t = trainer(&sd, &photos, &face);
-    let eval: Vec<_> = (0..4).map(|m| t.draw(1_000_000, m, &Plan { batch: 2, accum: 1, repeats: 1 }).unwrap()).collect();
+    let eval: Vec<_> = (0..4)
+        .map(|m| {
+            t.draw(
+                1_000_000,
+                m,
+                &Plan {
+                    batch: 2,
+                    accum: 1,
+                    repeats: 1,
+                },
+            )
+            .unwrap()
+        })
+        .collect();
     let eval_loss =
         |t: &Trainer| eval.iter().map(|i| t.eval_loss(i).unwrap()).sum::<f64>() / eval.len() as f64;
     let before = eval_loss(&t);

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use persona_train::identity::{
-    export_a1111, export_diffusers, import, BaseModel, EmbeddingFormat, Identity, IdentityError, IdentityMeta,
+    export_a1111, export_diffusers, import, BaseModel, EmbeddingFormat, Identity, IdentityError,
+    IdentityMeta,
 };
 
 fn repo() -> PathBuf {
@@ -23,7 +24,13 @@ fn model(name: &str) -> BaseModel {
 
 /// The rows `tools/identity/make_files.py` writes: `(i + 1) * 0.5 + j / 64`.
 fn python_rows(n: usize, d: usize) -> Vec<Vec<f32>> {
-    (0..n).map(|i| (0..d).map(|j| (i as f32 + 1.0) * 0.5 + j as f32 / 64.0).collect()).collect()
+    (0..n)
+        .map(|i| {
+            (0..d)
+                .map(|j| (i as f32 + 1.0) * 0.5 + j as f32 / 64.0)
+                .collect()
+        })
+        .collect()
 }
 
 fn rows(t: &Tensor) -> Vec<Vec<f32>> {
@@ -37,12 +44,18 @@ fn tiny_identity() -> Identity {
     let mut meta = IdentityMeta::new("cross-init", model("sd2-tiny"), hyper);
     meta.face_model = Some("arcface-vit-t".into());
     let mut identity = Identity::new("<alice>", embeddings, meta).unwrap();
-    identity.modules.insert("adapter.gamma".into(), Tensor::new(&[0.25f32], &Device::Cpu).unwrap());
+    identity.modules.insert(
+        "adapter.gamma".into(),
+        Tensor::new(&[0.25f32], &Device::Cpu).unwrap(),
+    );
     identity
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     names
 }
@@ -62,7 +75,10 @@ fn save_load_round_trip_keeps_everything() {
     assert_eq!(back.tokens, ["<alice>_v0", "<alice>_v1"]);
     assert_eq!(rows(&back.embeddings), rows(&identity.embeddings));
     assert_eq!(back.modules.keys().collect::<Vec<_>>(), ["adapter.gamma"]);
-    assert_eq!(back.modules["adapter.gamma"].to_vec1::<f32>().unwrap(), [0.25]);
+    assert_eq!(
+        back.modules["adapter.gamma"].to_vec1::<f32>().unwrap(),
+        [0.25]
+    );
     assert_eq!(back.meta, identity.meta);
     assert_eq!(back.meta.base_model.name, "sd2-tiny");
     assert_eq!(back.meta.base_model.embedding_shape, [49408, 32]);
@@ -93,15 +109,34 @@ fn base_model_checks() {
     identity.check_base(&model("sd2-tiny"), false).unwrap();
 
     let other = err_text(identity.check_base(&model("sd1-tiny"), false));
-    assert!(other.starts_with("identity <alice> was trained for base model sd2-tiny (text encoder hash "), "{other}");
-    assert!(other.contains(", embeddings [49408, 32]); the model you loaded is sd1-tiny (text encoder hash "), "{other}");
+    assert!(
+        other.starts_with(
+            "identity <alice> was trained for base model sd2-tiny (text encoder hash "
+        ),
+        "{other}"
+    );
+    assert!(
+        other.contains(
+            ", embeddings [49408, 32]); the model you loaded is sd1-tiny (text encoder hash "
+        ),
+        "{other}"
+    );
     assert!(other.contains("--force"), "{other}");
     identity.check_base(&model("sd1-tiny"), true).unwrap();
 
     let narrow = identity.check_base(&model("sd2-unseen"), true);
-    assert!(matches!(narrow, Err(IdentityError::BaseMismatch { width_differs: true, .. })));
+    assert!(matches!(
+        narrow,
+        Err(IdentityError::BaseMismatch {
+            width_differs: true,
+            ..
+        })
+    ));
     let narrow = err_text(narrow);
-    assert!(narrow.contains("embeddings [49408, 24]") && narrow.contains("widths differ"), "{narrow}");
+    assert!(
+        narrow.contains("embeddings [49408, 24]") && narrow.contains("widths differ"),
+        "{narrow}"
+    );
 }
 
 #[test]
@@ -118,12 +153,17 @@ fn unknown_base_is_checked_by_width_only() {
 #[test]
 fn base_model_hash_ignores_formatting_and_bookkeeping() {
     let dir = tempfile::tempdir().unwrap();
-    let original = std::fs::read_to_string(repo().join("fixtures/sd2-tiny/text_encoder/config.json")).unwrap();
+    let original =
+        std::fs::read_to_string(repo().join("fixtures/sd2-tiny/text_encoder/config.json")).unwrap();
     let mut config: serde_json::Value = serde_json::from_str(&original).unwrap();
     config["transformers_version"] = "4.0.0".into();
     let reformatted = dir.path().join("copy/text_encoder");
     std::fs::create_dir_all(&reformatted).unwrap();
-    std::fs::write(reformatted.join("config.json"), serde_json::to_string(&config).unwrap()).unwrap();
+    std::fs::write(
+        reformatted.join("config.json"),
+        serde_json::to_string(&config).unwrap(),
+    )
+    .unwrap();
     let copy = BaseModel::from_model_dir(dir.path().join("copy")).unwrap();
     assert_eq!(copy.text_encoder_hash, model("sd2-tiny").text_encoder_hash);
     assert_eq!(copy.name, "copy");
@@ -145,10 +185,16 @@ fn atomic_save_leaves_no_temporary_files() {
     identity.save(&path).unwrap();
     assert_eq!(files_in(dir.path()), ["alice.safetensors"]);
 
-    let blocked = dir.path().join("alice.safetensors").join("inside.safetensors");
+    let blocked = dir
+        .path()
+        .join("alice.safetensors")
+        .join("inside.safetensors");
     assert!(identity.save(&blocked).is_err());
     assert_eq!(files_in(dir.path()), ["alice.safetensors"]);
-    assert_eq!(rows(&Identity::load(&path).unwrap().embeddings), rows(&identity.embeddings));
+    assert_eq!(
+        rows(&Identity::load(&path).unwrap().embeddings),
+        rows(&identity.embeddings)
+    );
 }
 
 #[test]
@@ -157,13 +203,19 @@ fn save_refuses_an_inconsistent_identity() {
     identity.tokens.pop();
     let dir = tempfile::tempdir().unwrap();
     let text = err_text(identity.save(dir.path().join("x.safetensors")));
-    assert!(text.contains("1 pseudo-token names for 2 embedding rows"), "{text}");
+    assert!(
+        text.contains("1 pseudo-token names for 2 embedding rows"),
+        "{text}"
+    );
     assert!(files_in(dir.path()).is_empty());
 }
 
 /// Writes a safetensors file with the given tensors and header, bypassing `Identity::save`.
 fn write_raw(path: &Path, tensors: &[(&str, Tensor)], header: &[(&str, &str)]) {
-    let header = header.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let header = header
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let data: Vec<(&str, Tensor)> = tensors.to_vec();
     std::fs::write(path, safetensors::serialize(data, Some(header)).unwrap()).unwrap();
 }
@@ -181,12 +233,26 @@ fn load_errors_say_what_is_wrong() {
     let identity = tiny_identity();
     let good = identity_header(&identity, &dir.path().join("good.safetensors"));
     let with = |key: &str, value: &str| -> Vec<(String, String)> {
-        good.iter().map(|(k, v)| (k.clone(), if k == key { value.to_string() } else { v.clone() })).collect()
+        good.iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    if k == key {
+                        value.to_string()
+                    } else {
+                        v.clone()
+                    },
+                )
+            })
+            .collect()
     };
     let emb = identity.embeddings.clone();
     let case = |name: &str, tensors: &[(&str, Tensor)], header: Vec<(String, String)>| {
         let path = dir.path().join(name);
-        let header: Vec<(&str, &str)> = header.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let header: Vec<(&str, &str)> = header
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         write_raw(&path, tensors, &header);
         let text = err_text(Identity::load(&path));
         assert!(text.contains(name), "error does not name the file: {text}");
@@ -196,28 +262,59 @@ fn load_errors_say_what_is_wrong() {
     let garbage = dir.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"this is not a safetensors file at all").unwrap();
     let text = err_text(Identity::load(&garbage));
-    assert!(text.contains("garbage.safetensors") && text.contains("not a safetensors file"), "{text}");
+    assert!(
+        text.contains("garbage.safetensors") && text.contains("not a safetensors file"),
+        "{text}"
+    );
 
-    let text = case("missing.safetensors", &[("other", emb.clone())], good.clone());
+    let text = case(
+        "missing.safetensors",
+        &[("other", emb.clone())],
+        good.clone(),
+    );
     assert!(text.contains("missing tensor `embeddings`"), "{text}");
-    let text = case("plain.safetensors", &[("embeddings", emb.clone())], vec![("foo".into(), "1".into())]);
+    let text = case(
+        "plain.safetensors",
+        &[("embeddings", emb.clone())],
+        vec![("foo".into(), "1".into())],
+    );
     assert!(text.contains("not a persona identity file"), "{text}");
-    let text = case("v2.safetensors", &[("embeddings", emb.clone())], with("format_version", "2"));
+    let text = case(
+        "v2.safetensors",
+        &[("embeddings", emb.clone())],
+        with("format_version", "2"),
+    );
     assert!(text.contains("format version 2 is not supported"), "{text}");
-    let text = case("badjson.safetensors", &[("embeddings", emb.clone())], with("hyper", "{not json"));
-    assert!(text.contains("bad metadata: key `hyper` is not JSON"), "{text}");
-    let text = case("badbase.safetensors", &[("embeddings", emb.clone())], with("base_model", "\"sd2\""));
+    let text = case(
+        "badjson.safetensors",
+        &[("embeddings", emb.clone())],
+        with("hyper", "{not json"),
+    );
+    assert!(
+        text.contains("bad metadata: key `hyper` is not JSON"),
+        "{text}"
+    );
+    let text = case(
+        "badbase.safetensors",
+        &[("embeddings", emb.clone())],
+        with("base_model", "\"sd2\""),
+    );
     assert!(text.contains("bad metadata"), "{text}");
     let wide = Tensor::zeros((2, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
     let text = case("width.safetensors", &[("embeddings", wide)], good.clone());
-    assert!(text.contains("embeddings are 8 wide but the base model's are 32"), "{text}");
+    assert!(
+        text.contains("embeddings are 8 wide but the base model's are 32"),
+        "{text}"
+    );
 }
 
 /// Norms and cosine of the two vectors, as torch computes them
 /// (`torch.load(path, weights_only=True)`, `v.norm()`, `cosine_similarity`): the spec's "norm 33–35,
 /// cos 0.14–0.19" describes these files only roughly (32.94 and 0.137 fall just outside).
-const CROSS_INIT_FILES: [(&str, [f32; 2], f32); 2] =
-    [("28017", [32.94293, 33.57206], 0.1567006), ("28021", [34.55017, 33.55111], 0.136954)];
+const CROSS_INIT_FILES: [(&str, [f32; 2], f32); 2] = [
+    ("28017", [32.94293, 33.57206], 0.1567006),
+    ("28021", [34.55017, 33.55111], 0.136954),
+];
 
 #[test]
 fn imports_the_official_cross_init_files() {
@@ -233,10 +330,19 @@ fn imports_the_official_cross_init_files() {
         let v = rows(&imported.vectors);
         assert_eq!((v.len(), v[0].len()), (2, 1024));
         let norm = |a: &[f32]| a.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let cosine = v[0].iter().zip(&v[1]).map(|(a, b)| a * b).sum::<f32>() / (norm(&v[0]) * norm(&v[1]));
+        let cosine =
+            v[0].iter().zip(&v[1]).map(|(a, b)| a * b).sum::<f32>() / (norm(&v[0]) * norm(&v[1]));
         for (row, expected) in v.iter().zip(norms) {
-            assert!((norm(row) - expected).abs() < 1e-3, "{name}: norm {} vs {expected}", norm(row));
-            assert!((32.5..=35.0).contains(&norm(row)), "{name}: norm {}", norm(row));
+            assert!(
+                (norm(row) - expected).abs() < 1e-3,
+                "{name}: norm {} vs {expected}",
+                norm(row)
+            );
+            assert!(
+                (32.5..=35.0).contains(&norm(row)),
+                "{name}: norm {}",
+                norm(row)
+            );
         }
         assert!((cosine - cos).abs() < 1e-4, "{name}: cos {cosine} vs {cos}");
         assert!((0.13..=0.16).contains(&cosine), "{name}: cos {cosine}");
@@ -280,17 +386,31 @@ fn imports_half_precision_strided_learned_embeds() {
     let imported = import(fixture("learned_embeds_f16.bin")).unwrap();
     assert_eq!(imported.token.as_deref(), Some("<h>"));
     let expected = python_rows(2, 32);
-    assert_eq!(rows(&imported.vectors), vec![expected[0].clone(), expected[1].clone()]);
+    assert_eq!(
+        rows(&imported.vectors),
+        vec![expected[0].clone(), expected[1].clone()]
+    );
 }
 
 #[test]
 fn imports_a_bare_tensor_given_a_token() {
     let imported = import(fixture("bare.pt")).unwrap();
-    assert_eq!((imported.format, imported.token.as_deref()), (EmbeddingFormat::BareTensor, None));
+    assert_eq!(
+        (imported.format, imported.token.as_deref()),
+        (EmbeddingFormat::BareTensor, None)
+    );
     assert_eq!(rows(&imported.vectors), python_rows(2, 32));
     let text = err_text(Identity::from_imported(imported.clone(), None, None));
-    assert!(text.contains("bare torch tensor file names no token"), "{text}");
-    assert_eq!(Identity::from_imported(imported, Some("<b>"), None).unwrap().tokens, ["<b>_v0", "<b>_v1"]);
+    assert!(
+        text.contains("bare torch tensor file names no token"),
+        "{text}"
+    );
+    assert_eq!(
+        Identity::from_imported(imported, Some("<b>"), None)
+            .unwrap()
+            .tokens,
+        ["<b>_v0", "<b>_v1"]
+    );
 }
 
 #[test]
@@ -298,9 +418,15 @@ fn refuses_a_malicious_pickle_without_running_it() {
     let marker = Path::new("/tmp/persona_identity_pwned");
     let _ = std::fs::remove_file(marker);
     let text = err_text(import(fixture("malicious.bin")));
-    assert!(text.contains("malicious.bin") && text.contains("refused") && text.contains("posix.system"), "{text}");
+    assert!(
+        text.contains("malicious.bin") && text.contains("refused") && text.contains("posix.system"),
+        "{text}"
+    );
     let text = err_text(import(fixture("malicious.pkl")));
-    assert!(text.contains("malicious.pkl") && text.contains("plain pickle"), "{text}");
+    assert!(
+        text.contains("malicious.pkl") && text.contains("plain pickle"),
+        "{text}"
+    );
     assert!(!marker.exists(), "the payload ran");
 }
 
@@ -310,7 +436,11 @@ fn import_errors_name_the_file() {
     let path = dir.path().join("notes.txt");
     std::fs::write(&path, "hello").unwrap();
     let text = err_text(import(&path));
-    assert!(text.contains("notes.txt") && text.contains("neither a torch zip archive nor a safetensors file"), "{text}");
+    assert!(
+        text.contains("notes.txt")
+            && text.contains("neither a torch zip archive nor a safetensors file"),
+        "{text}"
+    );
 
     let identity = dir.path().join("alice.safetensors");
     tiny_identity().save(&identity).unwrap();
@@ -324,14 +454,24 @@ fn from_imported_token_and_base_rules() {
     let mut nameless = st.clone();
     nameless.token = None;
     let text = err_text(Identity::from_imported(nameless, None, None));
-    assert!(text.contains("names no token") && text.contains("--token"), "{text}");
+    assert!(
+        text.contains("names no token") && text.contains("--token"),
+        "{text}"
+    );
 
-    let identity = Identity::from_imported(st.clone(), Some("<bob>"), Some(model("sd2-tiny"))).unwrap();
+    let identity =
+        Identity::from_imported(st.clone(), Some("<bob>"), Some(model("sd2-tiny"))).unwrap();
     assert_eq!(identity.token, "<bob>");
     assert_eq!(identity.meta.base_model, model("sd2-tiny"));
-    assert_eq!(identity.meta.hyper["imported_from"], "AUTOMATIC1111 safetensors (emb_params)");
+    assert_eq!(
+        identity.meta.hyper["imported_from"],
+        "AUTOMATIC1111 safetensors (emb_params)"
+    );
     let text = err_text(Identity::from_imported(st, None, Some(model("sd2-unseen"))));
-    assert!(text.contains("32 wide") && text.contains("24-wide"), "{text}");
+    assert!(
+        text.contains("32 wide") && text.contains("24-wide"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -341,8 +481,14 @@ fn export_then_import_gives_the_same_vectors() {
 
     let diffusers = dir.path().join("alice-diffusers.safetensors");
     export_diffusers(&identity, &diffusers).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&std::fs::read(&diffusers).unwrap()).unwrap().names().len();
-    assert_eq!(file, 1, "diffusers reads a single-key file as {{token: vectors}}");
+    let file = safetensors::SafeTensors::deserialize(&std::fs::read(&diffusers).unwrap())
+        .unwrap()
+        .names()
+        .len();
+    assert_eq!(
+        file, 1,
+        "diffusers reads a single-key file as {{token: vectors}}"
+    );
     let back = import(&diffusers).unwrap();
     assert_eq!(back.token.as_deref(), Some("<alice>"));
     assert_eq!(rows(&back.vectors), rows(&identity.embeddings));
@@ -353,7 +499,10 @@ fn export_then_import_gives_the_same_vectors() {
     assert_eq!(back.format, EmbeddingFormat::A1111Safetensors);
     assert_eq!(back.token.as_deref(), Some("alice"));
     assert_eq!(rows(&back.vectors), rows(&identity.embeddings));
-    assert_eq!(files_in(dir.path()), ["alice-diffusers.safetensors", "alice.safetensors"]);
+    assert_eq!(
+        files_in(dir.path()),
+        ["alice-diffusers.safetensors", "alice.safetensors"]
+    );
 }
 
 #[test]
@@ -372,7 +521,10 @@ fn sdxl_identities_export_clip_l_and_clip_g() {
     assert_eq!(rows(&back.modules["sdxl.clip_l"]), python_rows(2, 32));
     assert_eq!(rows(&back.modules["sdxl.clip_g"]), python_rows(2, 48));
 
-    let text = err_text(export_diffusers(&identity, dir.path().join("xl-d.safetensors")));
+    let text = err_text(export_diffusers(
+        &identity,
+        dir.path().join("xl-d.safetensors"),
+    ));
     assert!(text.contains("SDXL") && text.contains("a1111"), "{text}");
 }
 
@@ -380,7 +532,10 @@ fn sdxl_identities_export_clip_l_and_clip_g() {
 fn exports_must_be_named_safetensors() {
     let dir = tempfile::tempdir().unwrap();
     let text = err_text(export_a1111(&tiny_identity(), dir.path().join("alice.pt")));
-    assert!(text.contains("alice.pt") && text.contains("*.safetensors"), "{text}");
+    assert!(
+        text.contains("alice.pt") && text.contains("*.safetensors"),
+        "{text}"
+    );
     assert!(files_in(dir.path()).is_empty());
 }
 
@@ -388,13 +543,23 @@ fn exports_must_be_named_safetensors() {
 #[test]
 #[ignore = "run by tools/identity/check_diffusers_load.py, which sets PERSONA_IDENTITY_EXPORT_DIR"]
 fn write_exports_for_the_diffusers_check() {
-    let out = PathBuf::from(std::env::var("PERSONA_IDENTITY_EXPORT_DIR").expect("set PERSONA_IDENTITY_EXPORT_DIR"));
+    let out = PathBuf::from(
+        std::env::var("PERSONA_IDENTITY_EXPORT_DIR").expect("set PERSONA_IDENTITY_EXPORT_DIR"),
+    );
     std::fs::create_dir_all(&out).unwrap();
     let identity = tiny_identity();
     identity.save(out.join("identity.safetensors")).unwrap();
     export_diffusers(&identity, out.join("diffusers.safetensors")).unwrap();
     export_a1111(&identity, out.join("a1111.safetensors")).unwrap();
-    let vectors: BTreeMap<String, Tensor> = BTreeMap::from([("vectors".to_string(), identity.embeddings.clone())]);
-    let data: Vec<(&str, Tensor)> = vectors.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    std::fs::write(out.join("expected.safetensors"), safetensors::serialize(data, None).unwrap()).unwrap();
+    let vectors: BTreeMap<String, Tensor> =
+        BTreeMap::from([("vectors".to_string(), identity.embeddings.clone())]);
+    let data: Vec<(&str, Tensor)> = vectors
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    std::fs::write(
+        out.join("expected.safetensors"),
+        safetensors::serialize(data, None).unwrap(),
+    )
+    .unwrap();
 }

@@ -5,18 +5,26 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use persona_diffusion::pipeline::{stage_of, GenerateParams, LearnedTokens, LoadOptions, StableDiffusion};
+use persona_diffusion::pipeline::{
+    stage_of, GenerateParams, LearnedTokens, LoadOptions, StableDiffusion,
+};
 use persona_diffusion::schedulers::SchedulerKind;
 use persona_diffusion::testing::fixtures_dir;
 use persona_train::captions::Captions;
 use persona_train::data::load_folder;
-use persona_train::methods::sefi::{Generator, LayerSelect, Parameterisation, SefiMethod, SefiOptions};
+use persona_train::methods::sefi::{
+    Generator, LayerSelect, Parameterisation, SefiMethod, SefiOptions,
+};
 use persona_train::methods::Method;
 use persona_train::optim::{AdamW, AdamWConfig, Schedule};
 use persona_train::trainer::{Plan, StepInputs, TrainConfig, Trainer};
 
 fn sd() -> StableDiffusion {
-    StableDiffusion::load(fixtures_dir().join("sd2-tiny").to_str().unwrap(), &LoadOptions::default()).unwrap()
+    StableDiffusion::load(
+        fixtures_dir().join("sd2-tiny").to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap()
 }
 
 fn options(attn_weight: f64, init_word: Option<&str>) -> SefiOptions {
@@ -38,14 +46,30 @@ fn faces_dir() -> PathBuf {
 
 /// The attention loss (unweighted) of the current vectors on a fixed batch covering every stage.
 fn attention_loss(trainer: &Trainer, eval: &[StepInputs], weight: f64) -> f64 {
-    eval.iter().map(|inputs| trainer.loss(inputs).unwrap().2.unwrap().to_scalar::<f32>().unwrap() as f64 / weight).sum::<f64>() / eval.len() as f64
+    eval.iter()
+        .map(|inputs| {
+            trainer
+                .loss(inputs)
+                .unwrap()
+                .2
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+                / weight
+        })
+        .sum::<f64>()
+        / eval.len() as f64
 }
 
 #[test]
 fn attention_loss_falls_over_50_steps() {
     let src = faces_dir();
     if !src.is_dir() {
-        assert!(std::env::var("CI").is_err(), "{} is missing: CI must have shared/ beside the checkout", src.display());
+        assert!(
+            std::env::var("CI").is_err(),
+            "{} is missing: CI must have shared/ beside the checkout",
+            src.display()
+        );
         eprintln!("skipping: {} not found", src.display());
         return;
     }
@@ -63,7 +87,21 @@ fn attention_loss_falls_over_50_steps() {
     let method = SefiMethod::new(&sd, "<alice>", &options(weight, Some("car"))).unwrap();
     let captions = Captions::new(None, "face of {tokens}").unwrap();
     let mut trainer = Trainer::new(&sd, Box::new(method), samples, captions, 11).unwrap();
-    let mut eval: Vec<StepInputs> = (0..5).map(|m| trainer.draw(10_000, m, &Plan { batch: 1, accum: 1, repeats: 1 }).unwrap()).collect();
+    let mut eval: Vec<StepInputs> = (0..5)
+        .map(|m| {
+            trainer
+                .draw(
+                    10_000,
+                    m,
+                    &Plan {
+                        batch: 1,
+                        accum: 1,
+                        repeats: 1,
+                    },
+                )
+                .unwrap()
+        })
+        .collect();
     for (s, inputs) in eval.iter_mut().enumerate() {
         inputs.timesteps = vec![200 * s + 100];
     }
@@ -87,12 +125,23 @@ fn attention_loss_falls_over_50_steps() {
     trainer.run(&cfg, &mut opt, 0, &mut |_| {}).unwrap();
     let after = attention_loss(&trainer, &eval, weight);
     eprintln!("attention loss on the evaluation batch: {before:.4e} → {after:.4e}");
-    assert!(before > 0.0 && after < 0.5 * before, "attention loss {before:.4e} → {after:.4e}");
+    assert!(
+        before > 0.0 && after < 0.5 * before,
+        "attention loss {before:.4e} → {after:.4e}"
+    );
 }
 
 #[test]
 fn each_stage_gets_gradients_only_at_its_own_timesteps() {
-    assert_eq!((stage_of(199.0, 5, 1000), stage_of(200.0, 5, 1000), stage_of(999.0, 5, 1000), stage_of(1000.0, 5, 1000)), (0, 1, 4, 4));
+    assert_eq!(
+        (
+            stage_of(199.0, 5, 1000),
+            stage_of(200.0, 5, 1000),
+            stage_of(999.0, 5, 1000),
+            stage_of(1000.0, 5, 1000)
+        ),
+        (0, 1, 4, 4)
+    );
     let sd = sd();
     let method = SefiMethod::new(&sd, "<alice>", &options(0.003, Some("car"))).unwrap();
     let vars = method.vars();
@@ -100,16 +149,44 @@ fn each_stage_gets_gradients_only_at_its_own_timesteps() {
     let latents = Tensor::randn(0f32, 1.0, (1, 4, 16, 16), &sd.device).unwrap();
     let noise = Tensor::randn(0f32, 1.0, (1, 4, 16, 16), &sd.device).unwrap();
     let zeros = Tensor::zeros((3, 32, 32), DType::F32, &sd.device).unwrap();
-    let dummy = persona_train::data::Sample { path: "none".into(), pixels: [zeros.clone(), zeros], face_found: false };
-    let trainer = Trainer::new(&sd, Box::new(method), vec![dummy], Captions::new(None, "face of {tokens}").unwrap(), 0).unwrap();
+    let dummy = persona_train::data::Sample {
+        path: "none".into(),
+        pixels: [zeros.clone(), zeros],
+        face_found: false,
+    };
+    let trainer = Trainer::new(
+        &sd,
+        Box::new(method),
+        vec![dummy],
+        Captions::new(None, "face of {tokens}").unwrap(),
+        0,
+    )
+    .unwrap();
     for t in [0, 150, 199, 200, 450, 600, 799, 800, 999] {
-        let inputs = StepInputs { latents: latents.clone(), noise: noise.clone(), timesteps: vec![t], captions: vec![caption.into()] };
+        let inputs = StepInputs {
+            latents: latents.clone(),
+            noise: noise.clone(),
+            timesteps: vec![t],
+            captions: vec![caption.into()],
+        };
         let grads = trainer.loss(&inputs).unwrap().0.backward().unwrap();
         for (name, var) in &vars {
             let g = grads.get(var.as_tensor()).unwrap();
             for s in 0..5 {
-                let norm = g.get(s).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-                assert_eq!(norm > 0.0, s == t / 200, "{name}: t = {t}, stage {s} has gradient norm² {norm}");
+                let norm = g
+                    .get(s)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert_eq!(
+                    norm > 0.0,
+                    s == t / 200,
+                    "{name}: t = {t}, stage {s} has gradient norm² {norm}"
+                );
             }
         }
     }
@@ -140,21 +217,73 @@ fn staged_identities_sample_with_every_scheduler() {
     let rows = Tensor::randn(0f32, 1.0, (1, d), &Device::Cpu).unwrap();
     let same = rows.unsqueeze(0).unwrap().repeat((5, 1, 1)).unwrap();
     let equal_stages = LearnedTokens::staged(vec!["<s>_v0".into()], &same, &same).unwrap();
-    let plain = LearnedTokens { names: vec!["<s>_v0".into()], rows };
+    let plain = LearnedTokens {
+        names: vec!["<s>_v0".into()],
+        rows,
+    };
     let keys = Tensor::randn(0f32, 1.0, (5, 1, d), &Device::Cpu).unwrap();
     let values = Tensor::randn(0f32, 1.0, (5, 1, d), &Device::Cpu).unwrap();
     let staged = LearnedTokens::staged(vec!["<s>_v0".into()], &keys, &values).unwrap();
-    let other = LearnedTokens { names: vec!["<t>_v0".into()], rows: Tensor::randn(0f32, 1.0, (1, d), &Device::Cpu).unwrap() };
+    let other = LearnedTokens {
+        names: vec!["<t>_v0".into()],
+        rows: Tensor::randn(0f32, 1.0, (1, d), &Device::Cpu).unwrap(),
+    };
     for scheduler in SchedulerKind::cli_names() {
         // Equal stages with keys = values are a plain identity: the same image, bit for bit.
-        let a = sd.generate(&params(vec![plain.clone()], "a photo of <s>_v0", scheduler), &mut |_| {}).unwrap();
-        let b = sd.generate(&params(vec![equal_stages.clone()], "a photo of <s>_v0", scheduler), &mut |_| {}).unwrap();
-        let diff = (&a - &b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let a = sd
+            .generate(
+                &params(vec![plain.clone()], "a photo of <s>_v0", scheduler),
+                &mut |_| {},
+            )
+            .unwrap();
+        let b = sd
+            .generate(
+                &params(vec![equal_stages.clone()], "a photo of <s>_v0", scheduler),
+                &mut |_| {},
+            )
+            .unwrap();
+        let diff = (&a - &b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(diff, 0.0, "{scheduler}");
         // Distinct stages change the image; a staged and a plain identity share a prompt.
-        let c = sd.generate(&params(vec![staged.clone(), other.clone()], "<s>_v0 and <t>_v0", scheduler), &mut |_| {}).unwrap();
-        let d = sd.generate(&params(vec![plain.clone(), other.clone()], "<s>_v0 and <t>_v0", scheduler), &mut |_| {}).unwrap();
-        assert!((&c - &d).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "{scheduler}");
+        let c = sd
+            .generate(
+                &params(
+                    vec![staged.clone(), other.clone()],
+                    "<s>_v0 and <t>_v0",
+                    scheduler,
+                ),
+                &mut |_| {},
+            )
+            .unwrap();
+        let d = sd
+            .generate(
+                &params(
+                    vec![plain.clone(), other.clone()],
+                    "<s>_v0 and <t>_v0",
+                    scheduler,
+                ),
+                &mut |_| {},
+            )
+            .unwrap();
+        assert!(
+            (&c - &d)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0,
+            "{scheduler}"
+        );
     }
 }
 
@@ -167,7 +296,8 @@ fn generator_gradients_match_finite_differences() {
     let g = Generator::new(&init, 3, 5).unwrap();
     // Move every variable off its initial value (the output projection starts at zero, which hides the rest).
     for (_, v) in g.vars() {
-        v.set(&(v.as_tensor() + Tensor::randn(0f64, 0.3, v.shape(), &dev).unwrap()).unwrap()).unwrap();
+        v.set(&(v.as_tensor() + Tensor::randn(0f64, 0.3, v.shape(), &dev).unwrap()).unwrap())
+            .unwrap();
     }
     let wk = Tensor::randn(0f64, 1.0, (3, 2, 8), &dev).unwrap();
     let wv = Tensor::randn(0f64, 1.0, (3, 2, 8), &dev).unwrap();
@@ -177,20 +307,37 @@ fn generator_gradients_match_finite_differences() {
     };
     let grads = objective(&g).backward().unwrap();
     for (name, var) in g.vars() {
-        let grad = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let grad = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let base = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
         for i in (0..base.len()).step_by((base.len() / 5).max(1)) {
             let at = |delta: f64| -> f64 {
                 let mut x = base.clone();
                 x[i] += delta;
-                var.set(&Tensor::from_vec(x, var.shape(), &dev).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(x, var.shape(), &dev).unwrap())
+                    .unwrap();
                 objective(&g).to_scalar::<f64>().unwrap()
             };
             let h = 1e-5;
             let numeric = (at(h) - at(-h)) / (2.0 * h);
-            var.set(&Tensor::from_vec(base.clone(), var.shape(), &dev).unwrap()).unwrap();
+            var.set(&Tensor::from_vec(base.clone(), var.shape(), &dev).unwrap())
+                .unwrap();
             let err = (grad[i] - numeric).abs() / numeric.abs().max(1e-3);
-            assert!(err < 1e-6, "{name}[{i}]: autograd {} vs finite difference {numeric} (error {err:.2e})", grad[i]);
+            assert!(
+                err < 1e-6,
+                "{name}[{i}]: autograd {} vs finite difference {numeric} (error {err:.2e})",
+                grad[i]
+            );
         }
     }
 }

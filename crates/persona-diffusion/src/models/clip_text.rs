@@ -83,7 +83,11 @@ impl EncoderLayer {
         let (b, n, h) = x.dims3()?;
         let d = h / self.heads;
         let y = self.layer_norm1.forward(x)?;
-        let split = |t: Tensor| t.reshape((b, n, self.heads, d))?.transpose(1, 2)?.contiguous();
+        let split = |t: Tensor| {
+            t.reshape((b, n, self.heads, d))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
         let q = split((self.q_proj.forward(&y)? * (d as f64).powf(-0.5))?)?;
         let k = split(self.k_proj.forward(&y)?)?;
         let v = split(self.v_proj.forward(&y)?)?;
@@ -94,7 +98,11 @@ impl EncoderLayer {
         let probs = crate::nn::softmax_last_dim(&scores)?;
         let attn = matmul(&probs, &v)?.transpose(1, 2)?.reshape((b, n, h))?;
         let x = add(x, &self.out_proj.forward(&attn)?)?;
-        let y = self.fc2.forward(&self.act.forward(&self.fc1.forward(&self.layer_norm2.forward(&x)?)?)?)?;
+        let y = self.fc2.forward(
+            &self
+                .act
+                .forward(&self.fc1.forward(&self.layer_norm2.forward(&x)?)?)?,
+        )?;
         Ok(add(&x, &y)?)
     }
 }
@@ -137,7 +145,10 @@ impl ClipTextModel {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             token_embedding: emb.get((config.vocab_size, h), "token_embedding.weight")?,
-            position_embedding: emb.get((config.max_position_embeddings, h), "position_embedding.weight")?,
+            position_embedding: emb.get(
+                (config.max_position_embeddings, h),
+                "position_embedding.weight",
+            )?,
             layers,
             final_layer_norm: LayerNorm::load(&w.pp("final_layer_norm"), h, config.layer_norm_eps)?,
             config: config.clone(),
@@ -146,6 +157,11 @@ impl ClipTextModel {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The dtype the encoder computes in; it answers in f32 (f64 for an f64 model).
+    pub fn dtype(&self) -> DType {
+        self.token_embedding.dtype()
     }
 
     /// The input token-embedding table `[vocab, d]`.
@@ -169,6 +185,7 @@ impl ClipTextModel {
     /// Encodes input embeddings `[B, L, d]` (positions are added here, as in transformers).
     pub fn forward_embeds(&self, embeds: &Tensor, output: Output) -> Result<Tensor> {
         let (_, l, _) = embeds.dims3()?;
+        let embeds = &embeds.to_dtype(self.dtype())?;
         let positions = self.position_embedding.narrow(0, 0, l)?;
         let mut x = add(embeds, &positions)?;
         let mask = causal_mask(l, embeds.device())?.to_dtype(embeds.dtype())?;
@@ -179,13 +196,17 @@ impl ClipTextModel {
         for layer in &self.layers[..keep] {
             x = layer.forward(&x, Some(&mask))?;
         }
-        Ok(self.final_layer_norm.forward(&x)?)
+        Ok(self
+            .final_layer_norm
+            .forward(&x)?
+            .to_dtype(crate::device::outer_dtype(self.dtype()))?)
     }
 }
 
 /// `[1, 1, L, L]` with −inf above the diagonal: a token sees only itself and what precedes it.
 fn causal_mask(l: usize, device: &Device) -> Result<Tensor> {
-    let values: Vec<f32> =
-        (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    let values: Vec<f32> = (0..l)
+        .flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
     Ok(Tensor::from_vec(values, (1, 1, l, l), device)?)
 }

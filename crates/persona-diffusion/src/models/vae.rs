@@ -38,13 +38,27 @@ pub struct Config {
     pub down_block_types: Vec<String>,
 }
 
-fn d_three() -> usize { 3 }
-fn d_one() -> usize { 1 }
-fn d_four() -> usize { 4 }
-fn d_groups() -> usize { 32 }
-fn d_silu() -> Activation { Activation::Silu }
-fn d_scaling() -> f64 { 0.18215 }
-fn d_true() -> bool { true }
+fn d_three() -> usize {
+    3
+}
+fn d_one() -> usize {
+    1
+}
+fn d_four() -> usize {
+    4
+}
+fn d_groups() -> usize {
+    32
+}
+fn d_silu() -> Activation {
+    Activation::Silu
+}
+fn d_scaling() -> f64 {
+    0.18215
+}
+fn d_true() -> bool {
+    true
+}
 
 impl Config {
     pub fn read(path: &Path) -> Result<Self> {
@@ -76,8 +90,17 @@ impl MidAttention {
     /// Accepts the current names and the legacy `query/key/value/proj_attn` of older checkpoints.
     fn load(w: &Weights, c: usize, groups: usize) -> Result<Self> {
         let lin = |names: [&str; 2]| -> Result<Linear> {
-            let weight = w.get_any((c, c), &[&format!("{}.weight", names[0]), &format!("{}.weight", names[1])])?;
-            let bias = w.get_any(c, &[&format!("{}.bias", names[0]), &format!("{}.bias", names[1])])?;
+            let weight = w.get_any(
+                (c, c),
+                &[
+                    &format!("{}.weight", names[0]),
+                    &format!("{}.weight", names[1]),
+                ],
+            )?;
+            let bias = w.get_any(
+                c,
+                &[&format!("{}.bias", names[0]), &format!("{}.bias", names[1])],
+            )?;
             Ok(Linear::from_parts(weight, Some(bias)))
         };
         Ok(Self {
@@ -91,9 +114,19 @@ impl MidAttention {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let tokens = self.group_norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?;
-        let (q, k, v) = (self.to_q.forward(&tokens)?, self.to_k.forward(&tokens)?, self.to_v.forward(&tokens)?);
-        let out = self.to_out.forward(&attend(&q, &k, &v, 1, (c as f64).powf(-0.5), None)?)?;
+        let tokens = self
+            .group_norm
+            .forward(x)?
+            .reshape((b, c, h * w))?
+            .transpose(1, 2)?;
+        let (q, k, v) = (
+            self.to_q.forward(&tokens)?,
+            self.to_k.forward(&tokens)?,
+            self.to_v.forward(&tokens)?,
+        );
+        let out = self
+            .to_out
+            .forward(&attend(&q, &k, &v, 1, (c as f64).powf(-0.5), None)?)?;
         Ok((out.transpose(1, 2)?.reshape((b, c, h, w))? + x)?)
     }
 }
@@ -107,8 +140,15 @@ struct MidBlock {
 impl MidBlock {
     fn load(w: &Weights, c: usize, o: ResnetOptions, attention: bool) -> Result<Self> {
         let r = |j: usize| ResnetBlock2D::load(&w.pp("resnets").pp(j), c, c, o);
-        let attention = if attention { Some(MidAttention::load(&w.pp("attentions.0"), c, o.groups)?) } else { None };
-        Ok(Self { resnets: [r(0)?, r(1)?], attention })
+        let attention = if attention {
+            Some(MidAttention::load(&w.pp("attentions.0"), c, o.groups)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            resnets: [r(0)?, r(1)?],
+            attention,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -189,16 +229,30 @@ impl AutoencoderKL {
     pub fn load(w: &Weights, c: &Config) -> Result<Self> {
         let ch = &c.block_out_channels;
         let (n, lat, g) = (ch.len(), c.latent_channels, c.norm_num_groups);
-        let o = ResnetOptions { groups: g, eps: EPS, temb_channels: None, act: c.act_fn };
+        let o = ResnetOptions {
+            groups: g,
+            eps: EPS,
+            temb_channels: None,
+            act: c.act_fn,
+        };
         let e = w.pp("encoder");
         let mut enc_levels = Vec::new();
         for i in 0..n {
             let (cin, cout) = (if i == 0 { ch[0] } else { ch[i - 1] }, ch[i]);
             let bw = e.pp("down_blocks").pp(i);
             let resnets = (0..c.layers_per_block)
-                .map(|j| ResnetBlock2D::load(&bw.pp("resnets").pp(j), if j == 0 { cin } else { cout }, cout, o))
+                .map(|j| {
+                    ResnetBlock2D::load(
+                        &bw.pp("resnets").pp(j),
+                        if j == 0 { cin } else { cout },
+                        cout,
+                        o,
+                    )
+                })
                 .collect::<Result<_>>()?;
-            let resample = (i != n - 1).then(|| Downsample::load(&bw, cout, 0).map(Resample::Down)).transpose()?;
+            let resample = (i != n - 1)
+                .then(|| Downsample::load(&bw, cout, 0).map(Resample::Down))
+                .transpose()?;
             enc_levels.push(Level { resnets, resample });
         }
         let encoder = Encoder {
@@ -216,9 +270,18 @@ impl AutoencoderKL {
             let cout = ch[n - 1 - i];
             let bw = d.pp("up_blocks").pp(i);
             let resnets = (0..=c.layers_per_block)
-                .map(|j| ResnetBlock2D::load(&bw.pp("resnets").pp(j), if j == 0 { prev } else { cout }, cout, o))
+                .map(|j| {
+                    ResnetBlock2D::load(
+                        &bw.pp("resnets").pp(j),
+                        if j == 0 { prev } else { cout },
+                        cout,
+                        o,
+                    )
+                })
                 .collect::<Result<_>>()?;
-            let resample = (i != n - 1).then(|| Upsample::load(&bw, cout).map(Resample::Up)).transpose()?;
+            let resample = (i != n - 1)
+                .then(|| Upsample::load(&bw, cout).map(Resample::Up))
+                .transpose()?;
             dec_levels.push(Level { resnets, resample });
             prev = cout;
         }
@@ -230,9 +293,21 @@ impl AutoencoderKL {
             conv_out: Conv2d::load(&d.pp("conv_out"), ch[0], c.out_channels, 3, 1, 1)?,
             act: c.act_fn,
         };
-        let quant_conv = c.use_quant_conv.then(|| Conv2d::load(&w.pp("quant_conv"), 2 * lat, 2 * lat, 1, 1, 0)).transpose()?;
-        let post_quant_conv = c.use_post_quant_conv.then(|| Conv2d::load(&w.pp("post_quant_conv"), lat, lat, 1, 1, 0)).transpose()?;
-        Ok(Self { encoder, decoder, quant_conv, post_quant_conv, config: c.clone() })
+        let quant_conv = c
+            .use_quant_conv
+            .then(|| Conv2d::load(&w.pp("quant_conv"), 2 * lat, 2 * lat, 1, 1, 0))
+            .transpose()?;
+        let post_quant_conv = c
+            .use_post_quant_conv
+            .then(|| Conv2d::load(&w.pp("post_quant_conv"), lat, lat, 1, 1, 0))
+            .transpose()?;
+        Ok(Self {
+            encoder,
+            decoder,
+            quant_conv,
+            post_quant_conv,
+            config: c.clone(),
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -247,11 +322,14 @@ impl AutoencoderKL {
             h = level.forward(&h)?;
         }
         h = e.mid.forward(&h)?;
-        h = e.conv_out.forward(&e.act.forward(&e.norm_out.forward(&h)?)?)?;
+        h = e
+            .conv_out
+            .forward(&e.act.forward(&e.norm_out.forward(&h)?)?)?;
         if let Some(q) = &self.quant_conv {
             h = q.forward(&h)?;
         }
         let lat = self.config.latent_channels;
+        let h = h.to_dtype(x.dtype())?;
         let mean = h.narrow(1, 0, lat)?;
         let logvar = h.narrow(1, lat, lat)?.clamp(-30f32, 20f32)?;
         Ok(Posterior { mean, logvar })
@@ -268,6 +346,8 @@ impl AutoencoderKL {
         for level in &d.levels {
             h = level.forward(&h)?;
         }
-        Ok(d.conv_out.forward(&d.act.forward(&d.norm_out.forward(&h)?)?)?)
+        Ok(d.conv_out
+            .forward(&d.act.forward(&d.norm_out.forward(&h)?)?)?
+            .to_dtype(z.dtype())?)
     }
 }

@@ -12,8 +12,8 @@ use std::fmt;
 use candle_core::{Module, Tensor};
 
 use super::grad::{matmul, softmax_last_dim};
-use super::sdpa::sdpa;
 use super::layers::Linear;
+use super::sdpa::sdpa;
 use super::weights::Weights;
 use crate::Result;
 
@@ -27,11 +27,17 @@ pub struct Condition {
 
 impl Condition {
     pub fn new(condition: Tensor) -> Self {
-        Self { key: condition, value: None }
+        Self {
+            key: condition,
+            value: None,
+        }
     }
 
     pub fn split(key: Tensor, value: Tensor) -> Self {
-        Self { key, value: Some(value) }
+        Self {
+            key,
+            value: Some(value),
+        }
     }
 
     pub fn value(&self) -> &Tensor {
@@ -51,7 +57,11 @@ pub struct LayerId {
 
 impl fmt::Display for LayerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}×{})", self.name, self.resolution.0, self.resolution.1)
+        write!(
+            f,
+            "{} ({}×{})",
+            self.name, self.resolution.0, self.resolution.1
+        )
     }
 }
 
@@ -84,7 +94,13 @@ pub trait AttentionControl {
     /// Replacement keys and values `[B, L, inner]` for this layer, given the ones its frozen `to_k`/`to_v`
     /// projected from `condition` (e.g. `k + c·Aᵀ·Bᵀ`, a low-rank delta on the weight, which no transform of
     /// the condition can express). `None` keeps them.
-    fn key_value(&self, _layer: &LayerId, _condition: &Condition, _key: &Tensor, _value: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+    fn key_value(
+        &self,
+        _layer: &LayerId,
+        _condition: &Condition,
+        _key: &Tensor,
+        _value: &Tensor,
+    ) -> Result<Option<(Tensor, Tensor)>> {
         Ok(None)
     }
 }
@@ -103,7 +119,13 @@ pub struct Attention {
 
 impl Attention {
     /// `context_dim` is the width of what keys and values are computed from (the query width for self-attention).
-    pub fn load(w: &Weights, query_dim: usize, context_dim: usize, heads: usize, head_dim: usize) -> Result<Self> {
+    pub fn load(
+        w: &Weights,
+        query_dim: usize,
+        context_dim: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Self> {
         let inner = heads * head_dim;
         Ok(Self {
             to_q: Linear::load(&w.pp("to_q"), query_dim, inner, false)?,
@@ -144,14 +166,21 @@ impl Attention {
         let k = self.to_k.forward(&condition.key)?;
         let v = self.to_v.forward(condition.value())?;
         let (k, v) = match control {
-            Some((c, layer)) => c.key_value(layer, condition, &k, &v)?.unwrap_or((k, v)),
+            Some((c, layer)) => match c.key_value(layer, condition, &k, &v)? {
+                // A method's deltas may be f32 while the model computes in half precision.
+                Some((k2, v2)) => (k2.to_dtype(q.dtype())?, v2.to_dtype(q.dtype())?),
+                None => (k, v),
+            },
             None => (k, v),
         };
         let capture = control.filter(|(c, layer)| c.wants_probs(layer));
         if let Some((c, layer)) = capture {
             if let Some(reference) = c.reference(layer)? {
                 let k_ref = self.to_k.forward(&reference.detach())?;
-                c.capture_reference(layer, &probabilities(&q.detach(), &k_ref, self.heads, self.scale)?)?;
+                c.capture_reference(
+                    layer,
+                    &probabilities(&q.detach(), &k_ref, self.heads, self.scale)?,
+                )?;
             }
         }
         let out = attend(&q, &k, &v, self.heads, self.scale, capture)?;
@@ -180,7 +209,12 @@ pub fn attend(
                 let (b, l, inner) = t.dims3()?;
                 split_heads(t, heads)?.reshape((b * heads, l, inner / heads))
             };
-            sdpa(&flat(&(q * scale)?)?, &flat(k)?, &flat(v)?)?.reshape((b, heads, n, inner / heads))?
+            sdpa(&flat(&(q * scale)?)?, &flat(k)?, &flat(v)?)?.reshape((
+                b,
+                heads,
+                n,
+                inner / heads,
+            ))?
         }
     };
     Ok(out.transpose(1, 2)?.reshape((b, n, inner))?)
@@ -195,5 +229,7 @@ fn probabilities(q: &Tensor, k: &Tensor, heads: usize, scale: f64) -> Result<Ten
 /// `[B, L, H·d]` → `[B, H, L, d]`.
 fn split_heads(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let (b, l, inner) = t.dims3()?;
-    t.reshape((b, l, heads, inner / heads))?.transpose(1, 2)?.contiguous()
+    t.reshape((b, l, heads, inner / heads))?
+        .transpose(1, 2)?
+        .contiguous()
 }

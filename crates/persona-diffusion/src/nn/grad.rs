@@ -10,16 +10,17 @@
 //! the graph with a backward that returns the *input* gradient and nothing else. After `backward()` the
 //! gradient store then holds exactly the trainable variables.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor, D};
+use candle_core::backend::{BackendDevice, BackendStorage};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor, D};
 
 type Backward = dyn Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync;
 
 /// A custom op whose forward returns a value computed beforehand and whose backward is a closure of
 /// `(input, output, output gradient) → input gradient`.
 struct Precomputed {
-    value: Tensor,
+    value: PrecomputedValue,
     backward: Arc<Backward>,
 }
 
@@ -28,28 +29,91 @@ impl CustomOp1 for Precomputed {
         "input-grad-only"
     }
 
-    fn cpu_fwd(&self, _storage: &CpuStorage, _layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        precomputed_output(&self.value, self.name())
+    fn cpu_fwd(
+        &self,
+        _storage: &CpuStorage,
+        _layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.value.cpu(self.name())
     }
 
-    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.value.cuda(self.name())
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         Ok(Some((self.backward)(arg, res, grad_res)?))
     }
 }
 
-/// A value computed beforehand, as the output storage of the custom op `op` that attaches it to a graph.
-pub(crate) fn precomputed_output(value: &Tensor, op: &str) -> candle_core::Result<(CpuStorage, Shape)> {
-    let (storage, layout) = value.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("{op}: value not on the CPU");
-    };
-    let (start, end) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{op}: value not contiguous")))?;
-    let copied = match cpu {
-        CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
-        CpuStorage::F64(v) => CpuStorage::F64(v[start..end].to_vec()),
-        other => candle_core::bail!("{op}: unsupported dtype {:?}", other.dtype()),
-    };
-    Ok((copied, value.shape().clone()))
+/// A value computed beforehand, handed out once as the output storage of the custom op that attaches it to
+/// a graph. The op itself lives as long as the graph: taking the value out (instead of keeping a copy in the
+/// op) means each activation is held once, not twice.
+pub(crate) struct PrecomputedValue(Mutex<Option<Tensor>>);
+
+impl PrecomputedValue {
+    pub(crate) fn new(value: Tensor) -> Self {
+        Self(Mutex::new(Some(value)))
+    }
+
+    fn take(&self, op: &str) -> candle_core::Result<Tensor> {
+        let taken = self.0.lock().map(|mut v| v.take()).unwrap_or(None);
+        taken
+            .ok_or_else(|| candle_core::Error::Msg(format!("{op}: precomputed value already used")))
+    }
+
+    pub(crate) fn cpu(&self, op: &str) -> candle_core::Result<(CpuStorage, Shape)> {
+        let value = self.take(op)?;
+        let (storage, layout) = value.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(s) => Ok((copy_storage(s, layout)?, value.shape().clone())),
+            _ => candle_core::bail!("{op}: value not on the CPU"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda(&self, op: &str) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let value = self.take(op)?;
+        let (storage, layout) = value.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(s) => Ok((copy_storage(s, layout)?, value.shape().clone())),
+            _ => candle_core::bail!("{op}: value not on the GPU"),
+        }
+    }
+}
+
+/// A compact copy of the elements `layout` addresses in `s`, on the same device (no host round trip).
+fn copy_storage<S>(s: &S, layout: &Layout) -> candle_core::Result<S>
+where
+    S: BackendStorage,
+    S::Device: BackendDevice<Storage = S>,
+{
+    // SAFETY: every element of the new buffer is written by the strided copy below.
+    let mut dst = unsafe { s.device().alloc_uninit(layout.shape(), s.dtype())? };
+    s.copy_strided_src(&mut dst, 0, layout)?;
+    Ok(dst)
+}
+
+/// Runs `f` on `x` in f32 when `x` is in half precision, and casts the result back: statistics and
+/// reductions (norms, softmax row sums) accumulate in f32 as PyTorch's half-precision kernels do.
+pub fn in_f32(
+    x: &Tensor,
+    f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    match x.dtype() {
+        DType::BF16 | DType::F16 => f(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype()),
+        _ => f(x),
+    }
 }
 
 /// Attaches `value` (computed from `input.detach()`) to the graph of `input`, with `backward` giving the
@@ -63,7 +127,10 @@ pub fn input_grad_only(
         return Ok(value);
     }
     let value = value.contiguous()?;
-    input.apply_op1(Precomputed { value, backward: Arc::new(backward) })
+    input.apply_op1(Precomputed {
+        value: PrecomputedValue::new(value),
+        backward: Arc::new(backward),
+    })
 }
 
 /// `a + b` with broadcasting, where gradients flow only to the operands that track them: a constant operand
@@ -106,70 +173,109 @@ pub fn cat2(a: &Tensor, b: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
         (true, true) | (false, false) => Tensor::cat(&[a, b], dim),
         (true, false) => {
             let n = a.dim(dim)?;
-            input_grad_only(a, Tensor::cat(&[&a.detach(), b], dim)?, move |_, _, g| g.narrow(dim, 0, n))
+            input_grad_only(a, Tensor::cat(&[&a.detach(), b], dim)?, move |_, _, g| {
+                g.narrow(dim, 0, n)
+            })
         }
         (false, true) => {
             let (off, n) = (a.dim(dim)?, b.dim(dim)?);
-            input_grad_only(b, Tensor::cat(&[a, &b.detach()], dim)?, move |_, _, g| g.narrow(dim, off, n))
+            input_grad_only(b, Tensor::cat(&[a, &b.detach()], dim)?, move |_, _, g| {
+                g.narrow(dim, off, n)
+            })
         }
     }
 }
 
-/// Softmax over the last dimension: fused forward, backward `y ⊙ (g − Σ g ⊙ y)`.
+/// Softmax over the last dimension: fused forward, backward `y ⊙ (g − Σ g ⊙ y)`. Half precision
+/// accumulates in f32 (candle's CUDA kernel does so itself; on the CPU the composite runs upcast).
 pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
     let xd = x.detach().contiguous()?;
-    let value = if xd.dtype() == candle_core::DType::F32 {
+    let fused = match xd.dtype() {
+        DType::F32 => true,
+        DType::BF16 | DType::F16 => xd.device().is_cuda(),
+        _ => false,
+    };
+    let value = if fused {
         candle_nn::ops::softmax_last_dim(&xd)?
     } else {
-        let e = xd.broadcast_sub(&xd.max_keepdim(D::Minus1)?)?.exp()?;
-        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?
+        in_f32(&xd, |x| {
+            let e = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?.exp()?;
+            e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+        })?
     };
     input_grad_only(x, value, |_, y, g| {
-        let dot = (g * y)?.sum_keepdim(D::Minus1)?;
-        y * g.broadcast_sub(&dot)?
+        let dtype = y.dtype();
+        let (y, g) = (upcast(y)?, upcast(g)?);
+        let dot = (&g * &y)?.sum_keepdim(D::Minus1)?;
+        (y * g.broadcast_sub(&dot)?)?.to_dtype(dtype)
     })
+}
+
+/// `x` in f32 when it is in half precision (f32 and f64 unchanged).
+pub fn upcast(x: &Tensor) -> candle_core::Result<Tensor> {
+    match x.dtype() {
+        DType::BF16 | DType::F16 => x.to_dtype(DType::F32),
+        _ => Ok(x.clone()),
+    }
 }
 
 /// Backward of `y = γ ⊙ x̂ + β` with `x̂ = (x − μ)/σ` normalised over the last dimension of `x` (the caller
 /// reshapes so that the normalised group is the last dimension): `dx = (ĝ − mean ĝ − x̂ · mean(ĝ ⊙ x̂)) / σ`
-/// with `ĝ = γ ⊙ g`.
+/// with `ĝ = γ ⊙ g`. Computed in f32 for half-precision inputs.
 pub fn normalized_backward(x: &Tensor, g_hat: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let dtype = x.dtype();
+    let (x, g_hat) = (upcast(x)?, upcast(g_hat)?);
     let mean = x.mean_keepdim(D::Minus1)?;
     let centered = x.broadcast_sub(&mean)?;
     let rstd = ((centered.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?).recip()?;
     let x_hat = centered.broadcast_mul(&rstd)?;
     let term = g_hat
         .broadcast_sub(&g_hat.mean_keepdim(D::Minus1)?)?
-        .sub(&x_hat.broadcast_mul(&(g_hat * &x_hat)?.mean_keepdim(D::Minus1)?)?)?;
-    term.broadcast_mul(&rstd)
+        .sub(&x_hat.broadcast_mul(&(&g_hat * &x_hat)?.mean_keepdim(D::Minus1)?)?)?;
+    term.broadcast_mul(&rstd)?.to_dtype(dtype)
 }
 
 /// `base` `[B, L, d]` (constant) with the rows at `positions` replaced by rows of `rows` `[n, d]`:
 /// `positions[k] = (b, l, r)` puts `rows[r]` at `base[b, l]`. The gradient flows to `rows` only — this is how
-/// learned token embeddings enter a frozen text encoder.
-pub fn place_rows(base: &Tensor, rows: &Tensor, positions: &[(usize, usize, usize)]) -> candle_core::Result<Tensor> {
+/// learned token embeddings enter a frozen text encoder. Everything stays on the tensors' device.
+pub fn place_rows(
+    base: &Tensor,
+    rows: &Tensor,
+    positions: &[(usize, usize, usize)],
+) -> candle_core::Result<Tensor> {
     let (b, l, d) = base.dims3()?;
-    let mut value = base.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-    let row_values = rows.detach().to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
+    let n = rows.dim(0)?;
+    let dev = base.device();
+    // Row k of the flattened base reads row `source[k]` of [base rows; learned rows].
+    let mut source: Vec<u32> = (0..(b * l) as u32).collect();
     for &(bi, li, r) in positions {
-        let at = (bi * l + li) * d;
-        value[at..at + d].copy_from_slice(&row_values[r]);
-    }
-    let value = Tensor::from_vec(value, (b, l, d), base.device())?.to_dtype(rows.dtype())?;
-    let positions = positions.to_vec();
-    input_grad_only(rows, value, move |rows, _, g| {
-        let n = rows.dim(0)?;
-        let mut per_row: Vec<Option<Tensor>> = vec![None; n];
-        for &(bi, li, r) in &positions {
-            let gr = g.get(bi)?.get(li)?;
-            per_row[r] = Some(match per_row[r].take() {
-                Some(acc) => (acc + gr)?,
-                None => gr,
-            });
+        if bi >= b || li >= l || r >= n {
+            candle_core::bail!(
+                "place_rows: position ({bi}, {li}, {r}) outside [{b}, {l}] × {n} rows"
+            );
         }
-        let zeros = Tensor::zeros(d, g.dtype(), g.device())?;
-        let stacked: Vec<Tensor> = per_row.into_iter().map(|t| t.unwrap_or_else(|| zeros.clone())).collect();
-        Tensor::stack(&stacked, 0)
+        source[bi * l + li] = (b * l + r) as u32;
+    }
+    let table = Tensor::cat(
+        &[
+            &base.reshape((b * l, d))?.to_dtype(rows.dtype())?,
+            &rows.detach(),
+        ],
+        0,
+    )?;
+    let value = table
+        .index_select(&Tensor::new(source, dev)?, 0)?
+        .reshape((b, l, d))?;
+    let (targets, flat): (Vec<u32>, Vec<u32>) = positions
+        .iter()
+        .map(|&(bi, li, r)| (r as u32, (bi * l + li) as u32))
+        .unzip();
+    input_grad_only(rows, value, move |rows, _, g| {
+        let picked = g
+            .reshape((b * l, d))?
+            .index_select(&Tensor::new(flat.as_slice(), g.device())?, 0)?;
+        rows.zeros_like()?
+            .index_add(&Tensor::new(targets.as_slice(), g.device())?, &picked, 0)
     })
 }
 
@@ -183,8 +289,11 @@ pub fn mse_loss(pred: &Tensor, target: &Tensor) -> candle_core::Result<Tensor> {
 pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
     let value = x.detach().gelu_erf()?;
     input_grad_only(x, value, |x, _, g| {
-        let cdf = ((x / std::f64::consts::SQRT_2)?.erf()? + 1.0)? * 0.5;
-        let pdf = (x.sqr()? * -0.5)?.exp()? * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
-        g * (cdf? + (x * pdf?)?)?
+        let dtype = x.dtype();
+        let (x, g) = (upcast(x)?, upcast(g)?);
+        let cdf = ((&x / std::f64::consts::SQRT_2)?.erf()? + 1.0)? * 0.5;
+        let pdf = (x.sqr()? * -0.5)?.exp()?
+            * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
+        (g * (cdf? + (&x * pdf?)?)?)?.to_dtype(dtype)
     })
 }

@@ -8,7 +8,7 @@
 
 use candle_core::{DType, Module, Tensor, D};
 
-use super::grad::{input_grad_only, normalized_backward};
+use super::grad::{in_f32, input_grad_only, normalized_backward, upcast};
 use super::weights::Weights;
 use crate::Result;
 
@@ -22,7 +22,11 @@ pub struct Linear {
 impl Linear {
     pub fn load(w: &Weights, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = w.get((out_dim, in_dim), "weight")?;
-        let bias = if bias { Some(w.get(out_dim, "bias")?) } else { None };
+        let bias = if bias {
+            Some(w.get(out_dim, "bias")?)
+        } else {
+            None
+        };
         Ok(Self { weight, bias })
     }
 
@@ -38,8 +42,14 @@ impl Linear {
 impl Linear {
     fn value(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match x.dims() {
-            [b1, b2, m, k] => x.reshape((b1 * b2 * m, *k))?.matmul(&self.weight.t()?)?.reshape((*b1, *b2, *m, ()))?,
-            [b, m, k] => x.reshape((b * m, *k))?.matmul(&self.weight.t()?)?.reshape((*b, *m, ()))?,
+            [b1, b2, m, k] => x
+                .reshape((b1 * b2 * m, *k))?
+                .matmul(&self.weight.t()?)?
+                .reshape((*b1, *b2, *m, ()))?,
+            [b, m, k] => x
+                .reshape((b * m, *k))?
+                .matmul(&self.weight.t()?)?
+                .reshape((*b, *m, ()))?,
             _ => x.matmul(&self.weight.t()?)?,
         };
         match &self.bias {
@@ -51,6 +61,7 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = &to_weight_dtype(x, &self.weight)?;
         let value = self.value(&x.detach())?;
         let w = self.weight.clone();
         input_grad_only(x, value, move |x, _, g| {
@@ -58,6 +69,16 @@ impl Module for Linear {
             let rows = g.elem_count() / out;
             g.reshape((rows, out))?.matmul(&w)?.reshape(x.shape())
         })
+    }
+}
+
+/// `x` in the dtype of the layer's weight: what enters a reduced-precision model (latents, a learned
+/// condition, a method's f32 module output) is cast on the way in, with a gradient cast back on the way out.
+fn to_weight_dtype(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    if x.dtype() == weight.dtype() {
+        Ok(x.clone())
+    } else {
+        x.to_dtype(weight.dtype())
     }
 }
 
@@ -71,14 +92,31 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn load(w: &Weights, cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
+    pub fn load(
+        w: &Weights,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
         let weight = w.get((cout, cin, kernel, kernel), "weight")?;
         let bias = Some(w.get(cout, "bias")?);
-        Ok(Self { weight, bias, stride, padding })
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
     }
 }
 
 impl Conv2d {
+    /// The dtype the layer computes in (its weight's).
+    pub fn dtype(&self) -> DType {
+        self.weight.dtype()
+    }
+
     fn is_pointwise(&self) -> candle_core::Result<bool> {
         Ok(self.weight.dim(2)? == 1 && self.stride == 1 && self.padding == 0)
     }
@@ -88,9 +126,10 @@ impl Conv2d {
             // A 1×1 convolution is a matrix product over channels; candle's im2col path would copy for nothing.
             let (b, c, h, wd) = x.dims4()?;
             let w = self.weight.squeeze(3)?.squeeze(2)?;
-            w.broadcast_matmul(&x.reshape((b, c, h * wd))?)?.reshape((b, (), h, wd))?
+            w.broadcast_matmul(&x.reshape((b, c, h * wd))?)?
+                .reshape((b, (), h, wd))?
         } else {
-            x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
+            conv2d(x, &self.weight, self.padding, self.stride)?
         };
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
@@ -99,33 +138,87 @@ impl Conv2d {
     }
 }
 
-/// Gradient of a convolution's input: a transposed convolution with the same kernel. For stride 1 it is
-/// computed as a plain convolution with the flipped, channel-transposed kernel (candle's im2col path, much
-/// faster than its direct transposed convolution).
-fn conv_input_grad(g: &Tensor, x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
+/// Gradient of a convolution's input: a transposed convolution with the same kernel, computed as a plain
+/// convolution of the (for stride > 1, zero-dilated) output gradient with the flipped, channel-transposed
+/// kernel. candle's im2col + matrix-product convolution is much faster than its direct transposed
+/// convolution on the CPU, and its CUDA transposed convolution is a naive kernel.
+fn conv_input_grad(
+    g: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
     let k = w.dim(2)?;
+    let rev = Tensor::new((0..k as u32).rev().collect::<Vec<_>>(), w.device())?;
+    let flipped = w
+        .index_select(&rev, 2)?
+        .index_select(&rev, 3)?
+        .transpose(0, 1)?
+        .contiguous()?;
     if stride == 1 {
-        let rev = Tensor::new((0..k as u32).rev().collect::<Vec<_>>(), w.device())?;
-        let flipped = w.index_select(&rev, 2)?.index_select(&rev, 3)?.transpose(0, 1)?.contiguous()?;
-        return g.conv2d(&flipped, k - 1 - padding, 1, 1, 1);
+        return conv2d(g, &flipped, k - 1 - padding, 1);
     }
-    // Rows/columns the strided forward skipped at the end come back as output padding; candle takes one
-    // value for both dimensions, so pad by the larger and trim.
+    // Rows/columns the strided forward skipped at the end get their (zero-input) share through extra
+    // padding at the bottom/right; the result is trimmed to the input's size.
+    let g = dilate(g, stride)?;
     let (h, wd) = (x.dim(2)?, x.dim(3)?);
-    let reach = |out: usize| (out - 1) * stride + k - 2 * padding;
-    let out_padding = (h - reach(g.dim(2)?)).max(wd - reach(g.dim(3)?));
-    g.conv_transpose2d(w, padding, out_padding, stride, 1)?.narrow(2, 0, h)?.narrow(3, 0, wd)
+    let lo = k - 1 - padding;
+    let extra = |out: usize, size: usize| (size + k - 1).saturating_sub(out + 2 * lo);
+    let (eh, ew) = (extra(g.dim(2)?, h), extra(g.dim(3)?, wd));
+    let padded = g
+        .pad_with_zeros(2, lo, lo + eh)?
+        .pad_with_zeros(3, lo, lo + ew)?;
+    conv2d(&padded, &flipped, 0, 1)?
+        .narrow(2, 0, h)?
+        .narrow(3, 0, wd)
+}
+
+/// candle's convolution, widened to f32 for bf16 on the CPU, whose im2col path has no bf16 matrix product
+/// (candle's own bf16 `matmul` widens the same way).
+fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> candle_core::Result<Tensor> {
+    if x.dtype() == DType::BF16 && x.device().is_cpu() {
+        return x
+            .to_dtype(DType::F32)?
+            .conv2d(&w.to_dtype(DType::F32)?, padding, stride, 1, 1)?
+            .to_dtype(DType::BF16);
+    }
+    x.conv2d(w, padding, stride, 1, 1)
+}
+
+/// `[B, C, H, W]` → `[B, C, (H−1)s+1, (W−1)s+1]` with `s − 1` zeros between neighbouring values.
+fn dilate(g: &Tensor, s: usize) -> candle_core::Result<Tensor> {
+    let (b, c, h, w) = g.dims4()?;
+    let spread = |t: &Tensor, dim: usize| -> candle_core::Result<Tensor> {
+        let mut parts = vec![t.clone()];
+        parts.resize(s, t.zeros_like()?);
+        Tensor::stack(&parts, dim + 1)
+    };
+    let cols = spread(g, 3)?
+        .reshape((b, c, h, w * s))?
+        .narrow(3, 0, (w - 1) * s + 1)?;
+    spread(&cols, 2)?
+        .reshape((b, c, h * s, (w - 1) * s + 1))?
+        .narrow(2, 0, (h - 1) * s + 1)
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = &to_weight_dtype(x, &self.weight)?;
         let value = self.value(&x.detach())?;
-        let (w, stride, padding, pointwise) = (self.weight.clone(), self.stride, self.padding, self.is_pointwise()?);
+        let (w, stride, padding, pointwise) = (
+            self.weight.clone(),
+            self.stride,
+            self.padding,
+            self.is_pointwise()?,
+        );
         input_grad_only(x, value, move |x, _, g| {
             if pointwise {
                 let (b, co, h, wd) = g.dims4()?;
                 let wt = w.squeeze(3)?.squeeze(2)?.t()?;
-                return wt.broadcast_matmul(&g.reshape((b, co, h * wd))?)?.reshape(x.shape());
+                return wt
+                    .broadcast_matmul(&g.reshape((b, co, h * wd))?)?
+                    .reshape(x.shape());
             }
             conv_input_grad(g, x, &w, stride, padding)
         })
@@ -143,7 +236,12 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn load(w: &Weights, groups: usize, channels: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: w.get(channels, "weight")?, bias: w.get(channels, "bias")?, groups, eps })
+        Ok(Self {
+            weight: w.get(channels, "weight")?,
+            bias: w.get(channels, "bias")?,
+            groups,
+            eps,
+        })
     }
 }
 
@@ -157,13 +255,21 @@ fn per_channel(v: &Tensor, rank: usize) -> candle_core::Result<Tensor> {
 impl Module for GroupNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, rank, groups, eps) = (x.dim(0)?, x.rank(), self.groups, self.eps);
-        let (gamma, beta) = (per_channel(&self.weight, rank)?, per_channel(&self.bias, rank)?);
+        let (gamma, beta) = (
+            per_channel(&self.weight, rank)?,
+            per_channel(&self.bias, rank)?,
+        );
         let xd = x.detach();
         let value = if xd.dtype() == DType::F32 && xd.device().is_cpu() {
             super::kernels::group_norm_f32(&xd, &self.weight, &self.bias, groups, eps)?
         } else {
-            let normed = normalize_last_dim(&xd.reshape((b, groups, ()))?, eps)?.reshape(x.shape())?;
-            normed.broadcast_mul(&gamma)?.broadcast_add(&beta)?
+            in_f32(&xd, |x| {
+                let normed =
+                    normalize_last_dim(&x.reshape((b, groups, ()))?, eps)?.reshape(x.shape())?;
+                normed
+                    .broadcast_mul(&upcast(&gamma)?)?
+                    .broadcast_add(&upcast(&beta)?)
+            })?
         };
         input_grad_only(x, value, move |x, _, g| {
             let g_hat = g.broadcast_mul(&gamma)?.reshape((b, groups, ()))?;
@@ -182,21 +288,37 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: w.get(dim, "weight")?, bias: w.get(dim, "bias")?, eps })
+        Ok(Self {
+            weight: w.get(dim, "weight")?,
+            bias: w.get(dim, "bias")?,
+            eps,
+        })
     }
 }
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let xd = x.detach().contiguous()?;
-        // The fused kernel is f32-only; f64 (gradient tests) takes the composite.
-        let value = if xd.dtype() == DType::F32 {
+        // The fused kernel takes f32, and half precision on the GPU (accumulating in f32); f64 (gradient
+        // tests) and half precision on the CPU take the composite, the latter upcast.
+        let fused = match xd.dtype() {
+            DType::F32 => true,
+            DType::BF16 | DType::F16 => xd.device().is_cuda(),
+            _ => false,
+        };
+        let value = if fused {
             candle_nn::ops::layer_norm(&xd, &self.weight, &self.bias, self.eps as f32)?
         } else {
-            normalize_last_dim(&xd, self.eps)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?
+            in_f32(&xd, |x| {
+                normalize_last_dim(x, self.eps)?
+                    .broadcast_mul(&upcast(&self.weight)?)?
+                    .broadcast_add(&upcast(&self.bias)?)
+            })?
         };
         let (gamma, eps) = (self.weight.clone(), self.eps);
-        input_grad_only(x, value, move |x, _, g| normalized_backward(x, &g.broadcast_mul(&gamma)?, eps))
+        input_grad_only(x, value, move |x, _, g| {
+            normalized_backward(x, &g.broadcast_mul(&gamma)?, eps)
+        })
     }
 }
 

@@ -8,25 +8,46 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, D};
 
-use super::grad::{precomputed_output, softmax_last_dim};
+use super::grad::{softmax_last_dim, upcast, PrecomputedValue};
 
 /// Largest score block computed at once, in elements (64 MiB of f32): one head of a 4096-token
 /// self-attention, every head of a cross-attention.
 pub const BLOCK_ELEMENTS: usize = 16 << 20;
 
+/// The GPU's block: larger blocks mean fewer, fuller kernel launches, and its memory is plentiful
+/// (256 MiB of bf16 scores).
+pub const CUDA_BLOCK_ELEMENTS: usize = 128 << 20;
+
 /// `softmax(q kᵀ) v` for `q` `[G, N, d]` (already scaled), `k` and `v` `[G, L, d]`, `G` = batch × heads.
 pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
-    sdpa_blocked(q, k, v, BLOCK_ELEMENTS)
+    let block = if q.device().is_cuda() {
+        CUDA_BLOCK_ELEMENTS
+    } else {
+        BLOCK_ELEMENTS
+    };
+    sdpa_blocked(q, k, v, block)
 }
 
 /// [`sdpa`] with at most `block` score elements per block (tests use tiny blocks).
-pub fn sdpa_blocked(q: &Tensor, k: &Tensor, v: &Tensor, block: usize) -> candle_core::Result<Tensor> {
+pub fn sdpa_blocked(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    block: usize,
+) -> candle_core::Result<Tensor> {
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     let value = forward(&q.detach(), &k.detach(), &v.detach(), block)?;
     if !(q.track_op() || k.track_op() || v.track_op()) {
         return Ok(value);
     }
-    q.apply_op3(&k, &v, Sdpa { value, block })
+    q.apply_op3(
+        &k,
+        &v,
+        Sdpa {
+            value: PrecomputedValue::new(value),
+            block,
+        },
+    )
 }
 
 /// Heads per block so that a block's scores stay within `block` elements.
@@ -41,7 +62,11 @@ fn forward(q: &Tensor, k: &Tensor, v: &Tensor, block: usize) -> candle_core::Res
     let mut outs = Vec::with_capacity(g.div_ceil(step));
     for start in (0..g).step_by(step) {
         let len = step.min(g - start);
-        let (qb, kb, vb) = (q.narrow(0, start, len)?, k.narrow(0, start, len)?, v.narrow(0, start, len)?);
+        let (qb, kb, vb) = (
+            q.narrow(0, start, len)?,
+            k.narrow(0, start, len)?,
+            v.narrow(0, start, len)?,
+        );
         let p = softmax_last_dim(&qb.matmul(&kb.t()?)?)?;
         outs.push(p.matmul(&vb)?);
     }
@@ -49,21 +74,38 @@ fn forward(q: &Tensor, k: &Tensor, v: &Tensor, block: usize) -> candle_core::Res
 }
 
 /// The gradients of one block: `dS = P ⊙ (dO vᵀ − rowsum(dO ⊙ O))`, `dq = dS k`, `dk = dSᵀ q`, `dv = Pᵀ dO`.
-fn backward_block(q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, g: &Tensor, want: [bool; 3]) -> candle_core::Result<[Option<Tensor>; 3]> {
+fn backward_block(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    g: &Tensor,
+    want: [bool; 3],
+) -> candle_core::Result<[Option<Tensor>; 3]> {
     let p = softmax_last_dim(&q.matmul(&k.t()?)?)?;
-    let dv = if want[2] { Some(p.t()?.matmul(g)?) } else { None };
+    let dv = if want[2] {
+        Some(p.t()?.matmul(g)?)
+    } else {
+        None
+    };
     if !(want[0] || want[1]) {
         return Ok([None, None, dv]);
     }
-    let row = (g * out)?.sum_keepdim(D::Minus1)?;
-    let ds = (p * g.matmul(&v.t()?)?.broadcast_sub(&row)?)?;
+    // The row sums and dS accumulate in f32 for half-precision operands, as fused attention kernels do.
+    let row = (upcast(g)? * upcast(out)?)?.sum_keepdim(D::Minus1)?;
+    let ds =
+        (upcast(&p)? * upcast(&g.matmul(&v.t()?)?)?.broadcast_sub(&row)?)?.to_dtype(q.dtype())?;
     let dq = if want[0] { Some(ds.matmul(k)?) } else { None };
-    let dk = if want[1] { Some(ds.t()?.matmul(q)?) } else { None };
+    let dk = if want[1] {
+        Some(ds.t()?.matmul(q)?)
+    } else {
+        None
+    };
     Ok([dq, dk, dv])
 }
 
 struct Sdpa {
-    value: Tensor,
+    value: PrecomputedValue,
     block: usize,
 }
 
@@ -72,13 +114,48 @@ impl CustomOp3 for Sdpa {
         "sdpa"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        precomputed_output(&self.value, self.name())
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.value.cpu(self.name())
     }
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    #[cfg(feature = "cuda")]
+    #[allow(clippy::too_many_arguments)]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.value.cuda(self.name())
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let want = [q.track_op(), k.track_op(), v.track_op()];
-        let (q, k, v, out, grad) = (q.detach(), k.detach(), v.detach(), out.detach(), grad.contiguous()?);
+        let (q, k, v, out, grad) = (
+            q.detach(),
+            k.detach(),
+            v.detach(),
+            out.detach(),
+            grad.contiguous()?,
+        );
         let g = q.dim(0)?;
         let step = heads_per_block(&q, &k, self.block)?;
         let mut parts: [Vec<Tensor>; 3] = Default::default();
@@ -90,7 +167,13 @@ impl CustomOp3 for Sdpa {
                 part.extend(grad);
             }
         }
-        let join = |p: &Vec<Tensor>| if p.is_empty() { Ok(None) } else { Tensor::cat(p, 0).map(Some) };
+        let join = |p: &Vec<Tensor>| {
+            if p.is_empty() {
+                Ok(None)
+            } else {
+                Tensor::cat(p, 0).map(Some)
+            }
+        };
         Ok((join(&parts[0])?, join(&parts[1])?, join(&parts[2])?))
     }
 }

@@ -20,7 +20,10 @@ use crate::{Error, Result};
 /// Where tensors come from.
 enum Source {
     /// Memory-mapped safetensors files; `index` maps each tensor name to the file holding it.
-    Files { files: Vec<(PathBuf, MmapedSafetensors)>, index: BTreeMap<String, usize> },
+    Files {
+        files: Vec<(PathBuf, MmapedSafetensors)>,
+        index: BTreeMap<String, usize>,
+    },
     /// Names and shapes only: every tensor is a broadcast scalar, so nothing of its size is allocated.
     Record,
     /// Seeded uniform values in ±1/√fan_in (like PyTorch's default init), for benchmarks on random weights.
@@ -69,14 +72,28 @@ impl Weights {
         }
         let label = match paths {
             [one] => one.display().to_string(),
-            _ => paths.first().and_then(|p| p.parent()).map(|p| p.display().to_string()).unwrap_or_default(),
+            _ => paths
+                .first()
+                .and_then(|p| p.parent())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
         };
-        Ok(Self::new(Source::Files { files, index }, device, dtype, label))
+        Ok(Self::new(
+            Source::Files { files, index },
+            device,
+            dtype,
+            label,
+        ))
     }
 
     /// Records requested names and shapes without allocating (see [`Weights::requested`]).
     pub fn recorder() -> Self {
-        Self::new(Source::Record, &Device::Cpu, DType::F32, "<recorder>".into())
+        Self::new(
+            Source::Record,
+            &Device::Cpu,
+            DType::F32,
+            "<recorder>".into(),
+        )
     }
 
     /// Seeded random weights (benchmarks, tests of shapes).
@@ -100,13 +117,23 @@ impl Weights {
             ignored_suffixes: Vec::new(),
             label,
         };
-        Self { state: Rc::new(RefCell::new(state)), prefix: String::new() }
+        Self {
+            state: Rc::new(RefCell::new(state)),
+            prefix: String::new(),
+        }
     }
 
     /// The same source, one level down (`pp("down_blocks").pp(0)`).
     pub fn pp(&self, name: impl std::fmt::Display) -> Self {
-        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
-        Self { state: self.state.clone(), prefix }
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Self {
+            state: self.state.clone(),
+            prefix,
+        }
     }
 
     pub fn device(&self) -> Device {
@@ -114,12 +141,19 @@ impl Weights {
     }
 
     fn full_name(&self, name: &str) -> String {
-        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
     }
 
     /// Tensors whose name ends with `suffix` are tolerated without being read (e.g. `position_ids`).
     pub fn ignore_suffix(&self, suffix: &str) {
-        self.state.borrow_mut().ignored_suffixes.push(suffix.to_string());
+        self.state
+            .borrow_mut()
+            .ignored_suffixes
+            .push(suffix.to_string());
     }
 
     /// If the files store every tensor under `prefix.` (e.g. hub CLIP checkpoints' `text_model.`), descend into
@@ -134,7 +168,11 @@ impl Weights {
             _ => false,
         };
         drop(st);
-        if has { self.pp(prefix) } else { self.clone() }
+        if has {
+            self.pp(prefix)
+        } else {
+            self.clone()
+        }
     }
 
     /// The tensor `name` (relative to this prefix) with exactly `shape`, as f32.
@@ -160,16 +198,24 @@ impl Weights {
         let tensor = match &st.source {
             Source::Files { files, index } => {
                 let (path, file) = &files[index[&name]];
-                let t = file.load(&name, &st.device).map_err(|e| Error::file(path, format!("tensor {name}: {e}")))?;
+                let t = file
+                    .load(&name, &st.device)
+                    .map_err(|e| Error::file(path, format!("tensor {name}: {e}")))?;
                 if t.dims() != shape.dims() {
-                    let msg = format!("{name} has shape {:?}, expected {:?}", t.dims(), shape.dims());
+                    let msg = format!(
+                        "{name} has shape {:?}, expected {:?}",
+                        t.dims(),
+                        shape.dims()
+                    );
                     st.mismatched.push(msg);
                     return Ok(placeholder(&shape)?);
                 }
                 t.to_dtype(st.dtype)?
             }
             Source::Record => placeholder(&shape)?,
-            Source::Random { seed } => random_tensor(*seed, &name, &shape, &st.device)?.to_dtype(st.dtype)?,
+            Source::Random { seed } => {
+                random_tensor(*seed, &name, &shape, &st.device)?.to_dtype(st.dtype)?
+            }
         };
         Ok(tensor)
     }
@@ -194,7 +240,10 @@ impl Weights {
         if let Source::Files { index, .. } = &st.source {
             let unexpected: Vec<String> = index
                 .keys()
-                .filter(|k| !st.used.contains(*k) && !st.ignored_suffixes.iter().any(|s| k.ends_with(s.as_str())))
+                .filter(|k| {
+                    !st.used.contains(*k)
+                        && !st.ignored_suffixes.iter().any(|s| k.ends_with(s.as_str()))
+                })
                 .cloned()
                 .collect();
             if !unexpected.is_empty() {
@@ -212,8 +261,17 @@ impl Weights {
 /// At most a handful of names: a whole mismatched checkpoint would otherwise print thousands.
 fn list(names: &[String]) -> String {
     const SHOWN: usize = 8;
-    let head = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
-    if names.len() > SHOWN { format!("{head} (and {} more)", names.len() - SHOWN) } else { head }
+    let head = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        format!("{head} (and {} more)", names.len() - SHOWN)
+    } else {
+        head
+    }
 }
 
 fn placeholder(shape: &Shape) -> candle_core::Result<Tensor> {
@@ -222,7 +280,9 @@ fn placeholder(shape: &Shape) -> candle_core::Result<Tensor> {
 
 fn random_tensor(seed: u64, name: &str, shape: &Shape, device: &Device) -> Result<Tensor> {
     use rand::{Rng, SeedableRng};
-    let name_hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let name_hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ name_hash);
     let dims = shape.dims();
     let is_norm = name.contains("norm");
@@ -232,12 +292,17 @@ fn random_tensor(seed: u64, name: &str, shape: &Shape, device: &Device) -> Resul
         vec![0.0; shape.elem_count()]
     } else {
         let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
-        let bound = if dims.len() == 1 { 0.02 } else { (1.0 / fan_in as f32).sqrt() };
-        (0..shape.elem_count()).map(|_| rng.random_range(-bound..bound)).collect()
+        let bound = if dims.len() == 1 {
+            0.02
+        } else {
+            (1.0 / fan_in as f32).sqrt()
+        };
+        (0..shape.elem_count())
+            .map(|_| rng.random_range(-bound..bound))
+            .collect()
     };
     Ok(Tensor::from_vec(values, shape.clone(), device)?)
 }
-
 
 /// Reads and parses a model's `config.json` (or any JSON config) with an error naming the file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {

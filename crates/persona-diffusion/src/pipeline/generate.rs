@@ -47,7 +47,11 @@ pub struct Progress {
 
 /// Standard normal values from a seeded generator: image `i` of a run draws from seed `seed + i`, so an image
 /// does not depend on the batch size and can be regenerated alone.
-pub fn seeded_normal(rng: &mut rand::rngs::StdRng, shape: &[usize], device: &Device) -> Result<Tensor> {
+pub fn seeded_normal(
+    rng: &mut rand::rngs::StdRng,
+    shape: &[usize],
+    device: &Device,
+) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
     Ok(Tensor::from_vec(v, shape, device)?)
@@ -56,11 +60,17 @@ pub fn seeded_normal(rng: &mut rand::rngs::StdRng, shape: &[usize], device: &Dev
 impl StableDiffusion {
     /// The scheduler a run uses.
     pub fn scheduler_kind(&self, choice: Option<SchedulerKind>) -> SchedulerKind {
-        choice.unwrap_or_else(|| SchedulerKind::for_model(&self.scheduler_config)).sampler()
+        choice
+            .unwrap_or_else(|| SchedulerKind::for_model(&self.scheduler_config))
+            .sampler()
     }
 
     /// Generates images; returns them as `[N, 3, H, W]` in [0, 1].
-    pub fn generate(&self, p: &GenerateParams, progress: &mut dyn FnMut(Progress)) -> Result<Tensor> {
+    pub fn generate(
+        &self,
+        p: &GenerateParams,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Tensor> {
         self.generate_with(p, None, progress)
     }
 
@@ -72,14 +82,24 @@ impl StableDiffusion {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Tensor> {
         let f = self.vae_scale();
-        if !p.height.is_multiple_of(f) || !p.width.is_multiple_of(f) || p.height == 0 || p.width == 0 {
-            return Err(Error::Msg(format!("height and width must be positive multiples of {f}, got {}×{}", p.height, p.width)));
+        if !p.height.is_multiple_of(f)
+            || !p.width.is_multiple_of(f)
+            || p.height == 0
+            || p.width == 0
+        {
+            return Err(Error::Msg(format!(
+                "height and width must be positive multiples of {f}, got {}×{}",
+                p.height, p.width
+            )));
         }
         let shape = [self.unet.config().in_channels, p.height / f, p.width / f];
         if let Some(l) = &p.latents {
             let want = [p.num_images, shape[0], shape[1], shape[2]];
             if l.dims() != want {
-                return Err(Error::Msg(format!("latents have shape {:?}, expected {want:?}", l.dims())));
+                return Err(Error::Msg(format!(
+                    "latents have shape {:?}, expected {want:?}",
+                    l.dims()
+                )));
             }
         }
         // (negative, positive) prompt conditions by the stages they were encoded for: one entry without
@@ -91,15 +111,27 @@ impl StableDiffusion {
         for b in 0..batches {
             let first = b * batch;
             let n = batch.min(p.num_images - first);
-            let mut rngs: Vec<_> = (first..first + n).map(|i| rand::rngs::StdRng::seed_from_u64(p.seed.wrapping_add(i as u64))).collect();
+            let mut rngs: Vec<_> = (first..first + n)
+                .map(|i| rand::rngs::StdRng::seed_from_u64(p.seed.wrapping_add(i as u64)))
+                .collect();
             let latents = match &p.latents {
                 Some(l) => l.narrow(0, first, n)?,
                 None => {
-                    let rows = rngs.iter_mut().map(|r| seeded_normal(r, &shape, &self.device)).collect::<Result<Vec<_>>>()?;
+                    let rows = rngs
+                        .iter_mut()
+                        .map(|r| seeded_normal(r, &shape, &self.device))
+                        .collect::<Result<Vec<_>>>()?;
                     Tensor::stack(&rows, 0)?
                 }
             };
-            let mut report = |step, steps| progress(Progress { step, steps, batch: b, batches });
+            let mut report = |step, steps| {
+                progress(Progress {
+                    step,
+                    steps,
+                    batch: b,
+                    batches,
+                })
+            };
             let z = self.denoise(latents, &mut encoded, p, control, &mut rngs, &mut report)?;
             images.push(self.decode(&z)?);
         }
@@ -118,22 +150,35 @@ impl StableDiffusion {
         report: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor> {
         let n = latents.dim(0)?;
-        let mut sched = schedulers::build(self.scheduler_kind(p.scheduler), &self.scheduler_config, p.steps)?;
+        let mut sched = schedulers::build(
+            self.scheduler_kind(p.scheduler),
+            &self.scheduler_config,
+            p.steps,
+        )?;
         let guided = p.guidance > 1.0;
         let batch = |u: &Tensor, c: &Tensor| -> Result<Tensor> {
-            Ok(if guided { Tensor::cat(&[u.repeat((n, 1, 1))?, c.repeat((n, 1, 1))?], 0)? } else { c.repeat((n, 1, 1))? })
+            Ok(if guided {
+                Tensor::cat(&[u.repeat((n, 1, 1))?, c.repeat((n, 1, 1))?], 0)?
+            } else {
+                c.repeat((n, 1, 1))?
+            })
         };
         let mut batched: HashMap<Vec<usize>, Condition> = HashMap::new();
         let mut x = (latents * sched.init_noise_sigma())?;
         let timesteps = sched.timesteps().to_vec();
         for (i, &t) in timesteps.iter().enumerate() {
-            let input = if guided { Tensor::cat(&[&x, &x], 0)? } else { x.clone() };
+            let input = if guided {
+                Tensor::cat(&[&x, &x], 0)?
+            } else {
+                x.clone()
+            };
             let input = sched.scale_model_input(&input, i)?;
             let t_tensor = Tensor::new(&[t as f32], &self.device)?;
             let stages = self.stages_at(&p.tokens, t);
             if !batched.contains_key(&stages) {
                 if !encoded.contains_key(&stages) {
-                    let enc = |prompt: &str| self.encode_staged(&[prompt], &p.tokens, t, p.text_output);
+                    let enc =
+                        |prompt: &str| self.encode_staged(&[prompt], &p.tokens, t, p.text_output);
                     encoded.insert(stages.clone(), (enc(&p.negative_prompt)?, enc(&p.prompt)?));
                 }
                 let (u, c) = &encoded[&stages];
@@ -144,7 +189,9 @@ impl StableDiffusion {
                 };
                 batched.insert(stages.clone(), Condition { key, value });
             }
-            let eps = self.unet.forward(&input, &t_tensor, &batched[&stages], control)?;
+            let eps = self
+                .unet
+                .forward(&input, &t_tensor, &batched[&stages], control)?;
             let eps = if guided {
                 let (u, c) = (eps.narrow(0, 0, n)?, eps.narrow(0, n, n)?);
                 (&u + ((c - &u)? * p.guidance)?)?
@@ -153,7 +200,10 @@ impl StableDiffusion {
             };
             let noise = if sched.needs_noise() {
                 let dims = x.dims()[1..].to_vec();
-                let rows = rngs.iter_mut().map(|r| seeded_normal(r, &dims, &self.device)).collect::<Result<Vec<_>>>()?;
+                let rows = rngs
+                    .iter_mut()
+                    .map(|r| seeded_normal(r, &dims, &self.device))
+                    .collect::<Result<Vec<_>>>()?;
                 Some(Tensor::stack(&rows, 0)?)
             } else {
                 None
@@ -172,6 +222,8 @@ impl StableDiffusion {
             z = (z + shift)?;
         }
         let x = self.vae.decode(&z)?;
-        Ok(((x / 2.0)? + 0.5)?.clamp(0f32, 1f32)?.to_dtype(DType::F32)?)
+        Ok(((x / 2.0)? + 0.5)?
+            .clamp(0f32, 1f32)?
+            .to_dtype(DType::F32)?)
     }
 }

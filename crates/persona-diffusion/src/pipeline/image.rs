@@ -22,9 +22,20 @@ pub fn to_rgb8(images: &Tensor) -> Result<Vec<Rgb8>> {
     if c != 3 {
         return Err(Error::Msg(format!("expected 3 channels, got {c}")));
     }
-    let u8s = (images.permute((0, 2, 3, 1))? * 255.0)?.round()?.clamp(0f32, 255f32)?.to_dtype(DType::U8)?;
+    let u8s = (images.permute((0, 2, 3, 1))? * 255.0)?
+        .round()?
+        .clamp(0f32, 255f32)?
+        .to_dtype(DType::U8)?;
     let flat = u8s.flatten_all()?.to_vec1::<u8>()?;
-    Ok(flat.chunks(h * w * 3).take(n).map(|d| Rgb8 { width: w, height: h, data: d.to_vec() }).collect())
+    Ok(flat
+        .chunks(h * w * 3)
+        .take(n)
+        .map(|d| Rgb8 {
+            width: w,
+            height: h,
+            data: d.to_vec(),
+        })
+        .collect())
 }
 
 /// Writes a PNG with text chunks (`parameters` in the AUTOMATIC1111 convention, so other tools read it, and
@@ -36,10 +47,12 @@ pub fn write_png(path: &Path, img: &Rgb8, text: &[(&str, String)]) -> Result<()>
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         for (k, v) in text {
-            enc.add_itxt_chunk(k.to_string(), v.clone()).map_err(|e| Error::file(path, e))?;
+            enc.add_itxt_chunk(k.to_string(), v.clone())
+                .map_err(|e| Error::file(path, e))?;
         }
         let mut w = enc.write_header().map_err(|e| Error::file(path, e))?;
-        w.write_image_data(&img.data).map_err(|e| Error::file(path, e))?;
+        w.write_image_data(&img.data)
+            .map_err(|e| Error::file(path, e))?;
     }
     write_atomic(path, &bytes)
 }
@@ -47,22 +60,39 @@ pub fn write_png(path: &Path, img: &Rgb8, text: &[(&str, String)]) -> Result<()>
 /// Writes `bytes` to `path` through a sibling temporary file and a rename, so a reader never sees half a file
 /// and an interrupted run leaves the old file intact.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// Reads the text chunks of a PNG (to check what [`write_png`] stored).
 pub fn read_png_text(path: &Path) -> Result<Vec<(String, String)>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().map_err(|e| Error::file(path, e))?;
+    let reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .map_err(|e| Error::file(path, e))?;
     let info = reader.info();
-    let mut out: Vec<(String, String)> = info.uncompressed_latin1_text.iter().map(|t| (t.keyword.clone(), t.text.clone())).collect();
+    let mut out: Vec<(String, String)> = info
+        .uncompressed_latin1_text
+        .iter()
+        .map(|t| (t.keyword.clone(), t.text.clone()))
+        .collect();
     for t in &info.utf8_text {
-        out.push((t.keyword.clone(), t.get_text().map_err(|e| Error::file(path, e))?));
+        out.push((
+            t.keyword.clone(),
+            t.get_text().map_err(|e| Error::file(path, e))?,
+        ));
     }
     Ok(out)
 }

@@ -8,7 +8,7 @@ mod tokens;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 pub use generate::{seeded_normal, GenerateParams, Progress};
 pub use staged::stage_of;
@@ -22,11 +22,35 @@ use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::ClipTokenizer;
 use crate::{Error, Result};
 
-/// Which weight files to read.
-#[derive(Clone, Debug, Default)]
+/// Which weight files to read, onto which device, in which precision.
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// e.g. `fp16` for `*.fp16.safetensors` files.
     pub variant: Option<String>,
+    pub device: Device,
+    /// The frozen models' dtype (see [`crate::device`]); the VAE runs f16 requests in f32, as diffusers
+    /// upcasts an fp16 VAE whose config asks for it (`force_upcast`, true for SD 1.x/2.x).
+    pub dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            variant: None,
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// A variant on the CPU in f32 (tests, tools).
+    pub fn variant(variant: Option<String>) -> Self {
+        Self {
+            variant,
+            ..Self::default()
+        }
+    }
 }
 
 pub struct StableDiffusion {
@@ -37,26 +61,58 @@ pub struct StableDiffusion {
     pub scheduler_config: SchedulerConfig,
     pub dir: PathBuf,
     pub device: Device,
+    /// The frozen models' dtype (the text encoder's and the UNet's).
+    pub dtype: DType,
 }
 
 impl StableDiffusion {
     /// Loads a diffusers folder or a hub id from the local cache.
     pub fn load(model: &str, opts: &LoadOptions) -> Result<Self> {
         let dir = resolve_model(model)?;
-        let device = Device::Cpu;
+        let (device, dtype) = (opts.device.clone(), opts.dtype);
         let variant = opts.variant.as_deref();
         let tokenizer = ClipTokenizer::from_dir(dir.join("tokenizer"))?;
-        let text_encoder = load_component(&dir.join("text_encoder"), "model", variant, &device, |w, path| {
-            ClipTextModel::load(w, &clip_text::Config::read(path)?)
-        })?;
-        let unet = load_component(&dir.join("unet"), "diffusion_pytorch_model", variant, &device, |w, path| {
-            UNet2DConditionModel::load(w, &unet::Config::read(path)?)
-        })?;
-        let vae = load_component(&dir.join("vae"), "diffusion_pytorch_model", variant, &device, |w, path| {
-            AutoencoderKL::load(w, &vae::Config::read(path)?)
-        })?;
-        let scheduler_config = SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?;
-        Ok(Self { tokenizer, text_encoder, unet, vae, scheduler_config, dir, device })
+        let text_encoder = load_component(
+            &dir.join("text_encoder"),
+            "model",
+            variant,
+            &device,
+            dtype,
+            |w, path| ClipTextModel::load(w, &clip_text::Config::read(path)?),
+        )?;
+        let unet = load_component(
+            &dir.join("unet"),
+            "diffusion_pytorch_model",
+            variant,
+            &device,
+            dtype,
+            |w, path| UNet2DConditionModel::load(w, &unet::Config::read(path)?),
+        )?;
+        let vae_dtype = if dtype == DType::F16 {
+            DType::F32
+        } else {
+            dtype
+        };
+        let vae = load_component(
+            &dir.join("vae"),
+            "diffusion_pytorch_model",
+            variant,
+            &device,
+            vae_dtype,
+            |w, path| AutoencoderKL::load(w, &vae::Config::read(path)?),
+        )?;
+        let scheduler_config =
+            SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?;
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            scheduler_config,
+            dir,
+            device,
+            dtype,
+        })
     }
 
     /// Pixels per latent per side (8 for the real models).
@@ -71,9 +127,16 @@ impl StableDiffusion {
 
     /// Token ids of prompts, padded to 77, as `[B, 77]` u32.
     pub fn tokenize(&self, prompts: &[&str]) -> Result<Tensor> {
-        let rows = prompts.iter().map(|p| self.tokenizer.encode(p)).collect::<Result<Vec<_>>>()?;
+        let rows = prompts
+            .iter()
+            .map(|p| self.tokenizer.encode(p))
+            .collect::<Result<Vec<_>>>()?;
         let len = rows.first().map_or(0, Vec::len);
-        Ok(Tensor::from_vec(rows.concat(), (prompts.len(), len), &self.device)?)
+        Ok(Tensor::from_vec(
+            rows.concat(),
+            (prompts.len(), len),
+            &self.device,
+        )?)
     }
 
     /// Text condition `[B, 77, d]` of prompts.
@@ -88,6 +151,7 @@ fn load_component<T>(
     stem: &str,
     variant: Option<&str>,
     device: &Device,
+    dtype: DType,
     build: impl FnOnce(&Weights, &Path) -> Result<T>,
 ) -> Result<T> {
     let config = dir.join("config.json");
@@ -95,7 +159,7 @@ fn load_component<T>(
         return Err(Error::file(config, "missing"));
     }
     let files = component_files(dir, stem, variant)?;
-    let weights = Weights::from_files(&files, device)?;
+    let weights = Weights::from_files_as(&files, device, dtype)?;
     let model = build(&weights, &config)?;
     weights.finish()?;
     Ok(model)

@@ -27,7 +27,11 @@ impl LearnedTokens {
     /// Per-stage tokens from `keys` and `values`, both `[S, n, d]` with one name per token.
     pub fn staged(names: Vec<String>, keys: &Tensor, values: &Tensor) -> Result<Self> {
         let dims = keys.dims().to_vec();
-        if dims.len() != 3 || dims[0] == 0 || dims[1] != names.len() || values.dims() != dims.as_slice() {
+        if dims.len() != 3
+            || dims[0] == 0
+            || dims[1] != names.len()
+            || values.dims() != dims.as_slice()
+        {
             return Err(Error::Msg(format!(
                 "staged tokens: keys {:?} and values {:?} must both be [stages, {}, d]",
                 keys.dims(),
@@ -35,7 +39,10 @@ impl LearnedTokens {
                 names.len()
             )));
         }
-        Ok(Self { names, rows: Tensor::stack(&[keys, values], 0)? })
+        Ok(Self {
+            names,
+            rows: Tensor::stack(&[keys, values], 0)?,
+        })
     }
 
     /// The number of stages of staged tokens, `None` for plain ones.
@@ -45,7 +52,10 @@ impl LearnedTokens {
 
     /// The key (or value) embeddings of one stage as plain tokens.
     pub fn at_stage(&self, stage: usize, value: bool) -> Result<Self> {
-        Ok(Self { names: self.names.clone(), rows: self.rows.get(usize::from(value))?.get(stage)? })
+        Ok(Self {
+            names: self.names.clone(),
+            rows: self.rows.get(usize::from(value))?.get(stage)?,
+        })
     }
 }
 
@@ -53,9 +63,17 @@ impl StableDiffusion {
     /// The condition of prompts at timestep `t`: staged tokens contribute the key embeddings of their stage of
     /// `t` to the key encoding and their value embeddings to the value encoding. Without staged tokens this is
     /// one plain encoding ([`Self::encode_with_tokens`]), shared by keys and values.
-    pub fn encode_staged(&self, prompts: &[&str], tokens: &[LearnedTokens], t: f64, output: Output) -> Result<Condition> {
+    pub fn encode_staged(
+        &self,
+        prompts: &[&str],
+        tokens: &[LearnedTokens],
+        t: f64,
+        output: Output,
+    ) -> Result<Condition> {
         if tokens.iter().all(|l| l.stages().is_none()) {
-            return Ok(Condition::new(self.encode_with_tokens(prompts, tokens, output)?));
+            return Ok(Condition::new(
+                self.encode_with_tokens(prompts, tokens, output)?,
+            ));
         }
         let train_steps = self.scheduler_config.num_train_timesteps.unwrap_or(1000);
         let encode = |value: bool| -> Result<Tensor> {
@@ -63,7 +81,11 @@ impl StableDiffusion {
                 Some(s) => l.at_stage(stage_of(t, s, train_steps), value),
                 None => Ok(l.clone()),
             };
-            self.encode_with_tokens(prompts, &tokens.iter().map(at).collect::<Result<Vec<_>>>()?, output)
+            self.encode_with_tokens(
+                prompts,
+                &tokens.iter().map(at).collect::<Result<Vec<_>>>()?,
+                output,
+            )
         };
         Ok(Condition::split(encode(false)?, encode(true)?))
     }
@@ -71,6 +93,10 @@ impl StableDiffusion {
     /// The stage of every staged token set at `t` (empty without any): steps with equal stages share encodings.
     pub fn stages_at(&self, tokens: &[LearnedTokens], t: f64) -> Vec<usize> {
         let train_steps = self.scheduler_config.num_train_timesteps.unwrap_or(1000);
-        tokens.iter().filter_map(LearnedTokens::stages).map(|s| stage_of(t, s, train_steps)).collect()
+        tokens
+            .iter()
+            .filter_map(LearnedTokens::stages)
+            .map(|s| stage_of(t, s, train_steps))
+            .collect()
     }
 }

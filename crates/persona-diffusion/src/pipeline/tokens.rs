@@ -26,7 +26,12 @@ impl LearnedTokens {
 
 impl StableDiffusion {
     /// Encodes prompts that may contain the learned tokens of several identities.
-    pub fn encode_with_tokens(&self, prompts: &[&str], learned: &[LearnedTokens], output: Output) -> Result<Tensor> {
+    pub fn encode_with_tokens(
+        &self,
+        prompts: &[&str],
+        learned: &[LearnedTokens],
+        output: Output,
+    ) -> Result<Tensor> {
         if learned.is_empty() {
             return self.encode_prompts(prompts, output);
         }
@@ -34,17 +39,28 @@ impl StableDiffusion {
         let names: Vec<String> = learned.iter().flat_map(|l| l.names.clone()).collect();
         for name in &names {
             if self.tokenizer.token_id(name).is_some() {
-                return Err(Error::Msg(format!("token {name} is already in the vocabulary; choose another name")));
+                return Err(Error::Msg(format!(
+                    "token {name} is already in the vocabulary; choose another name"
+                )));
             }
         }
         if let Some(l) = learned.iter().find(|l| l.rows.rank() != 2) {
-            return Err(Error::Msg(format!("tokens {} are per-stage key/value tokens: encode them with encode_staged", l.phrase())));
+            return Err(Error::Msg(format!(
+                "tokens {} are per-stage key/value tokens: encode them with encode_staged",
+                l.phrase()
+            )));
         }
         let ids = tok.add_tokens(&names)?;
-        let rows = Tensor::cat(&learned.iter().map(|l| l.rows.clone()).collect::<Vec<_>>(), 0)?;
+        let rows = Tensor::cat(
+            &learned.iter().map(|l| l.rows.clone()).collect::<Vec<_>>(),
+            0,
+        )?;
         let d = self.text_encoder.config().hidden_size;
         if rows.dim(1)? != d {
-            return Err(Error::Msg(format!("learned embeddings have width {}, the text encoder {d}", rows.dim(1)?)));
+            return Err(Error::Msg(format!(
+                "learned embeddings have width {}, the text encoder {d}",
+                rows.dim(1)?
+            )));
         }
         let mut positions = Vec::new();
         let mut all = Vec::new();
@@ -76,11 +92,22 @@ pub fn expand_prompt(prompt: &str, identities: &[(String, String)]) -> Result<St
     for (i, (name, phrase)) in identities.iter().enumerate() {
         out = out.replace(&format!("{{{i}}}"), phrase);
         // Whole-word replacement so `<alice>_v0` (already expanded) is not expanded again.
-        out = out.split(' ').map(|w| if w == name { phrase.as_str() } else { w }).collect::<Vec<_>>().join(" ");
+        out = out
+            .split(' ')
+            .map(|w| if w == name { phrase.as_str() } else { w })
+            .collect::<Vec<_>>()
+            .join(" ");
     }
     if let Some(start) = out.find('{') {
-        if out[start..].find('}').is_some_and(|end| out[start + 1..start + end].chars().all(|c| c.is_ascii_digit())) {
-            return Err(Error::Msg(format!("prompt {prompt:?} has a placeholder without an identity (got {} --identity)", identities.len())));
+        if out[start..].find('}').is_some_and(|end| {
+            out[start + 1..start + end]
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        }) {
+            return Err(Error::Msg(format!(
+                "prompt {prompt:?} has a placeholder without an identity (got {} --identity)",
+                identities.len()
+            )));
         }
     }
     Ok(out)
@@ -92,9 +119,18 @@ mod tests {
 
     #[test]
     fn placeholders_expand() {
-        let ids = vec![("<a>".to_string(), "<a>_v0 <a>_v1".to_string()), ("<b>".to_string(), "<b>_v0".to_string())];
-        assert_eq!(expand_prompt("a {} person and a {1} person", &ids).unwrap(), "a <a>_v0 <a>_v1 person and a <b>_v0 person");
-        assert_eq!(expand_prompt("{0} with <b>", &ids).unwrap(), "<a>_v0 <a>_v1 with <b>_v0");
+        let ids = vec![
+            ("<a>".to_string(), "<a>_v0 <a>_v1".to_string()),
+            ("<b>".to_string(), "<b>_v0".to_string()),
+        ];
+        assert_eq!(
+            expand_prompt("a {} person and a {1} person", &ids).unwrap(),
+            "a <a>_v0 <a>_v1 person and a <b>_v0 person"
+        );
+        assert_eq!(
+            expand_prompt("{0} with <b>", &ids).unwrap(),
+            "<a>_v0 <a>_v1 with <b>_v0"
+        );
         assert!(expand_prompt("{2} alone", &ids).is_err());
         assert!(expand_prompt("a {} person", &[]).is_err());
     }

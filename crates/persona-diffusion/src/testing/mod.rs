@@ -15,19 +15,33 @@ pub fn fixtures_dir() -> PathBuf {
 /// `max|a − b| / max|b|`: the relative error the parity tests bound (1e-4 for modules).
 pub fn rel_error(a: &Tensor, b: &Tensor) -> Result<f64> {
     if a.dims() != b.dims() {
-        return Err(Error::Msg(format!("shapes differ: {:?} vs {:?}", a.dims(), b.dims())));
+        return Err(Error::Msg(format!(
+            "shapes differ: {:?} vs {:?}",
+            a.dims(),
+            b.dims()
+        )));
     }
     let a = a.to_dtype(candle_core::DType::F64)?;
     let b = b.to_dtype(candle_core::DType::F64)?;
-    let diff = (&a - &b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
-    let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?.max(1e-12);
+    let diff = (&a - &b)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f64>()?;
+    let scale = b
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f64>()?
+        .max(1e-12);
     Ok(diff / scale)
 }
 
 /// Loads one reference safetensors file of the fixtures.
 pub fn load_reference(rel: &str) -> Result<std::collections::HashMap<String, Tensor>> {
     let path = fixtures_dir().join(rel);
-    candle_core::safetensors::load(&path, &candle_core::Device::Cpu).map_err(|e| Error::file(&path, e))
+    candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
+        .map_err(|e| Error::file(&path, e))
 }
 
 /// How many tensors a gradient store holds. candle's `GradStore` does not expose its map, so this counts the
@@ -35,3 +49,5 @@ pub fn load_reference(rel: &str) -> Result<std::collections::HashMap<String, Ten
 pub fn grad_count(grads: &candle_core::backprop::GradStore) -> usize {
     format!("{grads:?}").matches("TensorId(").count()
 }
+
+pub mod gradcheck;

@@ -7,7 +7,10 @@ use super::meta::BaseModel;
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The file exists but its content is wrong (not safetensors, missing tensor, bad metadata, refused pickle…).
     #[error("{}: {msg}", path.display())]
     File { path: PathBuf, msg: String },
@@ -16,24 +19,40 @@ pub enum IdentityError {
     Invalid(String),
     /// The identity was trained for another base model; see [`super::Identity::check_base`].
     #[error("{}", mismatch_message(.identity, .trained_for, .loaded, *.width_differs))]
-    BaseMismatch { identity: String, trained_for: Box<BaseModel>, loaded: Box<BaseModel>, width_differs: bool },
+    BaseMismatch {
+        identity: String,
+        trained_for: Box<BaseModel>,
+        loaded: Box<BaseModel>,
+        width_differs: bool,
+    },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 
 impl IdentityError {
     pub(crate) fn file(path: &Path, msg: impl std::fmt::Display) -> Self {
-        IdentityError::File { path: path.to_owned(), msg: msg.to_string() }
+        IdentityError::File {
+            path: path.to_owned(),
+            msg: msg.to_string(),
+        }
     }
 
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        IdentityError::Io { path: path.to_owned(), source }
+        IdentityError::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
 }
 
 /// Says both models in full, then what can be done: a different width can never work, a different text encoder
 /// of the same width may (a fine-tune of the same family), so only that case offers `--force`.
-fn mismatch_message(identity: &str, trained_for: &BaseModel, loaded: &BaseModel, width_differs: bool) -> String {
+fn mismatch_message(
+    identity: &str,
+    trained_for: &BaseModel,
+    loaded: &BaseModel,
+    width_differs: bool,
+) -> String {
     let remedy = if width_differs {
         "the embedding widths differ, so it cannot be used with this model"
     } else {

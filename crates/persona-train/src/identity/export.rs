@@ -33,7 +33,10 @@ pub fn export_diffusers(identity: &Identity, out: impl AsRef<Path>) -> Result<()
         )));
     }
     warn_dropped_modules(identity, "diffusers");
-    let tensors = BTreeMap::from([(identity.token.clone(), identity.embeddings.to_dtype(DType::F32)?)]);
+    let tensors = BTreeMap::from([(
+        identity.token.clone(),
+        identity.embeddings.to_dtype(DType::F32)?,
+    )]);
     safetensors_io::write(out, &tensors, None)
 }
 
@@ -46,7 +49,10 @@ pub fn export_a1111(identity: &Identity, out: impl AsRef<Path>) -> Result<()> {
             ("clip_l".to_string(), clip_l.to_dtype(DType::F32)?),
             ("clip_g".to_string(), clip_g.to_dtype(DType::F32)?),
         ]),
-        None => BTreeMap::from([("emb_params".to_string(), identity.embeddings.to_dtype(DType::F32)?)]),
+        None => BTreeMap::from([(
+            "emb_params".to_string(),
+            identity.embeddings.to_dtype(DType::F32)?,
+        )]),
     };
     warn_dropped_modules(identity, "a1111");
     safetensors_io::write(out, &tensors, None)
@@ -69,12 +75,20 @@ fn sdxl_pair(identity: &Identity) -> Result<Option<(&Tensor, &Tensor)>> {
 fn require_safetensors_name(out: &Path) -> Result<()> {
     match out.extension().and_then(|e| e.to_str()) {
         Some("safetensors") => Ok(()),
-        _ => Err(IdentityError::file(out, "exports are safetensors files: name the output *.safetensors")),
+        _ => Err(IdentityError::file(
+            out,
+            "exports are safetensors files: name the output *.safetensors",
+        )),
     }
 }
 
 fn warn_dropped_modules(identity: &Identity, format: &str) {
-    let dropped: Vec<&str> = identity.modules.keys().map(String::as_str).filter(|k| !k.starts_with("sdxl.")).collect();
+    let dropped: Vec<&str> = identity
+        .modules
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !k.starts_with("sdxl."))
+        .collect();
     if !dropped.is_empty() {
         tracing::warn!(
             "the {format} format holds only token vectors: identity {} (method {}) loses its modules {dropped:?}",

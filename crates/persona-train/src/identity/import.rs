@@ -72,7 +72,10 @@ pub fn import(path: impl AsRef<Path>) -> Result<ImportedEmbedding> {
     } else if head.first() == Some(&0x80) {
         Err(IdentityError::file(path, "a plain pickle or a legacy (torch < 1.6) torch.save file: only torch zip archives and safetensors are read"))
     } else {
-        Err(IdentityError::file(path, "neither a torch zip archive nor a safetensors file"))
+        Err(IdentityError::file(
+            path,
+            "neither a torch zip archive nor a safetensors file",
+        ))
     }
 }
 
@@ -94,16 +97,30 @@ fn read_head(path: &Path, head: &mut [u8]) -> Result<usize> {
 
 fn from_safetensors(path: &Path) -> Result<ImportedEmbedding> {
     let file = safetensors_io::read(path)?;
-    if file.metadata.contains_key("format_version") && file.tensors.contains_key(super::EMBEDDINGS) {
-        return Err(IdentityError::file(path, format!("this is already a {FORMAT} file: use it as it is")));
+    if file.metadata.contains_key("format_version") && file.tensors.contains_key(super::EMBEDDINGS)
+    {
+        return Err(IdentityError::file(
+            path,
+            format!("this is already a {FORMAT} file: use it as it is"),
+        ));
     }
     let stem = file_stem(path);
     let mut tensors = file.tensors;
     if let Some(vectors) = tensors.remove("emb_params") {
-        return imported(path, stem, rows(vectors, "emb_params", path)?, EmbeddingFormat::A1111Safetensors);
+        return imported(
+            path,
+            stem,
+            rows(vectors, "emb_params", path)?,
+            EmbeddingFormat::A1111Safetensors,
+        );
     }
     if let (Some(clip_l), Some(clip_g)) = (tensors.remove("clip_l"), tensors.remove("clip_g")) {
-        return sdxl(path, stem, rows(clip_l, "clip_l", path)?, rows(clip_g, "clip_g", path)?);
+        return sdxl(
+            path,
+            stem,
+            rows(clip_l, "clip_l", path)?,
+            rows(clip_g, "clip_g", path)?,
+        );
     }
     let mut entries: Vec<(String, Tensor)> = tensors.into_iter().collect();
     entries.sort_by(|(a, _), (b, _)| natural_key(a).cmp(&natural_key(b)));
@@ -114,24 +131,52 @@ fn from_torch_zip(path: &Path) -> Result<ImportedEmbedding> {
     let (root, mut storages) = torch_zip::open(path)?;
     if let Value::Tensor(t) = &root {
         let vectors = rows(storages.tensor(t)?, "tensor", path)?;
-        return Ok(ImportedEmbedding { token: None, vectors, modules: BTreeMap::new(), format: EmbeddingFormat::BareTensor });
+        return Ok(ImportedEmbedding {
+            token: None,
+            vectors,
+            modules: BTreeMap::new(),
+            format: EmbeddingFormat::BareTensor,
+        });
     }
     if let Some(params) = root.get("string_to_param") {
         let Some(Value::Tensor(t)) = params.get("*") else {
-            return Err(IdentityError::file(path, format!("`string_to_param` is {}, expected {{\"*\": tensor}}", params.describe())));
+            return Err(IdentityError::file(
+                path,
+                format!(
+                    "`string_to_param` is {}, expected {{\"*\": tensor}}",
+                    params.describe()
+                ),
+            ));
         };
         let vectors = rows(storages.tensor(t)?, "string_to_param['*']", path)?;
-        let token = root.get("name").and_then(Value::as_str).map(str::to_owned).or_else(|| file_stem(path));
+        let token = root
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| file_stem(path));
         return imported(path, token, vectors, EmbeddingFormat::A1111Pt);
     }
     let Value::Dict(pairs) = &root else {
-        return Err(IdentityError::file(path, format!("holds {}, not an embedding dict", root.describe())));
+        return Err(IdentityError::file(
+            path,
+            format!("holds {}, not an embedding dict", root.describe()),
+        ));
     };
     let mut entries = Vec::with_capacity(pairs.len());
     for (key, value) in pairs {
         match (key, value) {
-            (Value::Str(name), Value::Tensor(t)) => entries.push((name.clone(), storages.tensor(t)?)),
-            _ => return Err(IdentityError::file(path, format!("holds {}: not a recognised embedding layout", root.describe()))),
+            (Value::Str(name), Value::Tensor(t)) => {
+                entries.push((name.clone(), storages.tensor(t)?))
+            }
+            _ => {
+                return Err(IdentityError::file(
+                    path,
+                    format!(
+                        "holds {}: not a recognised embedding layout",
+                        root.describe()
+                    ),
+                ))
+            }
         }
     }
     token_map(path, entries)
@@ -148,25 +193,63 @@ fn token_map(path: &Path, entries: Vec<(String, Tensor)>) -> Result<ImportedEmbe
     }
     let widths: Vec<usize> = parts.iter().map(|p| p.dims()[1]).collect();
     if widths.windows(2).any(|w| w[0] != w[1]) {
-        return Err(IdentityError::file(path, format!("the tensors have different widths {widths:?}")));
+        return Err(IdentityError::file(
+            path,
+            format!("the tensors have different widths {widths:?}"),
+        ));
     }
     let names: Vec<&str> = entries.iter().map(|(name, _)| name.as_str()).collect();
-    imported(path, Some(shared_stem(&names)), Tensor::cat(&parts, 0)?, EmbeddingFormat::TokenMap)
+    imported(
+        path,
+        Some(shared_stem(&names)),
+        Tensor::cat(&parts, 0)?,
+        EmbeddingFormat::TokenMap,
+    )
 }
 
-fn sdxl(path: &Path, token: Option<String>, clip_l: Tensor, clip_g: Tensor) -> Result<ImportedEmbedding> {
+fn sdxl(
+    path: &Path,
+    token: Option<String>,
+    clip_l: Tensor,
+    clip_g: Tensor,
+) -> Result<ImportedEmbedding> {
     if clip_l.dims()[0] != clip_g.dims()[0] {
-        return Err(IdentityError::file(path, format!("clip_l has {} vectors but clip_g {}", clip_l.dims()[0], clip_g.dims()[0])));
+        return Err(IdentityError::file(
+            path,
+            format!(
+                "clip_l has {} vectors but clip_g {}",
+                clip_l.dims()[0],
+                clip_g.dims()[0]
+            ),
+        ));
     }
-    let modules = BTreeMap::from([("sdxl.clip_l".to_string(), clip_l.clone()), ("sdxl.clip_g".to_string(), clip_g)]);
-    Ok(ImportedEmbedding { token, vectors: clip_l, modules, format: EmbeddingFormat::A1111Sdxl })
+    let modules = BTreeMap::from([
+        ("sdxl.clip_l".to_string(), clip_l.clone()),
+        ("sdxl.clip_g".to_string(), clip_g),
+    ]);
+    Ok(ImportedEmbedding {
+        token,
+        vectors: clip_l,
+        modules,
+        format: EmbeddingFormat::A1111Sdxl,
+    })
 }
 
-fn imported(path: &Path, token: Option<String>, vectors: Tensor, format: EmbeddingFormat) -> Result<ImportedEmbedding> {
+fn imported(
+    path: &Path,
+    token: Option<String>,
+    vectors: Tensor,
+    format: EmbeddingFormat,
+) -> Result<ImportedEmbedding> {
     if vectors.dims()[0] == 0 {
         return Err(IdentityError::file(path, "holds no vectors"));
     }
-    Ok(ImportedEmbedding { token, vectors, modules: BTreeMap::new(), format })
+    Ok(ImportedEmbedding {
+        token,
+        vectors,
+        modules: BTreeMap::new(),
+        format,
+    })
 }
 
 /// A tensor as `[n, d]` f32 rows: `[d]` is one row; anything else of rank ≠ 2 is an error naming the tensor.
@@ -174,7 +257,12 @@ fn rows(tensor: Tensor, name: &str, path: &Path) -> Result<Tensor> {
     let tensor = match tensor.dims() {
         [d] if *d > 0 => tensor.unsqueeze(0)?,
         [_, d] if *d > 0 => tensor,
-        dims => return Err(IdentityError::file(path, format!("tensor `{name}` has shape {dims:?}, expected [d] or [n, d]"))),
+        dims => {
+            return Err(IdentityError::file(
+                path,
+                format!("tensor `{name}` has shape {dims:?}, expected [d] or [n, d]"),
+            ))
+        }
     };
     Ok(tensor.to_dtype(DType::F32)?)
 }
@@ -184,7 +272,9 @@ fn rows(tensor: Tensor, name: &str, path: &Path) -> Result<Tensor> {
 fn shared_stem(names: &[&str]) -> String {
     let stems: Vec<&str> = names.iter().map(|n| strip_index(n)).collect();
     match stems.as_slice() {
-        [first, rest @ ..] if !rest.is_empty() && rest.iter().all(|s| s == first) => first.to_string(),
+        [first, rest @ ..] if !rest.is_empty() && rest.iter().all(|s| s == first) => {
+            first.to_string()
+        }
         _ => names[0].to_string(),
     }
 }
@@ -195,13 +285,19 @@ fn strip_index(name: &str) -> &str {
     if without_digits.len() == name.len() {
         return name;
     }
-    without_digits.strip_suffix("_v").or_else(|| without_digits.strip_suffix('_')).unwrap_or(name)
+    without_digits
+        .strip_suffix("_v")
+        .or_else(|| without_digits.strip_suffix('_'))
+        .unwrap_or(name)
 }
 
 /// Orders `tok`, `tok_1`, `tok_2`, …, `tok_10` as a person would (safetensors keeps no key order).
 fn natural_key(name: &str) -> (&str, u64) {
     let stem = strip_index(name);
-    let index = name[stem.len()..].trim_start_matches(['_', 'v']).parse().unwrap_or(0);
+    let index = name[stem.len()..]
+        .trim_start_matches(['_', 'v'])
+        .parse()
+        .unwrap_or(0);
     (stem, index)
 }
 

@@ -32,14 +32,24 @@ pub struct BaseModel {
 
 /// Keys of a transformers `config.json` that record how and where it was saved rather than what the model is:
 /// the same text encoder re-saved by another transformers version or in fp16 must keep its hash.
-const BOOKKEEPING_KEYS: [&str; 5] = ["_name_or_path", "transformers_version", "torch_dtype", "dtype", "_commit_hash"];
+const BOOKKEEPING_KEYS: [&str; 5] = [
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "_commit_hash",
+];
 
 const UNKNOWN: &str = "unknown";
 
 impl BaseModel {
     /// The base of an embedding imported without a model: only its width `d` is known, checked at use.
     pub fn unknown(width: usize) -> Self {
-        BaseModel { name: UNKNOWN.into(), text_encoder_hash: UNKNOWN.into(), embedding_shape: [0, width] }
+        BaseModel {
+            name: UNKNOWN.into(),
+            text_encoder_hash: UNKNOWN.into(),
+            embedding_shape: [0, width],
+        }
     }
 
     pub fn is_unknown(&self) -> bool {
@@ -61,16 +71,29 @@ impl BaseModel {
     }
 
     /// Builds the description from the bytes of a CLIP text-encoder `config.json` (`path` only names it in errors).
-    pub fn from_text_encoder_config(name: impl Into<String>, config: &[u8], path: &Path) -> Result<Self> {
-        let config: Value = serde_json::from_slice(config)
-            .map_err(|e| IdentityError::file(path, format!("text-encoder config is not JSON: {e}")))?;
+    pub fn from_text_encoder_config(
+        name: impl Into<String>,
+        config: &[u8],
+        path: &Path,
+    ) -> Result<Self> {
+        let config: Value = serde_json::from_slice(config).map_err(|e| {
+            IdentityError::file(path, format!("text-encoder config is not JSON: {e}"))
+        })?;
         let field = |key: &str| {
-            config.get(key).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| {
-                IdentityError::file(path, format!("text-encoder config has no integer `{key}`"))
-            })
+            config
+                .get(key)
+                .and_then(Value::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| {
+                    IdentityError::file(path, format!("text-encoder config has no integer `{key}`"))
+                })
         };
         let shape = [field("vocab_size")?, field("hidden_size")?];
-        Ok(BaseModel { name: name.into(), text_encoder_hash: text_encoder_hash(&config, shape), embedding_shape: shape })
+        Ok(BaseModel {
+            name: name.into(),
+            text_encoder_hash: text_encoder_hash(&config, shape),
+            embedding_shape: shape,
+        })
     }
 
     /// `name (text encoder hash 0123456789ab…, embeddings [49408, 1024])`, for error messages.
@@ -79,7 +102,10 @@ impl BaseModel {
         if self.is_unknown() {
             return format!("{} (embedding width {width})", self.name);
         }
-        format!("{} (text encoder hash {:.12}…, embeddings [{vocab}, {width}])", self.name, self.text_encoder_hash)
+        format!(
+            "{} (text encoder hash {:.12}…, embeddings [{vocab}, {width}])",
+            self.name, self.text_encoder_hash
+        )
     }
 }
 
@@ -95,7 +121,11 @@ pub fn text_encoder_hash(config: &Value, embedding_shape: [usize; 2]) -> String 
     let mut hasher = Sha256::new();
     hasher.update(config.to_string().as_bytes());
     hasher.update(format!("\n[{},{}]", embedding_shape[0], embedding_shape[1]).as_bytes());
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Rebuilds every object with its keys inserted in sorted order, so the serialised text is sorted whether or not
@@ -105,7 +135,11 @@ fn canonical(value: &Value) -> Value {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
-            Value::Object(keys.into_iter().map(|k| (k.clone(), canonical(&map[k]))).collect())
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), canonical(&map[k])))
+                    .collect(),
+            )
         }
         Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
         other => other.clone(),
@@ -122,8 +156,13 @@ fn model_name(dir: &Path) -> String {
         .filter(|p| file_name(p).as_deref() == Some("snapshots"))
         .and_then(Path::parent)
         .and_then(file_name)
-        .and_then(|repo| repo.strip_prefix("models--").map(|r| r.replacen("--", "/", 1)));
-    snapshot_repo.or_else(|| file_name(&dir)).unwrap_or_else(|| dir.display().to_string())
+        .and_then(|repo| {
+            repo.strip_prefix("models--")
+                .map(|r| r.replacen("--", "/", 1))
+        });
+    snapshot_repo
+        .or_else(|| file_name(&dir))
+        .unwrap_or_else(|| dir.display().to_string())
 }
 
 /// What an identity was trained with; stored in the identity file's header (see the module docs).
@@ -164,11 +203,22 @@ const TOKEN_KEY: &str = "token";
 const TOKENS_KEY: &str = "tokens";
 
 /// The safetensors header of an identity: one JSON-encoded value per metadata field, plus the token names.
-pub(crate) fn to_header(meta: &IdentityMeta, token: &str, tokens: &[String]) -> Result<HashMap<String, String>> {
-    let Value::Object(fields) = serde_json::to_value(meta).map_err(|e| IdentityError::Invalid(e.to_string()))? else {
-        return Err(IdentityError::Invalid("identity metadata did not serialise to a JSON object".into()));
+pub(crate) fn to_header(
+    meta: &IdentityMeta,
+    token: &str,
+    tokens: &[String],
+) -> Result<HashMap<String, String>> {
+    let Value::Object(fields) =
+        serde_json::to_value(meta).map_err(|e| IdentityError::Invalid(e.to_string()))?
+    else {
+        return Err(IdentityError::Invalid(
+            "identity metadata did not serialise to a JSON object".into(),
+        ));
     };
-    let mut header: HashMap<String, String> = fields.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+    let mut header: HashMap<String, String> = fields
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
     header.insert(TOKEN_KEY.into(), Value::from(token).to_string());
     header.insert(TOKENS_KEY.into(), Value::from(tokens.to_vec()).to_string());
     Ok(header)
@@ -176,11 +226,18 @@ pub(crate) fn to_header(meta: &IdentityMeta, token: &str, tokens: &[String]) -> 
 
 /// Parses an identity header back: checks `format` and `format_version` first so that a file of another kind or
 /// a newer version gets that message rather than a confusing missing-field one.
-pub(crate) fn from_header(header: &HashMap<String, String>, path: &Path) -> Result<(IdentityMeta, String, Vec<String>)> {
+pub(crate) fn from_header(
+    header: &HashMap<String, String>,
+    path: &Path,
+) -> Result<(IdentityMeta, String, Vec<String>)> {
     let mut fields = Map::new();
     for (key, raw) in header {
-        let value: Value = serde_json::from_str(raw)
-            .map_err(|e| IdentityError::file(path, format!("bad metadata: key `{key}` is not JSON ({e}): {raw:?}")))?;
+        let value: Value = serde_json::from_str(raw).map_err(|e| {
+            IdentityError::file(
+                path,
+                format!("bad metadata: key `{key}` is not JSON ({e}): {raw:?}"),
+            )
+        })?;
         fields.insert(key.clone(), value);
     }
     check_format(&fields, path)?;
@@ -195,7 +252,10 @@ fn check_format(fields: &Map<String, Value>, path: &Path) -> Result<()> {
     match fields.get("format").and_then(Value::as_str) {
         Some(FORMAT) => {}
         Some(other) => {
-            return Err(IdentityError::file(path, format!("header format is {other:?}, not a {FORMAT} file")));
+            return Err(IdentityError::file(
+                path,
+                format!("header format is {other:?}, not a {FORMAT} file"),
+            ));
         }
         None => {
             return Err(IdentityError::file(
@@ -214,13 +274,23 @@ fn check_format(fields: &Map<String, Value>, path: &Path) -> Result<()> {
     }
 }
 
-fn take_field<T: serde::de::DeserializeOwned>(fields: &mut Map<String, Value>, key: &str, path: &Path) -> Result<T> {
-    let value = fields.remove(key).ok_or_else(|| IdentityError::file(path, format!("bad metadata: no `{key}` key")))?;
-    serde_json::from_value(value).map_err(|e| IdentityError::file(path, format!("bad metadata: `{key}`: {e}")))
+fn take_field<T: serde::de::DeserializeOwned>(
+    fields: &mut Map<String, Value>,
+    key: &str,
+    path: &Path,
+) -> Result<T> {
+    let value = fields
+        .remove(key)
+        .ok_or_else(|| IdentityError::file(path, format!("bad metadata: no `{key}` key")))?;
+    serde_json::from_value(value)
+        .map_err(|e| IdentityError::file(path, format!("bad metadata: `{key}`: {e}")))
 }
 
 fn now_unix_seconds() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for a unix time, by the days-to-civil conversion of the proleptic Gregorian calendar
@@ -237,7 +307,12 @@ fn rfc3339_utc(unix_seconds: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 #[cfg(test)]
@@ -253,9 +328,18 @@ mod tests {
 
     #[test]
     fn hash_ignores_whitespace_order_and_bookkeeping() {
-        let a: Value = serde_json::from_str(r#"{"hidden_size": 32, "vocab_size": 10, "transformers_version": "4"}"#).unwrap();
+        let a: Value = serde_json::from_str(
+            r#"{"hidden_size": 32, "vocab_size": 10, "transformers_version": "4"}"#,
+        )
+        .unwrap();
         let b: Value = serde_json::from_str("{\"vocab_size\":10,\n  \"hidden_size\":32}").unwrap();
-        assert_eq!(text_encoder_hash(&a, [10, 32]), text_encoder_hash(&b, [10, 32]));
-        assert_ne!(text_encoder_hash(&a, [10, 32]), text_encoder_hash(&a, [11, 32]));
+        assert_eq!(
+            text_encoder_hash(&a, [10, 32]),
+            text_encoder_hash(&b, [10, 32])
+        );
+        assert_ne!(
+            text_encoder_hash(&a, [10, 32]),
+            text_encoder_hash(&a, [11, 32])
+        );
     }
 }

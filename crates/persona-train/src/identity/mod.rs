@@ -50,7 +50,13 @@ impl Identity {
     pub fn new(token: impl Into<String>, embeddings: Tensor, meta: IdentityMeta) -> Result<Self> {
         let token = token.into();
         let n = embeddings.dims().first().copied().unwrap_or(0);
-        let identity = Identity { tokens: Self::pseudo_tokens(&token, n), token, embeddings, modules: BTreeMap::new(), meta };
+        let identity = Identity {
+            tokens: Self::pseudo_tokens(&token, n),
+            token,
+            embeddings,
+            modules: BTreeMap::new(),
+            meta,
+        };
         identity.validate()?;
         Ok(identity)
     }
@@ -68,6 +74,21 @@ impl Identity {
     /// Embedding width d.
     pub fn width(&self) -> usize {
         self.embeddings.dims().get(1).copied().unwrap_or(0)
+    }
+
+    /// The same identity with its tensors on `device` (files are read onto the CPU; a model may run on a GPU).
+    pub fn to_device(self, device: &candle_core::Device) -> Result<Self> {
+        let embeddings = self.embeddings.to_device(device)?;
+        let modules = self
+            .modules
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_device(device)?)))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            embeddings,
+            modules,
+            ..self
+        })
     }
 
     /// Writes the identity atomically (temporary file + rename) as safetensors with its metadata header.
@@ -89,8 +110,16 @@ impl Identity {
             .remove(EMBEDDINGS)
             .ok_or_else(|| IdentityError::file(path, format!("missing tensor `{EMBEDDINGS}`")))?
             .to_dtype(DType::F32)?;
-        let identity = Identity { token, tokens, embeddings, modules: file.tensors, meta };
-        identity.validate().map_err(|e| IdentityError::file(path, e))?;
+        let identity = Identity {
+            token,
+            tokens,
+            embeddings,
+            modules: file.tensors,
+            meta,
+        };
+        identity
+            .validate()
+            .map_err(|e| IdentityError::file(path, e))?;
         Ok(identity)
     }
 
@@ -101,7 +130,8 @@ impl Identity {
     pub fn check_base(&self, loaded: &BaseModel, force: bool) -> Result<()> {
         let trained_for = &self.meta.base_model;
         let width_differs = self.width() != loaded.width();
-        let hash_differs = !trained_for.is_unknown() && trained_for.text_encoder_hash != loaded.text_encoder_hash;
+        let hash_differs =
+            !trained_for.is_unknown() && trained_for.text_encoder_hash != loaded.text_encoder_hash;
         if width_differs || (hash_differs && !force) {
             return Err(IdentityError::BaseMismatch {
                 identity: self.token.clone(),
@@ -123,10 +153,20 @@ impl Identity {
 
     /// An identity from an imported embedding, method `imported`. The token is `token`, else the one the file
     /// names; `base` (when known) is recorded and must have the vectors' width, otherwise the base is unknown.
-    pub fn from_imported(imported: ImportedEmbedding, token: Option<&str>, base: Option<BaseModel>) -> Result<Self> {
-        let token = token.map(str::to_owned).or(imported.token.clone()).ok_or_else(|| {
-            IdentityError::Invalid(format!("the {} file names no token; give one (--token)", imported.format))
-        })?;
+    pub fn from_imported(
+        imported: ImportedEmbedding,
+        token: Option<&str>,
+        base: Option<BaseModel>,
+    ) -> Result<Self> {
+        let token = token
+            .map(str::to_owned)
+            .or(imported.token.clone())
+            .ok_or_else(|| {
+                IdentityError::Invalid(format!(
+                    "the {} file names no token; give one (--token)",
+                    imported.format
+                ))
+            })?;
         let width = imported.vectors.dims().get(1).copied().unwrap_or(0);
         let base = match base {
             Some(base) if base.width() != width => {
@@ -140,7 +180,11 @@ impl Identity {
             None => BaseModel::unknown(width),
         };
         let hyper = serde_json::json!({ "imported_from": imported.format.to_string(), "source_token": imported.token });
-        let mut identity = Identity::new(token, imported.vectors.to_device(&Device::Cpu)?, IdentityMeta::new("imported", base, hyper))?;
+        let mut identity = Identity::new(
+            token,
+            imported.vectors.to_device(&Device::Cpu)?,
+            IdentityMeta::new("imported", base, hyper),
+        )?;
         identity.modules = imported.modules;
         identity.validate()?;
         Ok(identity)
@@ -150,20 +194,33 @@ impl Identity {
     fn validate(&self) -> Result<()> {
         let invalid = |msg: String| Err(IdentityError::Invalid(msg));
         if self.token.is_empty() || self.token.chars().any(char::is_whitespace) {
-            return invalid(format!("token {:?} must be non-empty and without spaces", self.token));
+            return invalid(format!(
+                "token {:?} must be non-empty and without spaces",
+                self.token
+            ));
         }
         let [n, d] = match self.embeddings.dims() {
             &[n, d] if n > 0 && d > 0 => [n, d],
-            dims => return invalid(format!("embeddings must be [n, d] with n, d > 0, got {dims:?}")),
+            dims => {
+                return invalid(format!(
+                    "embeddings must be [n, d] with n, d > 0, got {dims:?}"
+                ))
+            }
         };
         if self.tokens.len() != n {
-            return invalid(format!("{} pseudo-token names for {n} embedding rows", self.tokens.len()));
+            return invalid(format!(
+                "{} pseudo-token names for {n} embedding rows",
+                self.tokens.len()
+            ));
         }
         if self.modules.contains_key(EMBEDDINGS) {
             return invalid(format!("a module may not be named `{EMBEDDINGS}`"));
         }
         if self.meta.base_model.width() != d {
-            return invalid(format!("embeddings are {d} wide but the base model's are {}", self.meta.base_model.width()));
+            return invalid(format!(
+                "embeddings are {d} wide but the base model's are {}",
+                self.meta.base_model.width()
+            ));
         }
         Ok(())
     }

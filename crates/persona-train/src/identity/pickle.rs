@@ -75,7 +75,10 @@ impl Value {
     /// The value under a string key, for a dict.
     pub(crate) fn get(&self, key: &str) -> Option<&Value> {
         match self {
-            Value::Dict(pairs) => pairs.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v),
+            Value::Dict(pairs) => pairs
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
             _ => None,
         }
     }
@@ -84,7 +87,10 @@ impl Value {
     pub(crate) fn describe(&self) -> String {
         match self {
             Value::Dict(pairs) => {
-                let keys: Vec<String> = pairs.iter().map(|(k, _)| k.as_str().unwrap_or("<non-string>").to_string()).collect();
+                let keys: Vec<String> = pairs
+                    .iter()
+                    .map(|(k, _)| k.as_str().unwrap_or("<non-string>").to_string())
+                    .collect();
                 format!("a dict with keys {keys:?}")
             }
             Value::Tensor(t) => format!("a tensor {:?}", t.size),
@@ -119,14 +125,23 @@ const NODE_BUDGET: usize = 1 << 20;
 
 /// Parses a whole pickle into a value tree, or says why it refuses to.
 pub(crate) fn parse(input: &[u8]) -> Result<Value, String> {
-    let mut machine = Machine { input, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), budget: NODE_BUDGET };
+    let mut machine = Machine {
+        input,
+        pos: 0,
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+        budget: NODE_BUDGET,
+    };
     loop {
         let at = machine.pos;
         let op = machine.byte()?;
         if op == op::STOP {
             return machine.finish();
         }
-        machine.step(op).map_err(|e| format!("pickle byte {at} (opcode 0x{op:02x}): {e}"))?;
+        machine
+            .step(op)
+            .map_err(|e| format!("pickle byte {at} (opcode 0x{op:02x}): {e}"))?;
     }
 }
 
@@ -178,17 +193,28 @@ struct Item {
 
 impl Item {
     fn leaf(value: Value) -> Self {
-        Item { value, depth: 0, nodes: 1 }
+        Item {
+            value,
+            depth: 0,
+            nodes: 1,
+        }
     }
 
     /// Wraps children into a container, refusing nesting beyond [`MAX_DEPTH`].
-    fn container(children: Vec<Item>, make: impl FnOnce(Vec<Value>) -> Value) -> Result<Self, String> {
+    fn container(
+        children: Vec<Item>,
+        make: impl FnOnce(Vec<Value>) -> Value,
+    ) -> Result<Self, String> {
         let depth = 1 + children.iter().map(|c| c.depth).max().unwrap_or(0);
         if depth > MAX_DEPTH {
             return Err(format!("containers nested deeper than {MAX_DEPTH}"));
         }
         let nodes = 1 + children.iter().map(|c| c.nodes).sum::<usize>();
-        Ok(Item { value: make(children.into_iter().map(|c| c.value).collect()), depth, nodes })
+        Ok(Item {
+            value: make(children.into_iter().map(|c| c.value).collect()),
+            depth,
+            nodes,
+        })
     }
 
     /// Adds children to this list or dict in place (APPEND, SETITEM…).
@@ -324,7 +350,9 @@ impl Machine<'_> {
             op::STACK_GLOBAL => {
                 let mut names = self.pop_n(2)?.into_iter().map(|i| i.value);
                 match (names.next(), names.next()) {
-                    (Some(Value::Str(module)), Some(Value::Str(name))) => self.push_global(&module, &name)?,
+                    (Some(Value::Str(module)), Some(Value::Str(name))) => {
+                        self.push_global(&module, &name)?
+                    }
                     _ => return Err("STACK_GLOBAL without two strings".into()),
                 }
             }
@@ -338,13 +366,21 @@ impl Machine<'_> {
                 let item = reduce(callable, args)?;
                 self.stack.push(item)
             }
-            _ => return Err("unsupported opcode (only the data opcodes torch.save writes are read)".into()),
+            _ => {
+                return Err(
+                    "unsupported opcode (only the data opcodes torch.save writes are read)".into(),
+                )
+            }
         }
         Ok(())
     }
 
     fn finish(mut self) -> Result<Value, String> {
-        match (self.stack.pop(), self.stack.is_empty(), self.marks.is_empty()) {
+        match (
+            self.stack.pop(),
+            self.stack.is_empty(),
+            self.marks.is_empty(),
+        ) {
             (Some(item), true, true) => Ok(item.value),
             _ => Err("malformed pickle: the stack does not hold exactly one value at STOP".into()),
         }
@@ -367,7 +403,11 @@ impl Machine<'_> {
         self.stack.push(Item::leaf(value))
     }
 
-    fn push_container(&mut self, children: Vec<Item>, make: impl FnOnce(Vec<Value>) -> Value) -> Result<(), String> {
+    fn push_container(
+        &mut self,
+        children: Vec<Item>,
+        make: impl FnOnce(Vec<Value>) -> Value,
+    ) -> Result<(), String> {
         let item = Item::container(children, make)?;
         self.stack.push(item);
         Ok(())
@@ -377,7 +417,9 @@ impl Machine<'_> {
         if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
             return Err("pop across a MARK".into());
         }
-        self.stack.pop().ok_or_else(|| "stack underflow".to_string())
+        self.stack
+            .pop()
+            .ok_or_else(|| "stack underflow".to_string())
     }
 
     fn pop_n(&mut self, n: usize) -> Result<Vec<Item>, String> {
@@ -398,30 +440,47 @@ impl Machine<'_> {
         if self.stack.len() <= floor {
             return Err("stack underflow".into());
         }
-        self.stack.last_mut().ok_or_else(|| "stack underflow".to_string())
+        self.stack
+            .last_mut()
+            .ok_or_else(|| "stack underflow".to_string())
     }
 
     fn memo_put(&mut self, id: u32) -> Result<(), String> {
-        let item = self.stack.last().ok_or("memo put on an empty stack")?.clone();
+        let item = self
+            .stack
+            .last()
+            .ok_or("memo put on an empty stack")?
+            .clone();
         self.charge(item.nodes)?;
         self.memo.insert(id, item);
         Ok(())
     }
 
     fn memo_get(&mut self, id: u32) -> Result<(), String> {
-        let item = self.memo.get(&id).ok_or_else(|| format!("memo {id} is undefined"))?.clone();
+        let item = self
+            .memo
+            .get(&id)
+            .ok_or_else(|| format!("memo {id} is undefined"))?
+            .clone();
         self.charge(item.nodes)?;
         self.stack.push(item);
         Ok(())
     }
 
     fn charge(&mut self, nodes: usize) -> Result<(), String> {
-        self.budget = self.budget.checked_sub(nodes).ok_or("the pickle expands to too many values")?;
+        self.budget = self
+            .budget
+            .checked_sub(nodes)
+            .ok_or("the pickle expands to too many values")?;
         Ok(())
     }
 
     fn take(&mut self, n: usize) -> Result<&[u8], String> {
-        let end = self.pos.checked_add(n).filter(|&end| end <= self.input.len()).ok_or("truncated pickle")?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&end| end <= self.input.len())
+            .ok_or("truncated pickle")?;
         let bytes = &self.input[self.pos..end];
         self.pos = end;
         Ok(bytes)
@@ -445,7 +504,11 @@ impl Machine<'_> {
     /// A `\n`-terminated ASCII line (GLOBAL's operands), at most 256 bytes.
     fn line(&mut self) -> Result<String, String> {
         let rest = &self.input[self.pos..];
-        let len = rest.iter().take(257).position(|&b| b == b'\n').ok_or("GLOBAL name too long or unterminated")?;
+        let len = rest
+            .iter()
+            .take(257)
+            .position(|&b| b == b'\n')
+            .ok_or("GLOBAL name too long or unterminated")?;
         let line = self.utf8(len)?;
         self.pos += 1;
         Ok(line)
@@ -458,7 +521,11 @@ impl Machine<'_> {
             return Err(format!("{n}-byte integer is too large"));
         }
         let bytes = self.take(n)?;
-        let mut buf = if bytes.last().is_some_and(|b| b & 0x80 != 0) { [0xff; 8] } else { [0; 8] };
+        let mut buf = if bytes.last().is_some_and(|b| b & 0x80 != 0) {
+            [0xff; 8]
+        } else {
+            [0; 8]
+        };
         buf[..n].copy_from_slice(bytes);
         Ok(i64::from_le_bytes(buf))
     }
@@ -487,9 +554,16 @@ fn tensor_ref(args: Vec<Value>) -> Result<TensorRef, String> {
     let (Some(Value::Storage(storage)), Some(offset), Some(size), Some(stride)) =
         (args.next(), args.next(), args.next(), args.next())
     else {
-        return Err("_rebuild_tensor_v2 arguments are not (storage, offset, size, stride, …)".into());
+        return Err(
+            "_rebuild_tensor_v2 arguments are not (storage, offset, size, stride, …)".into(),
+        );
     };
-    let tensor = TensorRef { storage, offset: to_usize(&offset)?, size: usize_tuple(size)?, stride: usize_tuple(stride)? };
+    let tensor = TensorRef {
+        storage,
+        offset: to_usize(&offset)?,
+        size: usize_tuple(size)?,
+        stride: usize_tuple(stride)?,
+    };
     if tensor.size.len() != tensor.stride.len() {
         return Err("tensor size and stride have different lengths".into());
     }
@@ -505,7 +579,11 @@ fn storage_ref(pid: Value) -> Result<StorageRef, String> {
         [Value::Str(kind), Value::Global(Global::StorageType(dtype)), Value::Str(key), Value::Str(_location), numel]
             if kind == "storage" =>
         {
-            Ok(StorageRef { dtype: *dtype, key: key.clone(), numel: to_usize(numel)? })
+            Ok(StorageRef {
+                dtype: *dtype,
+                key: key.clone(),
+                numel: to_usize(numel)?,
+            })
         }
         _ => Err("persistent id is not a supported floating-point torch storage".into()),
     }
@@ -521,7 +599,10 @@ fn to_usize(v: &Value) -> Result<usize, String> {
 fn usize_tuple(v: Value) -> Result<Vec<usize>, String> {
     match v {
         Value::Tuple(items) => items.iter().map(to_usize).collect(),
-        other => Err(format!("expected a tuple of integers, found {}", other.describe())),
+        other => Err(format!(
+            "expected a tuple of integers, found {}",
+            other.describe()
+        )),
     }
 }
 
@@ -532,18 +613,29 @@ mod tests {
     /// The data.pkl of a real `torch.save({"<tiny>": tensor})` (tools/identity/make_files.py).
     fn real_pickle() -> Vec<u8> {
         use std::io::Read;
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/identity/diffusers.bin");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/identity/diffusers.bin"
+        );
         let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
         let mut bytes = Vec::new();
-        zip.by_name("diffusers/data.pkl").unwrap().read_to_end(&mut bytes).unwrap();
+        zip.by_name("diffusers/data.pkl")
+            .unwrap()
+            .read_to_end(&mut bytes)
+            .unwrap();
         bytes
     }
 
     #[test]
     fn reads_a_torch_pickle() {
         let value = parse(&real_pickle()).unwrap();
-        let Some(Value::Tensor(t)) = value.get("<tiny>") else { panic!("{value:?}") };
-        assert_eq!((t.size.as_slice(), t.stride.as_slice(), t.storage.dtype), ([2, 32].as_slice(), [32, 1].as_slice(), StorageDtype::F32));
+        let Some(Value::Tensor(t)) = value.get("<tiny>") else {
+            panic!("{value:?}")
+        };
+        assert_eq!(
+            (t.size.as_slice(), t.stride.as_slice(), t.storage.dtype),
+            ([2, 32].as_slice(), [32, 1].as_slice(), StorageDtype::F32)
+        );
     }
 
     /// Every truncation and every single-byte change of a real pickle gives a value or an error, never a panic.

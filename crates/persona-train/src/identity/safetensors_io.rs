@@ -28,21 +28,30 @@ pub(crate) fn read(path: &Path) -> Result<SafetensorsFile> {
 }
 
 fn parse(bytes: &[u8], path: &Path) -> Result<SafetensorsFile> {
-    let not_safetensors = |e: safetensors::SafeTensorError| IdentityError::file(path, format!("not a safetensors file ({e})"));
+    let not_safetensors = |e: safetensors::SafeTensorError| {
+        IdentityError::file(path, format!("not a safetensors file ({e})"))
+    };
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(not_safetensors)?;
     let file = SafeTensors::deserialize(bytes).map_err(not_safetensors)?;
     let mut tensors = BTreeMap::new();
     for (name, view) in file.tensors() {
-        let tensor = view
-            .load(&Device::Cpu)
-            .map_err(|e| IdentityError::file(path, format!("tensor `{name}` cannot be read: {e}")))?;
+        let tensor = view.load(&Device::Cpu).map_err(|e| {
+            IdentityError::file(path, format!("tensor `{name}` cannot be read: {e}"))
+        })?;
         tensors.insert(name, tensor);
     }
-    Ok(SafetensorsFile { tensors, metadata: header.metadata().clone().unwrap_or_default() })
+    Ok(SafetensorsFile {
+        tensors,
+        metadata: header.metadata().clone().unwrap_or_default(),
+    })
 }
 
 /// Serialises tensors (moved to the CPU, made contiguous) with an optional header and writes them atomically.
-pub(crate) fn write(path: &Path, tensors: &BTreeMap<String, Tensor>, metadata: Option<HashMap<String, String>>) -> Result<()> {
+pub(crate) fn write(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let mut prepared = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
         prepared.push((name.as_str(), tensor.to_device(&Device::Cpu)?.contiguous()?));
@@ -72,8 +81,14 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// `.<name>.tmp-<pid>-<n>` beside `path`: hidden, and unique across processes and threads.
 fn temp_path(path: &Path) -> Result<PathBuf> {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let name = path.file_name().ok_or_else(|| IdentityError::file(path, "not a file name"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| IdentityError::file(path, "not a file name"))?;
     let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp_name = format!(".{}.tmp-{}-{unique}", name.to_string_lossy(), std::process::id());
+    let tmp_name = format!(
+        ".{}.tmp-{}-{unique}",
+        name.to_string_lossy(),
+        std::process::id()
+    );
     Ok(path.with_file_name(tmp_name))
 }

@@ -18,16 +18,28 @@ pub fn read_names(path: Option<&Path>) -> Result<Vec<String>> {
         Some(p) => std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?,
         None => BUNDLED_NAMES.to_string(),
     };
-    let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    let names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
     if names.is_empty() {
-        return Err(Error::Msg(format!("{}: no names", path.map_or("bundled list".into(), |p| p.display().to_string()))));
+        return Err(Error::Msg(format!(
+            "{}: no names",
+            path.map_or("bundled list".into(), |p| p.display().to_string())
+        )));
     }
     Ok(names)
 }
 
 /// Column means `m [n, d]`: column i averages the input embedding of the (i+1)-th BPE token of every name
 /// that has one (`[BOS, t1 … tk, EOS]`), with the count of names per column.
-pub fn column_means(sd: &StableDiffusion, names: &[String], n: usize) -> Result<(Tensor, Vec<usize>)> {
+pub fn column_means(
+    sd: &StableDiffusion,
+    names: &[String],
+    n: usize,
+) -> Result<(Tensor, Vec<usize>)> {
     let table = sd.text_encoder.token_embedding();
     let mut cols = Vec::with_capacity(n);
     let mut counts = Vec::with_capacity(n);
@@ -41,7 +53,10 @@ pub fn column_means(sd: &StableDiffusion, names: &[String], n: usize) -> Result<
             }
         }
         if ids.is_empty() {
-            return Err(Error::Msg(format!("no name has a token {}: cannot build anchor column {i}", i + 1)));
+            return Err(Error::Msg(format!(
+                "no name has a token {}: cannot build anchor column {i}",
+                i + 1
+            )));
         }
         counts.push(ids.len());
         let rows = table.index_select(&Tensor::new(ids, table.device())?, 0)?;
@@ -57,7 +72,9 @@ pub fn encode_rows(sd: &StableDiffusion, rows: &Tensor) -> Result<Tensor> {
     let tok = &sd.tokenizer;
     let len = tok.max_length();
     if n + 2 > len {
-        return Err(Error::Msg(format!("{n} tokens do not fit a {len}-token prompt")));
+        return Err(Error::Msg(format!(
+            "{n} tokens do not fit a {len}-token prompt"
+        )));
     }
     let mut ids = vec![tok.bos_id()];
     ids.extend(std::iter::repeat_n(tok.pad_id(), n));
@@ -66,8 +83,17 @@ pub fn encode_rows(sd: &StableDiffusion, rows: &Tensor) -> Result<Tensor> {
     let ids = Tensor::new(ids, &sd.device)?.unsqueeze(0)?;
     let mut embeds = sd.text_encoder.embed(&ids)?.squeeze(0)?;
     let d = embeds.dim(D::Minus1)?;
-    embeds = Tensor::cat(&[embeds.narrow(0, 0, 1)?, rows.clone(), embeds.narrow(0, n + 1, len - n - 1)?], 0)?;
-    let out = sd.text_encoder.forward_embeds(&embeds.reshape((1, len, d))?, Output::Last)?;
+    embeds = Tensor::cat(
+        &[
+            embeds.narrow(0, 0, 1)?,
+            rows.clone(),
+            embeds.narrow(0, n + 1, len - n - 1)?,
+        ],
+        0,
+    )?;
+    let out = sd
+        .text_encoder
+        .forward_embeds(&embeds.reshape((1, len, d))?, Output::Last)?;
     Ok(out.squeeze(0)?.narrow(0, 1, n)?)
 }
 

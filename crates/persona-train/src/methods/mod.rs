@@ -24,7 +24,12 @@ pub trait Method {
     /// The trainable tensors (the optimizer updates exactly these), with stable names for checkpoints.
     fn vars(&self) -> Vec<(String, Var)>;
     /// The UNet condition for a batch of captions, sample `i` noised to `timesteps[i]`.
-    fn condition(&self, sd: &StableDiffusion, captions: &[&str], timesteps: &[usize]) -> Result<Condition>;
+    fn condition(
+        &self,
+        sd: &StableDiffusion,
+        captions: &[&str],
+        timesteps: &[usize],
+    ) -> Result<Condition>;
     /// A cross-attention plug-in for the UNet forward of a training step (attention losses).
     fn control(&self) -> Option<&dyn AttentionControl> {
         None
@@ -54,7 +59,9 @@ impl std::str::FromStr for MethodKind {
         match s {
             "ti" => Ok(Self::Ti),
             "cross-init" => Ok(Self::CrossInit),
-            other => Err(Error::Msg(format!("unknown method {other:?}; expected ti or cross-init"))),
+            other => Err(Error::Msg(format!(
+                "unknown method {other:?}; expected ti or cross-init"
+            ))),
         }
     }
 }
@@ -95,33 +102,62 @@ impl TokenMethod {
             return Err(Error::Msg("--num-tokens must be at least 1".into()));
         }
         if token.trim().is_empty() || token.contains(char::is_whitespace) {
-            return Err(Error::Msg(format!("token {token:?} must be one word without spaces")));
+            return Err(Error::Msg(format!(
+                "token {token:?} must be one word without spaces"
+            )));
         }
         let names: Vec<String> = (0..n).map(|i| format!("{token}_v{i}")).collect();
         for name in std::iter::once(token).chain(names.iter().map(String::as_str)) {
-            if sd.tokenizer.token_id(name).is_some() || sd.tokenizer.token_id(&format!("{name}</w>")).is_some() {
-                return Err(Error::Msg(format!("token {name} is already in the vocabulary; choose another --token")));
+            if sd.tokenizer.token_id(name).is_some()
+                || sd.tokenizer.token_id(&format!("{name}</w>")).is_some()
+            {
+                return Err(Error::Msg(format!(
+                    "token {name} is already in the vocabulary; choose another --token"
+                )));
             }
         }
         Ok(names)
     }
 
-    pub fn new(sd: &StableDiffusion, kind: MethodKind, token: &str, init: &InitOptions, reg_weight: f64) -> Result<Self> {
+    pub fn new(
+        sd: &StableDiffusion,
+        kind: MethodKind,
+        token: &str,
+        init: &InitOptions,
+        reg_weight: f64,
+    ) -> Result<Self> {
         let names = Self::token_names(sd, token, init.num_tokens)?;
         let n = init.num_tokens;
         let start = match kind {
-            MethodKind::Ti => anchor::word_rows(sd, init.init_words.as_deref().unwrap_or("person"), n)?,
+            MethodKind::Ti => {
+                anchor::word_rows(sd, init.init_words.as_deref().unwrap_or("person"), n)?
+            }
             MethodKind::CrossInit => match &init.init_words {
                 Some(words) => anchor::words_anchor(sd, words, n)?,
-                None => anchor::cross_init_anchor(sd, &anchor::read_names(init.names.as_deref())?, n)?,
+                None => {
+                    anchor::cross_init_anchor(sd, &anchor::read_names(init.names.as_deref())?, n)?
+                }
             },
         };
-        let reg_weight = if kind == MethodKind::CrossInit { reg_weight } else { 0.0 };
-        Ok(Self { kind, names, rows: Var::from_tensor(&start)?, init: start.detach(), reg_weight })
+        let reg_weight = if kind == MethodKind::CrossInit {
+            reg_weight
+        } else {
+            0.0
+        };
+        Ok(Self {
+            kind,
+            names,
+            rows: Var::from_tensor(&start)?,
+            init: start.detach(),
+            reg_weight,
+        })
     }
 
     pub fn tokens(&self) -> LearnedTokens {
-        LearnedTokens { names: self.names.clone(), rows: self.rows.as_tensor().clone() }
+        LearnedTokens {
+            names: self.names.clone(),
+            rows: self.rows.as_tensor().clone(),
+        }
     }
 
     /// `reg_weight · mean_i ‖E_i − init_i + 1e-6‖₂` (PyTorch's `pairwise_distance`), or None.
@@ -131,11 +167,11 @@ impl TokenMethod {
         }
         // (E − init) first, then + 1e-6, as PyTorch does: at E = init the difference is exactly 0 and the
         // gradient direction is the eps vector's, which adding eps to init first would blur in f32.
-        let diff = (persona_diffusion::nn::grad::add(self.rows.as_tensor(), &self.init.neg()?)? + 1e-6)?;
+        let diff =
+            (persona_diffusion::nn::grad::add(self.rows.as_tensor(), &self.init.neg()?)? + 1e-6)?;
         let norms = diff.sqr()?.sum(1)?.sqrt()?;
         Ok(Some((norms.mean_all()? * self.reg_weight)?))
     }
-
 }
 
 impl Method for TokenMethod {
@@ -151,8 +187,17 @@ impl Method for TokenMethod {
         vec![("embeddings".into(), self.rows.clone())]
     }
 
-    fn condition(&self, sd: &StableDiffusion, captions: &[&str], _timesteps: &[usize]) -> Result<Condition> {
-        Ok(Condition::new(sd.encode_with_tokens(captions, &[self.tokens()], Output::Last)?))
+    fn condition(
+        &self,
+        sd: &StableDiffusion,
+        captions: &[&str],
+        _timesteps: &[usize],
+    ) -> Result<Condition> {
+        Ok(Condition::new(sd.encode_with_tokens(
+            captions,
+            &[self.tokens()],
+            Output::Last,
+        )?))
     }
 
     fn extra_loss(&self) -> Result<Option<Tensor>> {
@@ -164,6 +209,10 @@ impl Method for TokenMethod {
     }
 
     fn identity_parts(&self) -> (Vec<String>, Tensor, BTreeMap<String, Tensor>) {
-        (self.names.clone(), self.rows.as_tensor().detach(), self.extra_tensors())
+        (
+            self.names.clone(),
+            self.rows.as_tensor().detach(),
+            self.extra_tensors(),
+        )
     }
 }

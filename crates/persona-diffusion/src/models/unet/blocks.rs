@@ -35,7 +35,11 @@ impl ResnetBlock2D {
             Some(t) => Some(Linear::load(&w.pp("time_emb_proj"), t, cout, true)?),
             None => None,
         };
-        let conv_shortcut = if cin != cout { Some(Conv2d::load(&w.pp("conv_shortcut"), cin, cout, 1, 1, 0)?) } else { None };
+        let conv_shortcut = if cin != cout {
+            Some(Conv2d::load(&w.pp("conv_shortcut"), cin, cout, 1, 1, 0)?)
+        } else {
+            None
+        };
         Ok(Self {
             norm1: GroupNorm::load(&w.pp("norm1"), o.groups, cin, o.eps)?,
             conv1: Conv2d::load(&w.pp("conv1"), cin, cout, 3, 1, 1)?,
@@ -48,12 +52,16 @@ impl ResnetBlock2D {
     }
 
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let mut h = self.conv1.forward(&self.act.forward(&self.norm1.forward(x)?)?)?;
+        let mut h = self
+            .conv1
+            .forward(&self.act.forward(&self.norm1.forward(x)?)?)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(&self.act.forward(temb)?)?;
             h = add(&h, &t.unsqueeze(2)?.unsqueeze(3)?)?;
         }
-        let h = self.conv2.forward(&self.act.forward(&self.norm2.forward(&h)?)?)?;
+        let h = self
+            .conv2
+            .forward(&self.act.forward(&self.norm2.forward(&h)?)?)?;
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
@@ -70,8 +78,18 @@ pub struct Downsample {
 
 impl Downsample {
     pub fn load(w: &Weights, channels: usize, padding: usize) -> Result<Self> {
-        let conv = Conv2d::load(&w.pp("downsamplers.0.conv"), channels, channels, 3, 2, padding)?;
-        Ok(Self { conv, asymmetric_pad: padding == 0 })
+        let conv = Conv2d::load(
+            &w.pp("downsamplers.0.conv"),
+            channels,
+            channels,
+            3,
+            2,
+            padding,
+        )?;
+        Ok(Self {
+            conv,
+            asymmetric_pad: padding == 0,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -90,7 +108,9 @@ pub struct Upsample {
 
 impl Upsample {
     pub fn load(w: &Weights, channels: usize) -> Result<Self> {
-        Ok(Self { conv: Conv2d::load(&w.pp("upsamplers.0.conv"), channels, channels, 3, 1, 1)? })
+        Ok(Self {
+            conv: Conv2d::load(&w.pp("upsamplers.0.conv"), channels, channels, 3, 1, 1)?,
+        })
     }
 
     pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
@@ -131,7 +151,12 @@ fn load_attention(s: &BlockSpec, j: usize) -> Result<Option<Transformer2D>> {
     match s.transformer {
         Some(t) => {
             let name = format!("{}.attentions.{j}", s.name);
-            Ok(Some(Transformer2D::load(&s.w.pp("attentions").pp(j), &name, s.cout, t)?))
+            Ok(Some(Transformer2D::load(
+                &s.w.pp("attentions").pp(j),
+                &name,
+                s.cout,
+                t,
+            )?))
         }
         None => Ok(None),
     }
@@ -143,15 +168,32 @@ impl DownBlock {
         let mut attentions = Vec::new();
         for j in 0..s.layers {
             let cin = if j == 0 { s.cin } else { s.cout };
-            resnets.push(ResnetBlock2D::load(&s.w.pp("resnets").pp(j), cin, s.cout, s.resnet)?);
+            resnets.push(ResnetBlock2D::load(
+                &s.w.pp("resnets").pp(j),
+                cin,
+                s.cout,
+                s.resnet,
+            )?);
             attentions.extend(load_attention(&s, j)?);
         }
-        let downsample = s.resample.map(|pad| Downsample::load(s.w, s.cout, pad)).transpose()?;
-        Ok(Self { resnets, attentions, downsample })
+        let downsample = s
+            .resample
+            .map(|pad| Downsample::load(s.w, s.cout, pad))
+            .transpose()?;
+        Ok(Self {
+            resnets,
+            attentions,
+            downsample,
+        })
     }
 
     /// Returns the output and every intermediate state the up path concatenates (skip connections).
-    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>, cross: Option<CrossAttnInput>) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        temb: Option<&Tensor>,
+        cross: Option<CrossAttnInput>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut x = x.clone();
         let mut states = Vec::new();
         for (j, resnet) in self.resnets.iter().enumerate() {
@@ -176,10 +218,25 @@ pub struct MidBlock {
 }
 
 impl MidBlock {
-    pub fn load(w: &Weights, channels: usize, resnet: ResnetOptions, t: TransformerOptions) -> Result<Self> {
-        let resnets = (0..2).map(|j| ResnetBlock2D::load(&w.pp("resnets").pp(j), channels, channels, resnet)).collect::<Result<_>>()?;
-        let attentions = vec![Transformer2D::load(&w.pp("attentions.0"), "mid_block.attentions.0", channels, t)?];
-        Ok(Self { resnets, attentions })
+    pub fn load(
+        w: &Weights,
+        channels: usize,
+        resnet: ResnetOptions,
+        t: TransformerOptions,
+    ) -> Result<Self> {
+        let resnets = (0..2)
+            .map(|j| ResnetBlock2D::load(&w.pp("resnets").pp(j), channels, channels, resnet))
+            .collect::<Result<_>>()?;
+        let attentions = vec![Transformer2D::load(
+            &w.pp("attentions.0"),
+            "mid_block.attentions.0",
+            channels,
+            t,
+        )?];
+        Ok(Self {
+            resnets,
+            attentions,
+        })
     }
 
     pub fn forward(&self, x: &Tensor, temb: &Tensor, cross: CrossAttnInput) -> Result<Tensor> {
@@ -206,11 +263,23 @@ impl UpBlock {
         let mut attentions = Vec::new();
         for (j, skip) in skip_channels.iter().enumerate() {
             let cin = if j == 0 { s.cin } else { s.cout };
-            resnets.push(ResnetBlock2D::load(&s.w.pp("resnets").pp(j), cin + skip, s.cout, s.resnet)?);
+            resnets.push(ResnetBlock2D::load(
+                &s.w.pp("resnets").pp(j),
+                cin + skip,
+                s.cout,
+                s.resnet,
+            )?);
             attentions.extend(load_attention(&s, j)?);
         }
-        let upsample = s.resample.map(|_| Upsample::load(s.w, s.cout)).transpose()?;
-        Ok(Self { resnets, attentions, upsample })
+        let upsample = s
+            .resample
+            .map(|_| Upsample::load(s.w, s.cout))
+            .transpose()?;
+        Ok(Self {
+            resnets,
+            attentions,
+            upsample,
+        })
     }
 
     /// `skips` are popped from the end; `next_size` is the spatial size the upsampler must reach.
@@ -224,7 +293,9 @@ impl UpBlock {
     ) -> Result<Tensor> {
         let mut x = x.clone();
         for (j, resnet) in self.resnets.iter().enumerate() {
-            let skip = skips.pop().ok_or_else(|| crate::Error::Msg("UNet: skip connections exhausted".into()))?;
+            let skip = skips
+                .pop()
+                .ok_or_else(|| crate::Error::Msg("UNet: skip connections exhausted".into()))?;
             x = resnet.forward(&cat2(&x, &skip, 1)?, Some(temb))?;
             if let Some(attn) = self.attentions.get(j) {
                 x = attn.forward(&x, cross.condition, cross.control)?;

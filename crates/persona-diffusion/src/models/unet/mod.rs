@@ -8,11 +8,13 @@ use std::path::Path;
 
 use candle_core::{DType, Module, Tensor};
 
-pub use blocks::{CrossAttnInput, Downsample, ResnetBlock2D, ResnetOptions, Upsample};
 use blocks::{BlockSpec, DownBlock, MidBlock, UpBlock};
+pub use blocks::{CrossAttnInput, Downsample, ResnetBlock2D, ResnetOptions, Upsample};
 use transformer::TransformerOptions;
 
-use crate::nn::{read_json, Activation, AttentionControl, Condition, Conv2d, GroupNorm, Linear, Weights};
+use crate::nn::{
+    read_json, Activation, AttentionControl, Condition, Conv2d, GroupNorm, Linear, Weights,
+};
 use crate::{Error, Result};
 
 /// A config value that is either one number for every block or one per block.
@@ -80,7 +82,7 @@ pub struct Config {
     pub num_attention_heads: Option<PerBlock>,
     #[serde(default)]
     pub use_linear_projection: bool,
-    /// Softmax in f32 for fp16 models; always true here since persona computes in f32.
+    /// Softmax in f32 for fp16 models; always the case here (half-precision softmax accumulates in f32).
     #[serde(default)]
     pub upcast_attention: bool,
     #[serde(default)]
@@ -97,18 +99,42 @@ pub struct Config {
     pub time_embedding_type: String,
 }
 
-fn d_sample() -> usize { 64 }
-fn d_four() -> usize { 4 }
-fn d_true() -> bool { true }
-fn d_layers() -> PerBlock { one(2) }
-fn d_one() -> usize { 1 }
-fn d_silu() -> Activation { Activation::Silu }
-fn d_groups() -> usize { 32 }
-fn d_eps() -> f64 { 1e-5 }
-fn d_one_per_block() -> PerBlock { one(1) }
-fn d_head_dim() -> PerBlock { one(8) }
-fn d_default() -> String { "default".into() }
-fn d_positional() -> String { "positional".into() }
+fn d_sample() -> usize {
+    64
+}
+fn d_four() -> usize {
+    4
+}
+fn d_true() -> bool {
+    true
+}
+fn d_layers() -> PerBlock {
+    one(2)
+}
+fn d_one() -> usize {
+    1
+}
+fn d_silu() -> Activation {
+    Activation::Silu
+}
+fn d_groups() -> usize {
+    32
+}
+fn d_eps() -> f64 {
+    1e-5
+}
+fn d_one_per_block() -> PerBlock {
+    one(1)
+}
+fn d_head_dim() -> PerBlock {
+    one(8)
+}
+fn d_default() -> String {
+    "default".into()
+}
+fn d_positional() -> String {
+    "positional".into()
+}
 
 impl Config {
     pub fn read(path: &Path) -> Result<Self> {
@@ -120,7 +146,11 @@ impl Config {
     /// Refuses configs that describe an architecture this model does not build.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let n = self.block_out_channels.len();
-        let unsupported = |what: &str| Err(format!("UNet config uses {what}, which persona does not support yet"));
+        let unsupported = |what: &str| {
+            Err(format!(
+                "UNet config uses {what}, which persona does not support yet"
+            ))
+        };
         if self.class_embed_type.is_some() {
             return unsupported("class_embed_type");
         }
@@ -134,10 +164,17 @@ impl Config {
             return unsupported("a non-default time embedding");
         }
         if self.down_block_types.len() != n || self.up_block_types.len() != n {
-            return Err(format!("{n} block_out_channels but {} down / {} up block types", self.down_block_types.len(), self.up_block_types.len()));
+            return Err(format!(
+                "{n} block_out_channels but {} down / {} up block types",
+                self.down_block_types.len(),
+                self.up_block_types.len()
+            ));
         }
         for t in self.down_block_types.iter().chain(&self.up_block_types) {
-            if !matches!(t.as_str(), "CrossAttnDownBlock2D" | "DownBlock2D" | "CrossAttnUpBlock2D" | "UpBlock2D") {
+            if !matches!(
+                t.as_str(),
+                "CrossAttnDownBlock2D" | "DownBlock2D" | "CrossAttnUpBlock2D" | "UpBlock2D"
+            ) {
                 return Err(format!("unsupported block type {t}"));
             }
         }
@@ -146,7 +183,11 @@ impl Config {
                 return Err(format!("unsupported mid block {m}"));
             }
         }
-        let lists = [&self.layers_per_block, &self.transformer_layers_per_block, self.heads_config()];
+        let lists = [
+            &self.layers_per_block,
+            &self.transformer_layers_per_block,
+            self.heads_config(),
+        ];
         if lists.iter().any(|l| !l.len_ok(n)) {
             return Err(format!("a per-block list does not have {n} entries"));
         }
@@ -154,7 +195,9 @@ impl Config {
     }
 
     fn heads_config(&self) -> &PerBlock {
-        self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim)
+        self.num_attention_heads
+            .as_ref()
+            .unwrap_or(&self.attention_head_dim)
     }
 
     /// Number of attention heads of down block `i`.
@@ -164,14 +207,31 @@ impl Config {
 }
 
 /// Sinusoidal timestep features, diffusers' `get_timestep_embedding` (max period 10000).
-fn timestep_features(t: &Tensor, dim: usize, flip_sin_to_cos: bool, shift: f64, dtype: DType) -> Result<Tensor> {
+fn timestep_features(
+    t: &Tensor,
+    dim: usize,
+    flip_sin_to_cos: bool,
+    shift: f64,
+    dtype: DType,
+) -> Result<Tensor> {
     let half = dim / 2;
-    let freqs: Vec<f32> =
-        (0..half).map(|i| (-(10000f64.ln()) * i as f64 / (half as f64 - shift)).exp() as f32).collect();
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| (-(10000f64.ln()) * i as f64 / (half as f64 - shift)).exp() as f32)
+        .collect();
     let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
-    let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?.to_dtype(dtype)?;
+    // In f32 whatever the model's dtype, cast afterwards: diffusers does so, and a bf16 argument (t·f up to
+    // ~1000) would lose whole periods of the sine.
+    let args = t
+        .to_dtype(DType::F32)?
+        .unsqueeze(1)?
+        .broadcast_mul(&freqs)?;
     let (sin, cos) = (args.sin()?, args.cos()?);
-    Ok(if flip_sin_to_cos { Tensor::cat(&[cos, sin], 1)? } else { Tensor::cat(&[sin, cos], 1)? })
+    let features = if flip_sin_to_cos {
+        Tensor::cat(&[cos, sin], 1)?
+    } else {
+        Tensor::cat(&[sin, cos], 1)?
+    };
+    Ok(features.to_dtype(dtype)?)
 }
 
 pub struct UNet2DConditionModel {
@@ -192,7 +252,12 @@ impl UNet2DConditionModel {
         let ch = &c.block_out_channels;
         let n = ch.len();
         let temb_dim = ch[0] * 4;
-        let resnet = ResnetOptions { groups: c.norm_num_groups, eps: c.norm_eps, temb_channels: Some(temb_dim), act: c.act_fn };
+        let resnet = ResnetOptions {
+            groups: c.norm_num_groups,
+            eps: c.norm_eps,
+            temb_channels: Some(temb_dim),
+            act: c.act_fn,
+        };
         let transformer = |i: usize| TransformerOptions {
             layers: c.transformer_layers_per_block.get(i),
             heads: c.heads(i),
@@ -226,7 +291,9 @@ impl UNet2DConditionModel {
         for i in 0..n {
             let rev = n - 1 - i;
             let layers = c.layers_per_block.get(rev) + 1;
-            let skips: Vec<usize> = (0..layers).map(|_| skip_channels.pop().unwrap_or(0)).collect();
+            let skips: Vec<usize> = (0..layers)
+                .map(|_| skip_channels.pop().unwrap_or(0))
+                .collect();
             let cross = c.up_block_types[i].starts_with("CrossAttn");
             let spec = BlockSpec {
                 w: &w.pp("up_blocks").pp(i),
@@ -244,11 +311,21 @@ impl UNet2DConditionModel {
         Ok(Self {
             conv_in: Conv2d::load(&w.pp("conv_in"), c.in_channels, ch[0], 3, 1, 1)?,
             time_linear_1: Linear::load(&w.pp("time_embedding.linear_1"), ch[0], temb_dim, true)?,
-            time_linear_2: Linear::load(&w.pp("time_embedding.linear_2"), temb_dim, temb_dim, true)?,
+            time_linear_2: Linear::load(
+                &w.pp("time_embedding.linear_2"),
+                temb_dim,
+                temb_dim,
+                true,
+            )?,
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: GroupNorm::load(&w.pp("conv_norm_out"), c.norm_num_groups, ch[0], c.norm_eps)?,
+            conv_norm_out: GroupNorm::load(
+                &w.pp("conv_norm_out"),
+                c.norm_num_groups,
+                ch[0],
+                c.norm_eps,
+            )?,
             conv_out: Conv2d::load(&w.pp("conv_out"), ch[0], c.out_channels, 3, 1, 1)?,
             config: c.clone(),
         })
@@ -268,16 +345,33 @@ impl UNet2DConditionModel {
         control: Option<&dyn AttentionControl>,
     ) -> Result<Tensor> {
         let b = sample.dim(0)?;
-        let t = if timesteps.elem_count() == 1 { timesteps.flatten_all()?.broadcast_as(b)? } else { timesteps.clone() };
+        let t = if timesteps.elem_count() == 1 {
+            timesteps.flatten_all()?.broadcast_as(b)?
+        } else {
+            timesteps.clone()
+        };
         let c = &self.config;
-        let features = timestep_features(&t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift, sample.dtype())?;
-        let temb = self.time_linear_2.forward(&self.time_linear_1.forward(&features)?.silu()?)?;
+        // The model computes in its weights' dtype and answers in the caller's (mixed precision).
+        let (dtype, outer) = (self.conv_in.dtype(), sample.dtype());
+        let sample = &sample.to_dtype(dtype)?;
+        let features = timestep_features(
+            &t,
+            c.block_out_channels[0],
+            c.flip_sin_to_cos,
+            c.freq_shift,
+            dtype,
+        )?;
+        let temb = self
+            .time_linear_2
+            .forward(&self.time_linear_1.forward(&features)?.silu()?)?;
         let cross = CrossAttnInput { condition, control };
 
         let mut x = self.conv_in.forward(sample)?;
         let mut skips = vec![x.clone()];
         for (i, block) in self.down_blocks.iter().enumerate() {
-            let attn = c.down_block_types[i].starts_with("CrossAttn").then_some(cross);
+            let attn = c.down_block_types[i]
+                .starts_with("CrossAttn")
+                .then_some(cross);
             let (out, states) = block.forward(&x, Some(&temb), attn)?;
             x = out;
             skips.extend(states);
@@ -286,10 +380,13 @@ impl UNet2DConditionModel {
         for (i, block) in self.up_blocks.iter().enumerate() {
             let n_resnets = c.layers_per_block.get(c.block_out_channels.len() - 1 - i) + 1;
             // The upsampler must reach the size of the next skip connection (diffusers' forward_upsample_size).
-            let next_size = skips.len().checked_sub(n_resnets + 1).map(|k| (skips[k].dim(2).unwrap_or(0), skips[k].dim(3).unwrap_or(0)));
+            let next_size = skips
+                .len()
+                .checked_sub(n_resnets + 1)
+                .map(|k| (skips[k].dim(2).unwrap_or(0), skips[k].dim(3).unwrap_or(0)));
             x = block.forward(&x, &mut skips, &temb, cross, next_size)?;
         }
         let x = c.act_fn.forward(&self.conv_norm_out.forward(&x)?)?;
-        Ok(self.conv_out.forward(&x)?)
+        Ok(self.conv_out.forward(&x)?.to_dtype(outer)?)
     }
 }

@@ -4,7 +4,9 @@
 use candle_core::{Module, Tensor};
 
 use crate::nn::grad::add;
-use crate::nn::{Attention, AttentionControl, Condition, Conv2d, GroupNorm, LayerId, LayerNorm, Linear, Weights};
+use crate::nn::{
+    Attention, AttentionControl, Condition, Conv2d, GroupNorm, LayerId, LayerNorm, Linear, Weights,
+};
 use crate::Result;
 
 /// GEGLU feed-forward: `net.2(h · gelu(g))` with `[h, g] = net.0.proj(x)`.
@@ -16,13 +18,19 @@ struct FeedForward {
 impl FeedForward {
     fn load(w: &Weights, dim: usize) -> Result<Self> {
         let inner = dim * 4;
-        Ok(Self { proj: Linear::load(&w.pp("net.0.proj"), dim, inner * 2, true)?, out: Linear::load(&w.pp("net.2"), inner, dim, true)? })
+        Ok(Self {
+            proj: Linear::load(&w.pp("net.0.proj"), dim, inner * 2, true)?,
+            out: Linear::load(&w.pp("net.2"), inner, dim, true)?,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let hg = self.proj.forward(x)?;
         let half = hg.dim(candle_core::D::Minus1)? / 2;
-        let (h, g) = (hg.narrow(candle_core::D::Minus1, 0, half)?, hg.narrow(candle_core::D::Minus1, half, half)?);
+        let (h, g) = (
+            hg.narrow(candle_core::D::Minus1, 0, half)?,
+            hg.narrow(candle_core::D::Minus1, half, half)?,
+        );
         Ok(self.out.forward(&(h * crate::nn::grad::gelu_erf(&g)?)?)?)
     }
 }
@@ -39,7 +47,14 @@ struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    fn load(w: &Weights, name: String, dim: usize, heads: usize, context_dim: usize, eps: f64) -> Result<Self> {
+    fn load(
+        w: &Weights,
+        name: String,
+        dim: usize,
+        heads: usize,
+        context_dim: usize,
+        eps: f64,
+    ) -> Result<Self> {
         let head_dim = dim / heads;
         Ok(Self {
             norm1: LayerNorm::load(&w.pp("norm1"), dim, eps)?,
@@ -60,9 +75,18 @@ impl BasicTransformerBlock {
         resolution: (usize, usize),
     ) -> Result<Tensor> {
         let x = add(&self.attn1.forward_self(&self.norm1.forward(x)?)?, x)?;
-        let layer = control.map(|_| LayerId { name: self.attn2_name.clone(), resolution, heads: self.attn2.heads() });
+        let layer = control.map(|_| LayerId {
+            name: self.attn2_name.clone(),
+            resolution,
+            heads: self.attn2.heads(),
+        });
         let steer = control.zip(layer.as_ref());
-        let x = add(&self.attn2.forward_cross(&self.norm2.forward(&x)?, condition, steer)?, &x)?;
+        let x = add(
+            &self
+                .attn2
+                .forward_cross(&self.norm2.forward(&x)?, condition, steer)?,
+            &x,
+        )?;
         Ok(add(&self.ff.forward(&self.norm3.forward(&x)?)?, &x)?)
     }
 }
@@ -75,7 +99,11 @@ enum Projection {
 
 impl Projection {
     fn load(w: &Weights, linear: bool, cin: usize, cout: usize) -> Result<Self> {
-        Ok(if linear { Self::Linear(Linear::load(w, cin, cout, true)?) } else { Self::Conv(Conv2d::load(w, cin, cout, 1, 1, 0)?) })
+        Ok(if linear {
+            Self::Linear(Linear::load(w, cin, cout, true)?)
+        } else {
+            Self::Conv(Conv2d::load(w, cin, cout, 1, 1, 0)?)
+        })
     }
 }
 
@@ -104,7 +132,14 @@ impl Transformer2D {
             .map(|i| {
                 let bw = w.pp("transformer_blocks").pp(i);
                 let bname = format!("{name}.transformer_blocks.{i}");
-                BasicTransformerBlock::load(&bw, bname, channels, o.heads, o.context_dim, o.norm_eps)
+                BasicTransformerBlock::load(
+                    &bw,
+                    bname,
+                    channels,
+                    o.heads,
+                    o.context_dim,
+                    o.norm_eps,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -115,7 +150,12 @@ impl Transformer2D {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, condition: &Condition, control: Option<&dyn AttentionControl>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        condition: &Condition,
+        control: Option<&dyn AttentionControl>,
+    ) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let to_tokens = |t: &Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
         let normed = self.norm.forward(x)?;

@@ -32,7 +32,8 @@ impl Delta {
             .reshape((b * l, c))?
             .matmul(&self.down.t()?)?
             .matmul(&self.up.t()?)?;
-        Ok((base + x.reshape((b, l, ()))?)?)
+        // The delta is learned in f32; the frozen keys/values may be half precision.
+        Ok((base + x.reshape((b, l, ()))?.to_dtype(base.dtype())?)?)
     }
 }
 

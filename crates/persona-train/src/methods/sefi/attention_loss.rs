@@ -11,7 +11,7 @@ use std::cell::RefCell;
 
 use candle_core::{DType, Tensor};
 use persona_diffusion::models::clip_text::Output;
-use persona_diffusion::nn::grad::{add, matmul};
+use persona_diffusion::nn::grad::{add, matmul, upcast};
 use persona_diffusion::nn::{AttentionControl, LayerId};
 use persona_diffusion::pipeline::StableDiffusion;
 
@@ -48,15 +48,24 @@ impl LayerSelect {
                 "all" => Ok(Selector::All),
                 "1" => Ok(Selector::Fraction(1)),
                 _ => match item.strip_prefix("1/") {
-                    Some(d) => d.parse::<usize>().ok().filter(|&d| d > 0).map(Selector::Fraction).ok_or_else(|| {
-                        Error::Msg(format!("--attn-layers: {item:?} is not a fraction 1/N of the latent side"))
-                    }),
+                    Some(d) => d
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&d| d > 0)
+                        .map(Selector::Fraction)
+                        .ok_or_else(|| {
+                            Error::Msg(format!(
+                                "--attn-layers: {item:?} is not a fraction 1/N of the latent side"
+                            ))
+                        }),
                     None => Ok(Selector::Prefix(item.to_string())),
                 },
             })
             .collect::<Result<Vec<_>>>()?;
         if items.is_empty() {
-            return Err(Error::Msg(format!("--attn-layers {spec:?} selects nothing")));
+            return Err(Error::Msg(format!(
+                "--attn-layers {spec:?} selects nothing"
+            )));
         }
         Ok(Self { items, latent_side })
     }
@@ -93,7 +102,12 @@ pub struct SubjectAttention {
 
 impl SubjectAttention {
     /// `class_word` must be one token of the tokenizer (so caption and reference stay token-aligned).
-    pub fn new(sd: &StableDiffusion, class_word: &str, weight: f64, layers: LayerSelect) -> Result<Self> {
+    pub fn new(
+        sd: &StableDiffusion,
+        class_word: &str,
+        weight: f64,
+        layers: LayerSelect,
+    ) -> Result<Self> {
         let ids = sd.tokenizer.encode_unpadded(class_word)?;
         if ids.len() != 3 {
             return Err(Error::Msg(format!(
@@ -101,12 +115,23 @@ impl SubjectAttention {
                 ids.len().saturating_sub(2)
             )));
         }
-        Ok(Self { class_word: class_word.to_string(), class_id: ids[1], weight, layers, state: RefCell::default() })
+        Ok(Self {
+            class_word: class_word.to_string(),
+            class_id: ids[1],
+            weight,
+            layers,
+            state: RefCell::default(),
+        })
     }
 
     /// Prepares a step: the reference captions' condition and the pseudo-tokens' positions. `pseudo` are the
     /// pseudo-token names, each of which must occur once in every caption.
-    pub fn prepare(&self, sd: &StableDiffusion, captions: &[&str], pseudo: &[String]) -> Result<()> {
+    pub fn prepare(
+        &self,
+        sd: &StableDiffusion,
+        captions: &[&str],
+        pseudo: &[String],
+    ) -> Result<()> {
         let l = sd.tokenizer.encode("")?.len();
         let n = pseudo.len();
         let mut references = Vec::new();
@@ -114,7 +139,11 @@ impl SubjectAttention {
         // Longest names first, so `<a>_v1` never replaces the start of `<a>_v10`.
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&k| std::cmp::Reverse(pseudo[k].len()));
-        let to_reference = |text: &str| order.iter().fold(text.to_string(), |t, &k| t.replace(&pseudo[k], &self.class_word));
+        let to_reference = |text: &str| {
+            order.iter().fold(text.to_string(), |t, &k| {
+                t.replace(&pseudo[k], &self.class_word)
+            })
+        };
         for (b, caption) in captions.iter().enumerate() {
             let reference = to_reference(caption);
             let ids = sd.tokenizer.encode(&reference)?;
@@ -125,7 +154,11 @@ impl SubjectAttention {
                 };
                 // The class word is one token, like the pseudo-token it replaces: its position is the number of
                 // tokens before it (BOS included).
-                let j = sd.tokenizer.encode_unpadded(&to_reference(&caption[..at]))?.len() - 1;
+                let j = sd
+                    .tokenizer
+                    .encode_unpadded(&to_reference(&caption[..at]))?
+                    .len()
+                    - 1;
                 if ids.get(j) != Some(&self.class_id) {
                     return Err(Error::Msg(format!("caption {caption:?}: pseudo-token {name} does not align with {:?} in the reference (truncated?)", self.class_word)));
                 }
@@ -135,25 +168,50 @@ impl SubjectAttention {
         }
         let refs: Vec<&str> = references.iter().map(String::as_str).collect();
         let reference = sd.encode_prompts(&refs, Output::Last)?.detach();
-        let columns = Tensor::from_vec(onehot, (captions.len(), 1, l, n), &sd.device)?.to_dtype(reference.dtype())?;
-        *self.state.borrow_mut() = StepState { reference: Some(reference), columns: Some(columns), ..Default::default() };
+        let columns = Tensor::from_vec(onehot, (captions.len(), 1, l, n), &sd.device)?
+            .to_dtype(reference.dtype())?;
+        *self.state.borrow_mut() = StepState {
+            reference: Some(reference),
+            columns: Some(columns),
+            ..Default::default()
+        };
         Ok(())
     }
 
     /// The unweighted loss of the step's captures, which are cleared. An error when no layer was selected.
     pub fn unweighted(&self) -> Result<Tensor> {
         let state = std::mem::take(&mut *self.state.borrow_mut());
-        let columns = state.columns.ok_or_else(|| Error::Msg("attention loss read before a step was prepared".into()))?;
+        let columns = state
+            .columns
+            .ok_or_else(|| Error::Msg("attention loss read before a step was prepared".into()))?;
         if state.trained.is_empty() {
             let seen: Vec<String> = state.seen.iter().map(ToString::to_string).collect();
-            return Err(Error::Msg(format!("--attn-layers selects none of the cross-attention layers: {}", seen.join(", "))));
+            return Err(Error::Msg(format!(
+                "--attn-layers selects none of the cross-attention layers: {}",
+                seen.join(", ")
+            )));
         }
         let mut total: Option<Tensor> = None;
         for ((layer, trained), (_, referenced)) in state.trained.iter().zip(&state.referenced) {
-            let pick = |probs: &Tensor| matmul(probs, &columns.broadcast_as((probs.dim(0)?, probs.dim(1)?, probs.dim(3)?, columns.dim(3)?))?.contiguous()?);
+            let pick = |probs: &Tensor| {
+                matmul(
+                    probs,
+                    &columns
+                        .broadcast_as((
+                            probs.dim(0)?,
+                            probs.dim(1)?,
+                            probs.dim(3)?,
+                            columns.dim(3)?,
+                        ))?
+                        .contiguous()?,
+                )
+            };
             let diff = add(&pick(trained)?, &pick(referenced)?.neg()?)?;
             let term = diff.sqr()?.mean_all()?;
-            tracing::trace!("attention loss at {layer}: {}", term.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+            tracing::trace!(
+                "attention loss at {layer}: {}",
+                term.to_dtype(DType::F32)?.to_scalar::<f32>()?
+            );
             total = Some(match total {
                 Some(t) => (t + term)?,
                 None => term,
@@ -176,7 +234,11 @@ impl AttentionControl for SubjectAttention {
     }
 
     fn capture(&self, layer: &LayerId, probs: &Tensor) -> persona_diffusion::Result<()> {
-        self.state.borrow_mut().trained.push((layer.clone(), probs.clone()));
+        // The loss is computed in f32 whatever the model's precision (the cast keeps the graph).
+        self.state
+            .borrow_mut()
+            .trained
+            .push((layer.clone(), upcast(probs)?));
         Ok(())
     }
 
@@ -185,7 +247,10 @@ impl AttentionControl for SubjectAttention {
     }
 
     fn capture_reference(&self, layer: &LayerId, probs: &Tensor) -> persona_diffusion::Result<()> {
-        self.state.borrow_mut().referenced.push((layer.clone(), probs.detach()));
+        self.state
+            .borrow_mut()
+            .referenced
+            .push((layer.clone(), upcast(&probs.detach())?));
         Ok(())
     }
 }

@@ -64,7 +64,11 @@ impl Generator {
                 Ok((format!("{PREFIX}{name}"), Var::from_tensor(&t)?))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { init: init.detach(), stages, vars })
+        Ok(Self {
+            init: init.detach(),
+            stages,
+            vars,
+        })
     }
 
     pub fn vars(&self) -> Vec<(String, Var)> {
@@ -73,7 +77,11 @@ impl Generator {
 
     fn var(&self, name: &str) -> &Tensor {
         let full = format!("{PREFIX}{name}");
-        self.vars.iter().find(|(n, _)| *n == full).map(|(_, v)| v.as_tensor()).expect("every layout name is a var")
+        self.vars
+            .iter()
+            .find(|(n, _)| *n == full)
+            .map(|(_, v)| v.as_tensor())
+            .expect("every layout name is a var")
     }
 
     /// The per-stage keys and values, `[S, n, d]` each.
@@ -81,20 +89,37 @@ impl Generator {
         let (n, d) = self.init.dims2()?;
         let slots = 2 * self.stages;
         // [n, 2S, d]: for each pseudo-token, a sequence over its slots.
-        let x = self.init.unsqueeze(0)?.broadcast_add(self.var("slots"))?.transpose(0, 1)?.contiguous()?;
+        let x = self
+            .init
+            .unsqueeze(0)?
+            .broadcast_add(self.var("slots"))?
+            .transpose(0, 1)?
+            .contiguous()?;
         let proj = |t: &Tensor, w: &str| t.broadcast_matmul(self.var(w));
         let h = layer_norm(&x, self.var("norm1.weight"), self.var("norm1.bias"))?;
         let qkv = proj(&h, "qkv.weight")?;
-        let (q, k, v) = (qkv.narrow(D::Minus1, 0, d)?, qkv.narrow(D::Minus1, d, d)?, qkv.narrow(D::Minus1, 2 * d, d)?);
+        let (q, k, v) = (
+            qkv.narrow(D::Minus1, 0, d)?,
+            qkv.narrow(D::Minus1, d, d)?,
+            qkv.narrow(D::Minus1, 2 * d, d)?,
+        );
         let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
         let x = (&x + proj(&softmax_last_dim(&scores)?.matmul(&v)?, "attn_out.weight")?)?;
         let h = layer_norm(&x, self.var("norm2.weight"), self.var("norm2.bias"))?;
-        let h = proj(&h, "mlp_in.weight")?.broadcast_add(self.var("mlp_in.bias"))?.silu()?;
+        let h = proj(&h, "mlp_in.weight")?
+            .broadcast_add(self.var("mlp_in.bias"))?
+            .silu()?;
         let x = (&x + proj(&h, "mlp_out.weight")?)?;
-        let out = self.init.unsqueeze(1)?.broadcast_add(&proj(&x, "out.weight")?)?; // [n, 2S, d]
+        let out = self
+            .init
+            .unsqueeze(1)?
+            .broadcast_add(&proj(&x, "out.weight")?)?; // [n, 2S, d]
         let out = out.transpose(0, 1)?; // [2S, n, d]
         debug_assert_eq!(out.dims(), [slots, n, d]);
-        Ok((out.narrow(0, 0, self.stages)?.contiguous()?, out.narrow(0, self.stages, self.stages)?.contiguous()?))
+        Ok((
+            out.narrow(0, 0, self.stages)?.contiguous()?,
+            out.narrow(0, self.stages, self.stages)?.contiguous()?,
+        ))
     }
 }
 
@@ -103,5 +128,9 @@ fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result
     let x64 = x.to_dtype(DType::F64)?;
     let centered = x64.broadcast_sub(&x64.mean_keepdim(D::Minus1)?)?;
     let std = (centered.sqr()?.mean_keepdim(D::Minus1)? + 1e-5)?.sqrt()?;
-    centered.broadcast_div(&std)?.to_dtype(x.dtype())?.broadcast_mul(weight)?.broadcast_add(bias)
+    centered
+        .broadcast_div(&std)?
+        .to_dtype(x.dtype())?
+        .broadcast_mul(weight)?
+        .broadcast_add(bias)
 }

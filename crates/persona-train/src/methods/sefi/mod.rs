@@ -71,23 +71,42 @@ impl SefiMethod {
             return Err(Error::Msg("--stages must be at least 1".into()));
         }
         let names = TokenMethod::token_names(sd, token, o.num_tokens)?;
-        let init = anchor::word_rows(sd, o.init_word.as_deref().unwrap_or(&o.class_word), o.num_tokens)?;
+        let init = anchor::word_rows(
+            sd,
+            o.init_word.as_deref().unwrap_or(&o.class_word),
+            o.num_tokens,
+        )?;
         let params = match o.parameterisation {
             Parameterisation::Direct => {
                 let all = init.unsqueeze(0)?.repeat((o.stages, 1, 1))?;
-                Params::Direct { keys: Var::from_tensor(&all)?, values: Var::from_tensor(&all)? }
+                Params::Direct {
+                    keys: Var::from_tensor(&all)?,
+                    values: Var::from_tensor(&all)?,
+                }
             }
-            Parameterisation::Generator => Params::Generator(Generator::new(&init, o.stages, o.seed)?),
+            Parameterisation::Generator => {
+                Params::Generator(Generator::new(&init, o.stages, o.seed)?)
+            }
         };
-        let attention = (o.attn_weight != 0.0).then(|| SubjectAttention::new(sd, &o.class_word, o.attn_weight, o.layers.clone())).transpose()?;
+        let attention = (o.attn_weight != 0.0)
+            .then(|| SubjectAttention::new(sd, &o.class_word, o.attn_weight, o.layers.clone()))
+            .transpose()?;
         let train_steps = sd.scheduler_config.num_train_timesteps.unwrap_or(1000);
-        Ok(Self { names, stages: o.stages, params, train_steps, attention })
+        Ok(Self {
+            names,
+            stages: o.stages,
+            params,
+            train_steps,
+            attention,
+        })
     }
 
     /// The current per-stage key and value embeddings, `[S, n, d]` each (graph kept).
     pub fn keys_values(&self) -> Result<(Tensor, Tensor)> {
         match &self.params {
-            Params::Direct { keys, values } => Ok((keys.as_tensor().clone(), values.as_tensor().clone())),
+            Params::Direct { keys, values } => {
+                Ok((keys.as_tensor().clone(), values.as_tensor().clone()))
+            }
             Params::Generator(g) => g.forward(),
         }
     }
@@ -114,16 +133,27 @@ impl Method for SefiMethod {
 
     fn vars(&self) -> Vec<(String, Var)> {
         match &self.params {
-            Params::Direct { keys, values } => vec![(KEYS.into(), keys.clone()), (VALUES.into(), values.clone())],
+            Params::Direct { keys, values } => {
+                vec![(KEYS.into(), keys.clone()), (VALUES.into(), values.clone())]
+            }
             Params::Generator(g) => g.vars(),
         }
     }
 
     /// Samples are grouped by stage; each group is encoded with its stage's keys and values, and the rows are
     /// put back in batch order.
-    fn condition(&self, sd: &StableDiffusion, captions: &[&str], timesteps: &[usize]) -> Result<Condition> {
+    fn condition(
+        &self,
+        sd: &StableDiffusion,
+        captions: &[&str],
+        timesteps: &[usize],
+    ) -> Result<Condition> {
         if captions.len() != timesteps.len() {
-            return Err(Error::Msg(format!("{} captions for {} timesteps", captions.len(), timesteps.len())));
+            return Err(Error::Msg(format!(
+                "{} captions for {} timesteps",
+                captions.len(),
+                timesteps.len()
+            )));
         }
         let staged = self.staged()?;
         let stage = |t: usize| stage_of(t as f64, self.stages, self.train_steps);
@@ -133,21 +163,41 @@ impl Method for SefiMethod {
         stages.sort_unstable();
         stages.dedup();
         for s in stages {
-            let group: Vec<usize> = (0..captions.len()).filter(|&i| stage(timesteps[i]) == s).collect();
+            let group: Vec<usize> = (0..captions.len())
+                .filter(|&i| stage(timesteps[i]) == s)
+                .collect();
             let prompts: Vec<&str> = group.iter().map(|&i| captions[i]).collect();
-            keys.push(sd.encode_with_tokens(&prompts, &[staged.at_stage(s, false)?], Output::Last)?);
-            values.push(sd.encode_with_tokens(&prompts, &[staged.at_stage(s, true)?], Output::Last)?);
+            keys.push(sd.encode_with_tokens(
+                &prompts,
+                &[staged.at_stage(s, false)?],
+                Output::Last,
+            )?);
+            values.push(sd.encode_with_tokens(
+                &prompts,
+                &[staged.at_stage(s, true)?],
+                Output::Last,
+            )?);
             order.extend(group);
         }
         if let Some(a) = &self.attention {
             a.prepare(sd, captions, &self.names)?;
         }
         // Row r of the concatenation is sample order[r]; sample i is row position(order, i).
-        let back: Vec<u32> = (0..captions.len()).map(|i| order.iter().position(|&o| o == i).unwrap_or(0) as u32).collect();
+        let back: Vec<u32> = (0..captions.len())
+            .map(|i| order.iter().position(|&o| o == i).unwrap_or(0) as u32)
+            .collect();
         let back = Tensor::new(back, &sd.device)?;
         let regroup = |parts: Vec<Tensor>| -> Result<Tensor> {
-            let all = if parts.len() == 1 { parts.into_iter().next().expect("one part") } else { Tensor::cat(&parts, 0)? };
-            Ok(if order.windows(2).all(|w| w[0] < w[1]) { all } else { all.index_select(&back, 0)? })
+            let all = if parts.len() == 1 {
+                parts.into_iter().next().expect("one part")
+            } else {
+                Tensor::cat(&parts, 0)?
+            };
+            Ok(if order.windows(2).all(|w| w[0] < w[1]) {
+                all
+            } else {
+                all.index_select(&back, 0)?
+            })
         };
         Ok(Condition::split(regroup(keys)?, regroup(values)?))
     }
@@ -157,17 +207,28 @@ impl Method for SefiMethod {
     }
 
     fn extra_loss(&self) -> Result<Option<Tensor>> {
-        self.attention.as_ref().map(SubjectAttention::loss).transpose()
+        self.attention
+            .as_ref()
+            .map(SubjectAttention::loss)
+            .transpose()
     }
 
     /// The identity stores the per-stage tensors (`stages.keys`, `stages.values`, detached generator output
     /// for the generator option) and, as its `[n, d]` embeddings, their mean over stages and K/V: the best
     /// single vector for tools that know no stages (exports).
     fn identity_parts(&self) -> (Vec<String>, Tensor, BTreeMap<String, Tensor>) {
-        let (keys, values) = self.keys_values().expect("the generator's shapes are fixed at construction");
+        let (keys, values) = self
+            .keys_values()
+            .expect("the generator's shapes are fixed at construction");
         let (keys, values) = (keys.detach(), values.detach());
-        let mean = Tensor::cat(&[&keys, &values], 0).and_then(|kv| kv.mean(0)).expect("[2S, n, d] tensors");
-        (self.names.clone(), mean, BTreeMap::from([(KEYS.to_string(), keys), (VALUES.to_string(), values)]))
+        let mean = Tensor::cat(&[&keys, &values], 0)
+            .and_then(|kv| kv.mean(0))
+            .expect("[2S, n, d] tensors");
+        (
+            self.names.clone(),
+            mean,
+            BTreeMap::from([(KEYS.to_string(), keys), (VALUES.to_string(), values)]),
+        )
     }
 }
 
@@ -182,9 +243,16 @@ impl<M: Method> WithAttentionLoss<M> {
     /// `names` are the inner method's pseudo-tokens (whose maps the loss pulls to the class word's).
     pub fn new(inner: M, names: Vec<String>, attention: SubjectAttention) -> Result<Self> {
         if inner.control().is_some() {
-            return Err(Error::Msg(format!("method {} already steers cross-attention; the attention loss cannot be added", inner.name())));
+            return Err(Error::Msg(format!(
+                "method {} already steers cross-attention; the attention loss cannot be added",
+                inner.name()
+            )));
         }
-        Ok(Self { inner, attention, names })
+        Ok(Self {
+            inner,
+            attention,
+            names,
+        })
     }
 }
 
@@ -198,7 +266,12 @@ impl<M: Method> Method for WithAttentionLoss<M> {
     fn vars(&self) -> Vec<(String, Var)> {
         self.inner.vars()
     }
-    fn condition(&self, sd: &StableDiffusion, captions: &[&str], timesteps: &[usize]) -> Result<Condition> {
+    fn condition(
+        &self,
+        sd: &StableDiffusion,
+        captions: &[&str],
+        timesteps: &[usize],
+    ) -> Result<Condition> {
         self.attention.prepare(sd, captions, &self.names)?;
         self.inner.condition(sd, captions, timesteps)
     }
@@ -228,6 +301,9 @@ pub fn staged_tokens(identity: &Identity) -> Result<Option<LearnedTokens>> {
         (Some(k), Some(v)) => LearnedTokens::staged(identity.tokens.clone(), k, v)
             .map(Some)
             .map_err(|e| Error::Msg(format!("identity {}: {e}", identity.token))),
-        _ => Err(Error::Msg(format!("identity {} has only one of {KEYS} / {VALUES}", identity.token))),
+        _ => Err(Error::Msg(format!(
+            "identity {} has only one of {KEYS} / {VALUES}",
+            identity.token
+        ))),
     }
 }
