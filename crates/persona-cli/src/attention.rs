@@ -132,6 +132,7 @@ fn overlay(image: &RgbImage, map: &[f32], (h, w): (usize, usize)) -> RgbImage {
 pub fn run(a: AttentionArgs) -> Result<()> {
     let place = a.device.resolve()?;
     let sd = StableDiffusion::load(&a.model, &place.load_options(a.variant.clone()))?;
+    place.announce();
     let identities = persona_train::output::load_identities(&sd, &a.identity, a.force)?;
     let (tokens, names) = persona_train::output::learned_tokens(&identities);
     let prompt = expand_prompt(&a.prompt, &names)?;

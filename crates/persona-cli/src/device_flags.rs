@@ -34,26 +34,28 @@ pub struct DeviceArgs {
 pub struct Placement {
     pub device: Device,
     pub dtype: DType,
+    /// Why `auto` runs on the CPU, for [`Placement::announce`].
+    pub note: Option<String>,
 }
 
 impl DeviceArgs {
-    /// Opens the device (printing `note: running on the CPU: …` when `auto` falls back) and picks the dtype.
+    /// Opens the device and picks the dtype; an unusable device is a one-line error naming the flag.
     pub fn resolve(&self) -> Result<Placement> {
-        resolve(self.device.unwrap_or_default(), self.dtype)
+        let (device, note) = device::select(self.device.unwrap_or_default())?;
+        let dtype = device::model_dtype(self.dtype, &device);
+        Ok(Placement { device, dtype, note })
     }
-}
-
-/// [`DeviceArgs::resolve`] for a request already merged with other sources (manifests).
-pub fn resolve(request: DeviceRequest, dtype: Option<Precision>) -> Result<Placement> {
-    let (device, note) = device::select(request)?;
-    if let Some(note) = note {
-        eprintln!("note: {note}");
-    }
-    let dtype = device::model_dtype(dtype, &device);
-    Ok(Placement { device, dtype })
 }
 
 impl Placement {
+    /// Prints `note: running on the CPU: …` when `auto` fell back to the CPU; commands call it once their
+    /// model has loaded, so that an error stays the only line of a failed run.
+    pub fn announce(&self) {
+        if let Some(note) = &self.note {
+            eprintln!("note: {note}");
+        }
+    }
+
     pub fn load_options(&self, variant: Option<String>) -> LoadOptions {
         LoadOptions { variant, device: self.device.clone(), dtype: self.dtype }
     }

@@ -80,6 +80,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let place = match a.images {
         None => {
             let p = a.device.resolve()?;
+            p.announce();
             ModelPlacement { device: p.device, dtype: p.dtype }
         }
         Some(_) => ModelPlacement::default(),

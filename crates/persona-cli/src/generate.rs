@@ -95,6 +95,7 @@ fn read_latents(path: &PathBuf) -> Result<candle_core::Tensor> {
 pub fn run(a: GenerateArgs) -> Result<()> {
     let place = a.device.resolve()?;
     let sd = StableDiffusion::load(&a.model, &place.load_options(a.variant.clone()))?;
+    place.announce();
     let size = sd.default_size();
     let latents = a.latents.as_ref().map(read_latents).transpose()?.map(|l| l.to_device(&sd.device)).transpose()?;
     let identities = persona_train::output::load_identities(&sd, &a.identity, a.force)?;

@@ -178,6 +178,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     let place = a.device.resolve()?;
     let sd = StableDiffusion::load(&a.model, &place.load_options(a.variant.clone()))?;
+    place.announce();
     let r = recipe_of(&a);
     let cfg = config_of(&a, r.method);
     let bar = crate::progress::bar(cfg.steps as u64, "training");

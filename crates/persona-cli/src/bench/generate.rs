@@ -54,6 +54,7 @@ pub fn random_pipeline(arch: Arch, place: &Placement) -> Result<StableDiffusion>
 
 pub fn run(a: &GenerateBench) -> Result<()> {
     let place = a.device.resolve()?;
+    place.announce();
     let sd = random_pipeline(a.arch, &place)?;
     let side = a.size * sd.vae_scale();
     let params = GenerateParams {

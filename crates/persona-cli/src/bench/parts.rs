@@ -53,6 +53,7 @@ pub enum BenchMethod {
 
 pub fn run(which: Which, a: &ModelArgs) -> Result<()> {
     let place = a.device.resolve()?;
+    place.announce();
     let (dev, dtype) = (&place.device, place.dtype);
     let w = Weights::random_as(0, dev, dtype);
     let timing = match which {
