@@ -11,6 +11,7 @@ pub mod identity;
 pub mod methods;
 pub mod optim;
 pub mod output;
+pub mod probe;
 pub mod recipe;
 pub mod trainer;
 

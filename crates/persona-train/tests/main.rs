@@ -5,6 +5,7 @@ mod idea_grad;
 mod idea_parity;
 mod idea_train;
 mod identity;
+mod mixed_precision;
 mod sefi_step;
 mod sefi_train;
 mod train_loop;

@@ -169,11 +169,14 @@ impl ClipTextModel {
         &self.token_embedding
     }
 
-    /// Input embeddings of token ids `[B, L]` → `[B, L, d]`.
+    /// Input embeddings of token ids `[B, L]` → `[B, L, d]`, in f32 (f64 for an f64 model) like everything
+    /// outside the model: learned rows are placed among them.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
         let flat = self.token_embedding.index_select(&ids.flatten_all()?, 0)?;
-        Ok(flat.reshape((b, l, self.config.hidden_size))?)
+        Ok(flat
+            .reshape((b, l, self.config.hidden_size))?
+            .to_dtype(crate::device::outer_dtype(self.dtype()))?)
     }
 
     /// Encodes token ids `[B, L]` (u32 or i64).

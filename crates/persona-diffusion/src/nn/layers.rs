@@ -353,6 +353,36 @@ impl Module for Activation {
     }
 }
 
+/// Nearest-neighbour resize of `[B, C, H, W]` to `th × tw` (PyTorch's `nearest`: source index
+/// `⌊dst · H / th⌋`), with an input-only backward that sums each source pixel's copies (`index_add`).
+/// candle's own backward is a grouped convolution with one group per channel — thousands of tiny
+/// convolutions, without a bf16 CPU kernel — and it overwrites, not adds, the input's gradient.
+pub fn upsample_nearest(x: &Tensor, th: usize, tw: usize) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let value = x.detach().upsample_nearest2d(th, tw)?;
+    let source = |n: usize, to: usize| -> Vec<u32> {
+        (0..to)
+            .map(|i| ((i as f64 * n as f64 / to as f64) as usize).min(n - 1) as u32)
+            .collect()
+    };
+    let (rows, cols) = (source(h, th), source(w, tw));
+    input_grad_only(x, value, move |x, _, g| {
+        let (b, c, h, w) = x.dims4()?;
+        let dev = g.device();
+        let g = g.contiguous()?;
+        let summed_cols = Tensor::zeros((b, c, g.dim(2)?, w), g.dtype(), dev)?.index_add(
+            &Tensor::new(cols.as_slice(), dev)?,
+            &g,
+            3,
+        )?;
+        Tensor::zeros((b, c, h, w), g.dtype(), dev)?.index_add(
+            &Tensor::new(rows.as_slice(), dev)?,
+            &summed_cols,
+            2,
+        )
+    })
+}
+
 /// Differentiable logistic function.
 pub fn sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
     (x.neg()?.exp()? + 1.0)?.recip()

@@ -13,7 +13,7 @@ use rand_distr::Distribution;
 use super::grad_count;
 use crate::nn::grad::{add, cat2, matmul, mse_loss, place_rows, softmax_last_dim};
 use crate::nn::sdpa::sdpa_blocked;
-use crate::nn::{Activation, Conv2d, GroupNorm, LayerNorm, Linear, Weights};
+use crate::nn::{upsample_nearest, Activation, Conv2d, GroupNorm, LayerNorm, Linear, Weights};
 use crate::Result;
 
 /// One check's result: `error` must stay within `limit`.
@@ -72,6 +72,16 @@ fn blocks(device: &Device, dtype: DType) -> Result<Vec<(String, Vec<usize>, Bloc
     let l = LayerNorm::load(&w.pp("l"), 7, 1e-5)?;
     push("layer norm", &[2, 3, 7], Box::new(move |x| l.forward(x)));
     push("softmax", &[2, 3, 5], Box::new(softmax_last_dim));
+    push(
+        "upsample nearest ×2",
+        &[1, 2, 3, 4],
+        Box::new(|x| upsample_nearest(x, 6, 8)),
+    );
+    push(
+        "upsample nearest to an odd size",
+        &[1, 2, 3, 4],
+        Box::new(|x| upsample_nearest(x, 7, 9)),
+    );
     for a in [Activation::Gelu, Activation::QuickGelu, Activation::Silu] {
         push(&format!("{a:?}"), &[3, 4], Box::new(move |x| a.forward(x)));
     }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use candle_core::{Tensor, D};
 use persona_diffusion::models::clip_text::Output;
+use persona_diffusion::nn::grad::upcast;
 use persona_diffusion::pipeline::StableDiffusion;
 
 use crate::{Error, Result};
@@ -59,7 +60,8 @@ pub fn column_means(
             )));
         }
         counts.push(ids.len());
-        let rows = table.index_select(&Tensor::new(ids, table.device())?, 0)?;
+        // Averaged in f32 (f64 in gradient tests) whatever the model's precision.
+        let rows = upcast(&table.index_select(&Tensor::new(ids, table.device())?, 0)?)?;
         cols.push(rows.mean(0)?);
     }
     Ok((Tensor::stack(&cols, 0)?, counts))
@@ -120,5 +122,7 @@ pub fn word_rows(sd: &StableDiffusion, words: &str, n: usize) -> Result<Tensor> 
     }
     let ids: Vec<u32> = (0..n).map(|i| inner[i.min(inner.len() - 1)]).collect();
     let table = sd.text_encoder.token_embedding();
-    Ok(table.index_select(&Tensor::new(ids, table.device())?, 0)?)
+    Ok(upcast(
+        &table.index_select(&Tensor::new(ids, table.device())?, 0)?,
+    )?)
 }

@@ -5,7 +5,9 @@ use candle_core::{Module, Tensor};
 
 use super::transformer::{Transformer2D, TransformerOptions};
 use crate::nn::grad::{add, cat2};
-use crate::nn::{Activation, AttentionControl, Condition, Conv2d, GroupNorm, Linear, Weights};
+use crate::nn::{
+    upsample_nearest, Activation, AttentionControl, Condition, Conv2d, GroupNorm, Linear, Weights,
+};
 use crate::Result;
 
 /// Settings of a ResNet block shared across the model.
@@ -116,7 +118,7 @@ impl Upsample {
     pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let (th, tw) = size.unwrap_or((2 * h, 2 * w));
-        Ok(self.conv.forward(&x.upsample_nearest2d(th, tw)?)?)
+        Ok(self.conv.forward(&upsample_nearest(x, th, tw)?)?)
     }
 }
 
