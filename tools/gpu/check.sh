@@ -15,6 +15,7 @@
 # Stages (each under `timeout`, and all under one overall deadline, CHECK_BUDGET_S, default 470 s):
 #   unpack      dist/persona.xz → $WORK/persona (smoke: target/{release,debug}/persona or $PERSONA_BIN)
 #   equality    persona bench equality --model fixtures/sd2-tiny --devices cpu,cuda
+#   gradcheck   persona bench gradcheck --device cuda   (every op's backward vs finite differences, bf16/f16 vs f32)
 #   unet        persona bench unet --batch 2 --size 64                  (s per UNet forward)
 #   generate    persona bench generate --steps 50                       (s per 512² image, DDIM, guidance 7.5)
 #   step-tokens persona bench train-step --method tokens --batch 8      (s per step, peak GPU memory)
@@ -103,6 +104,7 @@ fi
 
 # --- equality with the CPU --------------------------------------------------------------------------------
 stage equality 150 "${P[@]}" bench equality --model fixtures/sd2-tiny --devices "$EQ_DEVICES" --steps "$EQ_STEPS"
+stage gradcheck 60 "${P[@]}" bench gradcheck --device "$DEV"
 
 # --- persona's figures ------------------------------------------------------------------------------------
 D=(--device "$DEV" --dtype "$DTYPE")

@@ -43,7 +43,7 @@ def main():
         for line in (logs / "stages.tsv").read_text().splitlines():
             name, rc, secs = line.split("\t")
             stages[name] = {"rc": rc, "seconds": float(secs)}
-    ours = {n: last_json(logs / f"{n}.out") for n in ["equality", "unet", "generate", "step-tokens", "step-idea", "make-model"]}
+    ours = {n: last_json(logs / f"{n}.out") for n in ["equality", "gradcheck", "unet", "generate", "step-tokens", "step-idea", "make-model"]}
     peer = {}
     if (logs / "diffusers.json").is_file():
         peer = json.loads((logs / "diffusers.json").read_text())
@@ -102,11 +102,20 @@ def main():
               ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
     else:
         print("equality: no result")
+    grad = ours.get("gradcheck") or {}
+    if grad:
+        worst = {}
+        for row in grad.get("rows", []):
+            worst[row["suite"]] = max(worst.get(row["suite"], 0.0), row["error"] / row["limit"])
+        print(f"gradient checks on {grad.get('device')}: {'passed' if grad.get('passed') else 'FAILED'}; worst error / limit: " +
+              ", ".join(f"{k} {v:.2f}" for k, v in worst.items()))
+    else:
+        print("gradient checks: no result")
     if failed:
         print("stages that failed or timed out: " + ", ".join(f"{n} (rc {stages[n]['rc']})" for n in failed))
 
     result = {
-        "mode": a.mode, "table": table, "equality": eq, "equality_passed": equality_passed, "stages": stages,
+        "mode": a.mode, "table": table, "equality": eq, "equality_passed": equality_passed, "gradcheck": grad, "stages": stages,
         "persona": ours, "diffusers": peer,
     }
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")

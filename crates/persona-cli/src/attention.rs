@@ -20,8 +20,10 @@ use persona_diffusion::schedulers::SchedulerKind;
 /// Writes DIR/image.png, DIR/attention_HxW.png per layer resolution (H×W in latent pixels: 64×64 … 8×8 for
 /// SD at 512²; 16×16 and 32×32 are the layers SeFi-IDE's loss reads) and DIR/attention.json (the raw maps).
 #[derive(Args, Debug)]
-#[command(after_help = "Example:\n  persona attention --model stabilityai/stable-diffusion-2-1-base --identity alice.safetensors \\\n    \
---prompt 'a photo of {} in a garden' --token '<alice>' --out maps/")]
+#[command(
+    after_help = "Example:\n  persona attention --model stabilityai/stable-diffusion-2-1-base --identity alice.safetensors \\\n    \
+--prompt 'a photo of {} in a garden' --token '<alice>' --out maps/"
+)]
 pub struct AttentionArgs {
     #[arg(long)]
     model: String,
@@ -72,8 +74,15 @@ impl AttentionControl for HeatMaps {
     fn capture(&self, layer: &LayerId, probs: &Tensor) -> persona_diffusion::Result<()> {
         // [B, heads, N, L] → the conditional row, the token's columns summed, heads averaged → [N].
         let row = probs.get(probs.dim(0)? - 1)?;
-        let idx = Tensor::new(self.positions.iter().map(|&p| p as u32).collect::<Vec<_>>(), row.device())?;
-        let map = row.index_select(&idx, D::Minus1)?.to_dtype(DType::F32)?.sum(D::Minus1)?.mean(0)?;
+        let idx = Tensor::new(
+            self.positions.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+            row.device(),
+        )?;
+        let map = row
+            .index_select(&idx, D::Minus1)?
+            .to_dtype(DType::F32)?
+            .sum(D::Minus1)?
+            .mean(0)?;
         let mut sums = self.sums.borrow_mut();
         let entry = sums.entry(layer.resolution);
         match entry {
@@ -91,18 +100,31 @@ impl AttentionControl for HeatMaps {
 }
 
 /// Prompt positions of `token`: an identity's pseudo-tokens, or the word's BPE tokens where they occur.
-fn positions(sd: &StableDiffusion, prompt: &str, names: &[(String, String)], token: &str) -> Result<Vec<usize>> {
+fn positions(
+    sd: &StableDiffusion,
+    prompt: &str,
+    names: &[(String, String)],
+    token: &str,
+) -> Result<Vec<usize>> {
     let mut tok = sd.tokenizer.clone();
-    let added: Vec<String> = names.iter().flat_map(|(_, phrase)| phrase.split(' ').map(String::from)).collect();
+    let added: Vec<String> = names
+        .iter()
+        .flat_map(|(_, phrase)| phrase.split(' ').map(String::from))
+        .collect();
     tok.add_tokens(&added)?;
     let ids = tok.encode(prompt)?;
-    let phrase = names.iter().find(|(name, _)| name == token).map_or(token, |(_, p)| p.as_str());
+    let phrase = names
+        .iter()
+        .find(|(name, _)| name == token)
+        .map_or(token, |(_, p)| p.as_str());
     let unpadded = tok.encode_unpadded(phrase)?;
     let want = &unpadded[1..unpadded.len() - 1];
     if want.is_empty() {
         bail!("--token {token:?} gives no tokens");
     }
-    let found: Vec<usize> = (0..ids.len().saturating_sub(want.len() - 1)).filter(|&i| ids[i..i + want.len()] == *want).collect();
+    let found: Vec<usize> = (0..ids.len().saturating_sub(want.len() - 1))
+        .filter(|&i| ids[i..i + want.len()] == *want)
+        .collect();
     if found.is_empty() {
         bail!("--token {token:?} does not occur in the prompt {prompt:?}");
     }
@@ -112,7 +134,11 @@ fn positions(sd: &StableDiffusion, prompt: &str, names: &[(String, String)], tok
 /// A blue → green → red ramp for v in [0, 1].
 fn color(v: f32) -> [f32; 3] {
     let v = v.clamp(0.0, 1.0);
-    [(2.0 * v - 1.0).clamp(0.0, 1.0), 1.0 - (2.0 * v - 1.0).abs(), (1.0 - 2.0 * v).clamp(0.0, 1.0)]
+    [
+        (2.0 * v - 1.0).clamp(0.0, 1.0),
+        1.0 - (2.0 * v - 1.0).abs(),
+        (1.0 - 2.0 * v).clamp(0.0, 1.0),
+    ]
 }
 
 /// The map (normalised to its maximum), coloured, resized to the image and blended with it half and half.
@@ -122,7 +148,12 @@ fn overlay(image: &RgbImage, map: &[f32], (h, w): (usize, usize)) -> RgbImage {
         let c = color(map[y as usize * w + x as usize] / max);
         Rgb(c.map(|c| (c * 255.0).round() as u8))
     });
-    let heat = imageops::resize(&small, image.width(), image.height(), imageops::FilterType::Triangle);
+    let heat = imageops::resize(
+        &small,
+        image.width(),
+        image.height(),
+        imageops::FilterType::Triangle,
+    );
     RgbImage::from_fn(image.width(), image.height(), |x, y| {
         let (a, b) = (image.get_pixel(x, y).0, heat.get_pixel(x, y).0);
         Rgb([0, 1, 2].map(|i| ((a[i] as u16 + b[i] as u16) / 2) as u8))
@@ -136,7 +167,10 @@ pub fn run(a: AttentionArgs) -> Result<()> {
     let identities = persona_train::output::load_identities(&sd, &a.identity, a.force)?;
     let (tokens, names) = persona_train::output::learned_tokens(&identities);
     let prompt = expand_prompt(&a.prompt, &names)?;
-    let control = HeatMaps { positions: positions(&sd, &prompt, &names, &a.token)?, sums: RefCell::default() };
+    let control = HeatMaps {
+        positions: positions(&sd, &prompt, &names, &a.token)?,
+        sums: RefCell::default(),
+    };
     let size = a.size.unwrap_or_else(|| sd.default_size());
     let params = GenerateParams {
         prompt: prompt.clone(),
@@ -153,23 +187,43 @@ pub fn run(a: AttentionArgs) -> Result<()> {
         text_output: Output::Last,
         tokens,
     };
-    std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create the output folder", a.out.display()))?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("{}: cannot create the output folder", a.out.display()))?;
     let bar = crate::progress::bar(a.steps as u64, "denoising");
-    let images = sd.generate_with(&params, Some(&control), &mut |p| bar.set_position(p.step as u64))?;
+    let images = sd.generate_with(&params, Some(&control), &mut |p| {
+        bar.set_position(p.step as u64)
+    })?;
     bar.finish_and_clear();
     let image = to_rgb8(&images)?.remove(0);
     let record = serde_json::json!({"model": a.model, "prompt": a.prompt, "expanded": prompt, "token": a.token, "positions": control.positions, "steps": a.steps, "seed": a.seed, "device": place.device_name(), "dtype": place.dtype_name()});
-    write_png(&a.out.join("image.png"), &image, &[("persona", record.to_string())])?;
-    let rgb = RgbImage::from_raw(image.width as u32, image.height as u32, image.data).context("image buffer")?;
+    write_png(
+        &a.out.join("image.png"),
+        &image,
+        &[("persona", record.to_string())],
+    )?;
+    let rgb = RgbImage::from_raw(image.width as u32, image.height as u32, image.data)
+        .context("image buffer")?;
     let mut maps = serde_json::Map::new();
     for (&(h, w), (sum, count)) in control.sums.borrow().iter() {
         let map: Vec<f32> = (sum / *count as f64)?.to_vec1()?;
         let path = a.out.join(format!("attention_{h}x{w}.png"));
-        overlay(&rgb, &map, (h, w)).save(&path).with_context(|| format!("writing {}", path.display()))?;
-        maps.insert(format!("{h}x{w}"), serde_json::json!({"captures": count, "map": map}));
+        overlay(&rgb, &map, (h, w))
+            .save(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        maps.insert(
+            format!("{h}x{w}"),
+            serde_json::json!({"captures": count, "map": map}),
+        );
     }
     let json = serde_json::json!({"record": record, "maps": maps});
-    write_atomic(&a.out.join("attention.json"), serde_json::to_string(&json)?.as_bytes())?;
-    eprintln!("wrote {} heat map(s) and the image to {}", maps.len(), a.out.display());
+    write_atomic(
+        &a.out.join("attention.json"),
+        serde_json::to_string(&json)?.as_bytes(),
+    )?;
+    eprintln!(
+        "wrote {} heat map(s) and the image to {}",
+        maps.len(),
+        a.out.display()
+    );
     Ok(())
 }

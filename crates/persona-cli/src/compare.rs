@@ -15,8 +15,10 @@ use persona_eval::results::Results;
 /// with --array=1-n; a Kubernetes indexed job: --shard $((JOB_COMPLETION_INDEX+1))/n), all writing into the
 /// same --out (or copied together afterwards); --merge then joins them into one report.
 #[derive(Args, Debug)]
-#[command(after_help = "Example:\n  persona compare --manifest compare.toml --out cmp/ --shard 1/4   # … up to 4/4, then:\n  \
-persona compare --manifest compare.toml --out cmp/ --merge")]
+#[command(
+    after_help = "Example:\n  persona compare --manifest compare.toml --out cmp/ --shard 1/4   # … up to 4/4, then:\n  \
+persona compare --manifest compare.toml --out cmp/ --merge"
+)]
 pub struct CompareArgs {
     #[arg(long)]
     manifest: PathBuf,
@@ -38,25 +40,50 @@ pub fn run(a: CompareArgs) -> Result<()> {
         Some(merge(&a.manifest, &a.out)?)
     } else {
         let bar = crate::progress::bar(0, "comparing");
-        let r = run_on(&a.manifest, &a.out, a.shard, (a.device.device, a.device.dtype), &bar)?;
+        let r = run_on(
+            &a.manifest,
+            &a.out,
+            a.shard,
+            (a.device.device, a.device.dtype),
+            &bar,
+        )?;
         bar.finish_and_clear();
         r
     };
     if let Some(r) = results {
         print_table(&r);
-        eprintln!("wrote {}/results.json, results.csv, report.html", a.out.display());
+        eprintln!(
+            "wrote {}/results.json, results.csv, report.html",
+            a.out.display()
+        );
     }
     Ok(())
 }
 
 /// The method table on stdout.
 pub fn print_table(r: &Results) {
-    let fmt = |i: &Option<persona_eval::stats::Interval>| i.map_or("missing".to_string(), |i| format!("{:.3} [{:.3}, {:.3}]", i.mean, i.lo, i.hi));
-    println!("{:<14} {:<12} {:>7} {:>9} {:<24} {:<24}", "method", "prompts", "images", "detected", "ID", "prompt score");
+    let fmt = |i: &Option<persona_eval::stats::Interval>| {
+        i.map_or("missing".to_string(), |i| {
+            format!("{:.3} [{:.3}, {:.3}]", i.mean, i.lo, i.hi)
+        })
+    };
+    println!(
+        "{:<14} {:<12} {:>7} {:>9} {:<24} {:<24}",
+        "method", "prompts", "images", "detected", "ID", "prompt score"
+    );
     for m in &r.methods {
-        let rows = std::iter::once(("all".to_string(), &m.overall)).chain(m.classes.iter().map(|(c, s)| (c.clone(), s)));
+        let rows = std::iter::once(("all".to_string(), &m.overall))
+            .chain(m.classes.iter().map(|(c, s)| (c.clone(), s)));
         for (class, s) in rows {
-            println!("{:<14} {:<12} {:>7} {:>9.2} {:<24} {:<24}", m.method, class, s.images, s.detection_rate, fmt(&s.id), fmt(&s.prompt_score));
+            println!(
+                "{:<14} {:<12} {:>7} {:>9.2} {:<24} {:<24}",
+                m.method,
+                class,
+                s.images,
+                s.detection_rate,
+                fmt(&s.id),
+                fmt(&s.prompt_score)
+            );
         }
     }
 }

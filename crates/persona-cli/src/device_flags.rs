@@ -43,7 +43,11 @@ impl DeviceArgs {
     pub fn resolve(&self) -> Result<Placement> {
         let (device, note) = device::select(self.device.unwrap_or_default())?;
         let dtype = device::model_dtype(self.dtype, &device);
-        Ok(Placement { device, dtype, note })
+        Ok(Placement {
+            device,
+            dtype,
+            note,
+        })
     }
 }
 
@@ -57,7 +61,11 @@ impl Placement {
     }
 
     pub fn load_options(&self, variant: Option<String>) -> LoadOptions {
-        LoadOptions { variant, device: self.device.clone(), dtype: self.dtype }
+        LoadOptions {
+            variant,
+            device: self.device.clone(),
+            dtype: self.dtype,
+        }
     }
 
     /// `cpu`, `cuda:0`, … (for metadata and messages).

@@ -16,9 +16,11 @@ use persona_faces::ModelSearch;
 /// images made elsewhere instead (DIR/<prompt>/… or DIR/<identity>/<prompt>/…, the prompt from prompt.txt or
 /// the folder name).
 #[derive(Args, Debug)]
-#[command(after_help = "Examples:\n  persona eval --model stabilityai/stable-diffusion-2-1-base --identity alice.safetensors --prompts single \\\n    \
+#[command(
+    after_help = "Examples:\n  persona eval --model stabilityai/stable-diffusion-2-1-base --identity alice.safetensors --prompts single \\\n    \
 --scheduler ddim --steps 50 --guidance 10 --references photos/alice --out eval/alice\n  \
-persona eval --images other-tool/alice --references photos/alice --out eval/other")]
+persona eval --images other-tool/alice --references photos/alice --out eval/other"
+)]
 pub struct EvalArgs {
     /// A diffusers pipeline folder or a cached hub id (to generate).
     #[arg(long)]
@@ -81,7 +83,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
         None => {
             let p = a.device.resolve()?;
             p.announce();
-            ModelPlacement { device: p.device, dtype: p.dtype }
+            ModelPlacement {
+                device: p.device,
+                dtype: p.dtype,
+            }
         }
         Some(_) => ModelPlacement::default(),
     };
@@ -104,7 +109,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
         references: a.references,
         images: a.images,
         clip: a.clip,
-        faces: ModelSearch { models_dir: a.models, ..Default::default() },
+        faces: ModelSearch {
+            models_dir: a.models,
+            ..Default::default()
+        },
         jpeg: a.jpeg75,
         out: a.out.clone(),
     };
@@ -112,6 +120,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let results = run_on(&cfg, &place, &bar)?;
     bar.finish_and_clear();
     crate::compare::print_table(&results);
-    eprintln!("wrote {}/results.json, results.csv, report.html", a.out.display());
+    eprintln!(
+        "wrote {}/results.json, results.csv, report.html",
+        a.out.display()
+    );
     Ok(())
 }

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
-use persona_faces::{cosine, largest, load_rgb, Detector, Face, ModelSearch, Recognizer, RecognizerKind};
+use persona_faces::{
+    cosine, largest, load_rgb, Detector, Face, ModelSearch, Recognizer, RecognizerKind,
+};
 
 /// Exit status for "an input image has no face" (what returning [`NoFaceFound`] from `main` gives).
 #[allow(dead_code)] // for main.rs, which may map errors to exit codes itself
@@ -27,7 +29,11 @@ pub struct NoFaceFound {
 
 impl std::fmt::Display for NoFaceFound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<String> = self.images.iter().map(|p| p.display().to_string()).collect();
+        let names: Vec<String> = self
+            .images
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         write!(f, "no face found in {}", names.join(", "))
     }
 }
@@ -61,7 +67,8 @@ pub struct ModelFlags {
 }
 
 fn parse_kind(s: &str) -> std::result::Result<RecognizerKind, String> {
-    s.parse().map_err(|e: persona_faces::FaceError| e.to_string())
+    s.parse()
+        .map_err(|e: persona_faces::FaceError| e.to_string())
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -119,7 +126,9 @@ impl ModelFlags {
 pub fn run(args: FacesArgs) -> Result<()> {
     let search = args.models.search();
     match args.command {
-        FacesCommand::Detect { images, json, draw } => detect(&search, &images, json, draw.as_deref()),
+        FacesCommand::Detect { images, json, draw } => {
+            detect(&search, &images, json, draw.as_deref())
+        }
         FacesCommand::Align { images, out, size } => align(&search, &images, &out, size),
         FacesCommand::Embed { images, out } => embed(&search, &images, &out),
         FacesCommand::Compare { images, json } => compare(&search, &images, json),
@@ -127,13 +136,17 @@ pub fn run(args: FacesArgs) -> Result<()> {
 }
 
 fn load_detector(search: &ModelSearch) -> Result<Box<dyn Detector>> {
-    let d = search.load_detector().context("loading the face detector")?;
+    let d = search
+        .load_detector()
+        .context("loading the face detector")?;
     tracing::info!(detector = d.name(), "face detector loaded");
     Ok(d)
 }
 
 fn load_recognizer(search: &ModelSearch) -> Result<persona_faces::OnnxRecognizer> {
-    let r = search.load_recognizer().context("loading the face recogniser")?;
+    let r = search
+        .load_recognizer()
+        .context("loading the face recogniser")?;
     tracing::info!(kind = ?r.kind(), path = %r.path().display(), "face recogniser loaded");
     Ok(r)
 }
@@ -150,7 +163,10 @@ fn no_face(images: Vec<PathBuf>) -> Result<()> {
 }
 
 fn stem(p: &Path) -> String {
-    p.file_stem().and_then(|s| s.to_str()).unwrap_or("image").to_string()
+    p.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("image")
+        .to_string()
 }
 
 /// `dir/<stem><suffix>.png`, made unique among names already used in this run.
@@ -167,7 +183,10 @@ fn unique_name(dir: &Path, img: &Path, suffix: &str, used: &mut HashSet<String>)
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
@@ -217,10 +236,19 @@ fn detect(search: &ModelSearch, images: &[PathBuf], json: bool, draw: Option<&Pa
             println!("{}: {} face(s)", path.display(), faces.len());
             for (i, f) in faces.iter().enumerate() {
                 let b = f.bbox;
-                let lm: Vec<String> = f.landmarks.iter().map(|p| format!("({:.1},{:.1})", p[0], p[1])).collect();
+                let lm: Vec<String> = f
+                    .landmarks
+                    .iter()
+                    .map(|p| format!("({:.1},{:.1})", p[0], p[1]))
+                    .collect();
                 println!(
                     "  #{i} score {:.4} box [{:.1}, {:.1}, {:.1}, {:.1}] landmarks {}",
-                    f.score, b[0], b[1], b[2], b[3], lm.join(" ")
+                    f.score,
+                    b[0],
+                    b[1],
+                    b[2],
+                    b[3],
+                    lm.join(" ")
                 );
             }
         }
@@ -242,7 +270,11 @@ fn draw_faces(img: &RgbImage, faces: &[Face]) -> RgbImage {
         }
     };
     for (i, f) in faces.iter().enumerate() {
-        let color = if i == 0 { Rgb([0, 230, 0]) } else { Rgb([240, 220, 0]) };
+        let color = if i == 0 {
+            Rgb([0, 230, 0])
+        } else {
+            Rgb([240, 220, 0])
+        };
         let [x1, y1, x2, y2] = f.bbox.map(|v| v.round() as i64);
         for t in 0..thick {
             for x in x1..=x2 {
@@ -314,16 +346,27 @@ fn embed(search: &ModelSearch, images: &[PathBuf], out: &Path) -> Result<()> {
     use safetensors::tensor::{Dtype, TensorView};
     let (found, model) = embed_all(search, images)?;
     let dim = found[0].1.len();
-    let flat = |it: &mut dyn Iterator<Item = f32>| -> Vec<u8> { it.flat_map(f32::to_le_bytes).collect() };
+    let flat =
+        |it: &mut dyn Iterator<Item = f32>| -> Vec<u8> { it.flat_map(f32::to_le_bytes).collect() };
     let emb = flat(&mut found.iter().flat_map(|(_, e)| e.iter().copied()));
     let boxes = flat(&mut found.iter().flat_map(|(f, _)| f.bbox));
-    let lms = flat(&mut found.iter().flat_map(|(f, _)| f.landmarks.into_iter().flatten()));
+    let lms = flat(
+        &mut found
+            .iter()
+            .flat_map(|(f, _)| f.landmarks.into_iter().flatten()),
+    );
     let scores = flat(&mut found.iter().map(|(f, _)| f.score));
     let n = found.len();
     let tensors = vec![
-        ("embeddings", TensorView::new(Dtype::F32, vec![n, dim], &emb)?),
+        (
+            "embeddings",
+            TensorView::new(Dtype::F32, vec![n, dim], &emb)?,
+        ),
         ("boxes", TensorView::new(Dtype::F32, vec![n, 4], &boxes)?),
-        ("landmarks", TensorView::new(Dtype::F32, vec![n, 5, 2], &lms)?),
+        (
+            "landmarks",
+            TensorView::new(Dtype::F32, vec![n, 5, 2], &lms)?,
+        ),
         ("scores", TensorView::new(Dtype::F32, vec![n], &scores)?),
     ];
     let mut meta = std::collections::HashMap::new();
@@ -338,8 +381,9 @@ fn embed(search: &ModelSearch, images: &[PathBuf], out: &Path) -> Result<()> {
 fn compare(search: &ModelSearch, images: &[PathBuf], json: bool) -> Result<()> {
     let (found, _) = embed_all(search, images)?;
     let n = found.len();
-    let m: Vec<Vec<f32>> =
-        (0..n).map(|i| (0..n).map(|j| cosine(&found[i].1, &found[j].1)).collect()).collect();
+    let m: Vec<Vec<f32>> = (0..n)
+        .map(|i| (0..n).map(|j| cosine(&found[i].1, &found[j].1)).collect())
+        .collect();
     if json {
         println!("{}", serde_json::json!({ "images": images, "cosine": m }));
     } else if n == 2 {

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use persona_diffusion::models::clip_text::Output;
-use persona_diffusion::pipeline::image::{to_rgb8, write_atomic, write_png};
 use persona_diffusion::nn::AttentionControl;
+use persona_diffusion::pipeline::image::{to_rgb8, write_atomic, write_png};
 use persona_diffusion::pipeline::{expand_prompt, GenerateParams, StableDiffusion};
 use persona_diffusion::schedulers::SchedulerKind;
 use persona_train::methods::idea::inference::{AdapterUse, IdentityControl};
@@ -15,8 +15,10 @@ use persona_train::methods::idea::inference::{AdapterUse, IdentityControl};
 /// (`parameters`, as AUTOMATIC1111 writes it, and `persona` as JSON), and DIR/params.json for the whole run.
 /// Image i uses seed S+i, so one image can be regenerated alone with `--seed S+i --num-images 1`.
 #[derive(Args, Debug)]
-#[command(after_help = "Examples:\n  persona generate --model fixtures/sd2-tiny --prompt \"a photo of a person\" --out out/\n  \
-persona generate --model stabilityai/stable-diffusion-2-1-base --prompt \"a dog\" --scheduler dpm++2m --steps 50 --guidance 7.5 --out out/")]
+#[command(
+    after_help = "Examples:\n  persona generate --model fixtures/sd2-tiny --prompt \"a photo of a person\" --out out/\n  \
+persona generate --model stabilityai/stable-diffusion-2-1-base --prompt \"a dog\" --scheduler dpm++2m --steps 50 --guidance 7.5 --out out/"
+)]
 pub struct GenerateArgs {
     /// A diffusers pipeline folder, or a hub id already in the local Hugging Face cache.
     #[arg(long)]
@@ -88,7 +90,9 @@ fn parse_scheduler(s: &str) -> std::result::Result<SchedulerKind, String> {
 fn read_latents(path: &PathBuf) -> Result<candle_core::Tensor> {
     let mut tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
         .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
-    let t = tensors.remove("latents").with_context(|| format!("{}: no tensor named `latents`", path.display()))?;
+    let t = tensors
+        .remove("latents")
+        .with_context(|| format!("{}: no tensor named `latents`", path.display()))?;
     Ok(t.to_dtype(candle_core::DType::F32)?)
 }
 
@@ -97,14 +101,24 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let sd = StableDiffusion::load(&a.model, &place.load_options(a.variant.clone()))?;
     place.announce();
     let size = sd.default_size();
-    let latents = a.latents.as_ref().map(read_latents).transpose()?.map(|l| l.to_device(&sd.device)).transpose()?;
+    let latents = a
+        .latents
+        .as_ref()
+        .map(read_latents)
+        .transpose()?
+        .map(|l| l.to_device(&sd.device))
+        .transpose()?;
     let identities = persona_train::output::load_identities(&sd, &a.identity, a.force)?;
     let (tokens, names) = persona_train::output::learned_tokens(&identities);
     let prompt = expand_prompt(&a.prompt, &names)?;
     let negative_prompt = expand_prompt(&a.negative_prompt, &names)?;
     let num_images = match &latents {
         Some(l) if a.num_images != 1 && a.num_images != l.dim(0)? => {
-            bail!("--num-images {} but the latents file holds {}", a.num_images, l.dim(0)?)
+            bail!(
+                "--num-images {} but the latents file holds {}",
+                a.num_images,
+                l.dim(0)?
+            )
         }
         Some(l) => l.dim(0)?,
         None => a.num_images,
@@ -124,7 +138,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         text_output: a.clip_skip.map_or(Output::Last, Output::Skip),
         tokens,
     };
-    std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create the output folder", a.out.display()))?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("{}: cannot create the output folder", a.out.display()))?;
     let batches = num_images.div_ceil(a.batch_size.max(1));
     let bar = crate::progress::bar((batches * a.steps) as u64, "denoising");
     let adapter_use = match a.adapter {
@@ -133,7 +148,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     let control = IdentityControl::new(&sd, &identities, adapter_use, params.guidance > 1.0)?;
     let control = control.as_ref().map(|c| c as &dyn AttentionControl);
-    let images = sd.generate_with(&params, control, &mut |p| bar.set_position((p.batch * p.steps + p.step) as u64))?;
+    let images = sd.generate_with(&params, control, &mut |p| {
+        bar.set_position((p.batch * p.steps + p.step) as u64)
+    })?;
     bar.finish_and_clear();
     let scheduler = sd.scheduler_kind(a.scheduler);
     let record = serde_json::json!({
@@ -154,9 +171,16 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             a.seed + i as u64, params.width, params.height, a.model, place.device_name(), place.dtype_name()
         );
         let path = a.out.join(format!("{i:04}.png"));
-        write_png(&path, img, &[("parameters", a1111), ("persona", one.to_string())])?;
+        write_png(
+            &path,
+            img,
+            &[("parameters", a1111), ("persona", one.to_string())],
+        )?;
     }
-    write_atomic(&a.out.join("params.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
+    write_atomic(
+        &a.out.join("params.json"),
+        serde_json::to_string_pretty(&record)?.as_bytes(),
+    )?;
     eprintln!("wrote {num_images} image(s) to {}", a.out.display());
     Ok(())
 }

@@ -50,7 +50,11 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
         ExportFormat::Diffusers => export_diffusers(&identity, &a.output)?,
         ExportFormat::A1111 => export_a1111(&identity, &a.output)?,
     }
-    let format = a.format.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+    let format = a
+        .format
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
     println!(
         "wrote {} for {format}: identity {} — {} vectors × {}, method {}",
         a.output.display(),
@@ -106,7 +110,11 @@ pub fn run_import(a: ImportArgs) -> Result<()> {
     let identity = Identity::from_imported(imported, a.token.as_deref(), base)?;
     identity.save(&a.output)?;
     let base = &identity.meta.base_model;
-    let base = if base.is_unknown() { format!("unknown (width {} checked at use)", base.width()) } else { base.name.clone() };
+    let base = if base.is_unknown() {
+        format!("unknown (width {} checked at use)", base.width())
+    } else {
+        base.name.clone()
+    };
     println!(
         "wrote {}: identity {} ({}) — {} vectors × {}, read as {format}; base model {base}",
         a.output.display(),
@@ -128,7 +136,10 @@ fn base_model(model: &str) -> Result<BaseModel> {
 
 fn refuse_existing(output: &Path, overwrite: bool) -> Result<()> {
     if output.exists() && !overwrite {
-        bail!("{} exists; choose another OUT or pass --overwrite (nothing was written)", output.display());
+        bail!(
+            "{} exists; choose another OUT or pass --overwrite (nothing was written)",
+            output.display()
+        );
     }
     Ok(())
 }

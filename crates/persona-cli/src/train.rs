@@ -33,9 +33,11 @@ enum Method {
 /// OUT.ckpt.safetensors every --save-every steps; --resume continues from it to the same result an
 /// uninterrupted run gives. The loss of every step is logged to OUT.loss.jsonl.
 #[derive(Args, Debug)]
-#[command(after_help = "Example (the paper settings on SD 2.1-base, a GPU-sized job):\n  \
+#[command(
+    after_help = "Example (the paper settings on SD 2.1-base, a GPU-sized job):\n  \
 persona train --model stabilityai/stable-diffusion-2-1-base --images photos/alice --token '<alice>' \\\n    \
---method cross-init --out alice.safetensors\nThen: persona generate --model … --identity alice.safetensors --prompt '{} wearing an oversized sweater' --out out/")]
+--method cross-init --out alice.safetensors\nThen: persona generate --model … --identity alice.safetensors --prompt '{} wearing an oversized sweater' --out out/"
+)]
 pub struct TrainArgs {
     /// A diffusers pipeline folder or a cached hub id.
     #[arg(long)]
@@ -171,10 +173,16 @@ enum ScheduleArg {
 
 pub fn run(a: TrainArgs) -> Result<()> {
     if a.out.exists() && !a.resume {
-        bail!("{} exists; choose another --out or remove it (nothing was overwritten)", a.out.display());
+        bail!(
+            "{} exists; choose another --out or remove it (nothing was overwritten)",
+            a.out.display()
+        );
     }
     if a.resume && !checkpoint_path(&a.out).exists() {
-        bail!("--resume: no checkpoint at {}", checkpoint_path(&a.out).display());
+        bail!(
+            "--resume: no checkpoint at {}",
+            checkpoint_path(&a.out).display()
+        );
     }
     let place = a.device.resolve()?;
     let sd = StableDiffusion::load(&a.model, &place.load_options(a.variant.clone()))?;
@@ -190,7 +198,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let mut identity = identity;
     identity.meta.hyper["device"] = place.device_name().into();
     identity.meta.hyper["dtype"] = place.dtype_name().into();
-    identity.save(&a.out).map_err(|e| anyhow::anyhow!("{e}")).with_context(|| format!("writing {}", a.out.display()))?;
+    identity
+        .save(&a.out)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("writing {}", a.out.display()))?;
     let cost = &identity.meta.hyper["method"]["cost"];
     eprintln!(
         "wrote {} (checkpoint {}, loss log beside it); {} steps in {:.1} s on {} ({}), peak memory {:.2} GB",
@@ -237,7 +248,11 @@ fn recipe_of(a: &TrainArgs) -> Recipe {
         token: a.token.clone(),
         images: a.images.clone(),
         options,
-        faces: ModelSearch { models_dir: a.models.clone(), recognizer: a.recognizer.clone(), ..Default::default() },
+        faces: ModelSearch {
+            models_dir: a.models.clone(),
+            recognizer: a.recognizer.clone(),
+            ..Default::default()
+        },
         face_crop: !a.no_face_crop,
         templates: a.templates.clone(),
         subject: a.subject.clone(),
@@ -257,7 +272,10 @@ fn config_of(a: &TrainArgs, method: MethodName) -> TrainConfig {
             ScheduleArg::Cosine => Schedule::Cosine,
         },
         warmup: a.warmup,
-        adam: AdamWConfig { eps: a.adam_eps.unwrap_or(method.default_adam_eps()), ..Default::default() },
+        adam: AdamWConfig {
+            eps: a.adam_eps.unwrap_or(method.default_adam_eps()),
+            ..Default::default()
+        },
         seed: a.seed,
         save_every: a.save_every,
         resolution: a.resolution,

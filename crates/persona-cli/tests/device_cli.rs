@@ -8,16 +8,26 @@ use persona_diffusion::pipeline::{LoadOptions, StableDiffusion};
 use persona_diffusion::testing::fixtures_dir;
 
 fn persona(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_persona")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_persona"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn tiny() -> String {
-    fixtures_dir().join("sd2-tiny").to_string_lossy().into_owned()
+    fixtures_dir()
+        .join("sd2-tiny")
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn stdout_json(o: &std::process::Output) -> serde_json::Value {
     let out = String::from_utf8_lossy(&o.stdout);
-    let line = out.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON line in {out}"));
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON line in {out}"));
     serde_json::from_str(line).unwrap()
 }
 
@@ -39,14 +49,31 @@ fn every_model_command_has_the_device_flags() {
         let o = persona(&[cmd, &["--help"]].concat());
         let help = String::from_utf8_lossy(&o.stdout);
         assert!(o.status.success(), "{cmd:?}");
-        assert!(help.contains("--dtype <f32|bf16|f16>"), "{cmd:?} lacks --dtype:\n{help}");
+        assert!(
+            help.contains("--dtype <f32|bf16|f16>"),
+            "{cmd:?} lacks --dtype:\n{help}"
+        );
         if cmd != ["bench", "make-model"] {
-            assert!(help.contains("--device <auto|cpu|cuda[:N]>") && help.contains("the CPU with a one-line note"), "{cmd:?}:\n{help}");
+            assert!(
+                help.contains("--device <auto|cpu|cuda[:N]>")
+                    && help.contains("the CPU with a one-line note"),
+                "{cmd:?}:\n{help}"
+            );
         }
     }
     let faces = String::from_utf8_lossy(&persona(&["faces", "--help"]).stdout).into_owned();
     assert!(!faces.contains("--device"), "faces stays on the CPU");
-    let bad = persona(&["generate", "--model", &tiny(), "--prompt", "x", "--out", "o", "--device", "gpu"]);
+    let bad = persona(&[
+        "generate",
+        "--model",
+        &tiny(),
+        "--prompt",
+        "x",
+        "--out",
+        "o",
+        "--device",
+        "gpu",
+    ]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("expected auto, cpu, cuda or cuda:N"));
 }
@@ -60,15 +87,37 @@ fn cuda_without_cuda_is_a_one_line_usage_error() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");
     let runs: [&[&str]; 2] = [
-        &["generate", "--model", &tiny(), "--prompt", "x", "--steps", "1", "--out", out.to_str().unwrap(), "--device", "cuda"],
-        &["bench", "equality", "--model", &tiny(), "--devices", "cpu,cuda"],
+        &[
+            "generate",
+            "--model",
+            &tiny(),
+            "--prompt",
+            "x",
+            "--steps",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cuda",
+        ],
+        &[
+            "bench",
+            "equality",
+            "--model",
+            &tiny(),
+            "--devices",
+            "cpu,cuda",
+        ],
     ];
     for args in runs {
         let o = persona(args);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
-        assert!(err.starts_with("error: --device cuda:0: this persona was built without CUDA"), "{err}");
+        assert!(
+            err.starts_with("error: --device cuda:0: this persona was built without CUDA"),
+            "{err}"
+        );
     }
     assert!(!out.exists(), "nothing was written");
 }
@@ -77,66 +126,183 @@ fn cuda_without_cuda_is_a_one_line_usage_error() {
 fn auto_runs_on_the_cpu_with_a_note_and_records_it() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");
-    let o = persona(&["generate", "--model", &tiny(), "--prompt", "a person", "--steps", "2", "--out", out.to_str().unwrap()]);
+    let o = persona(&[
+        "generate",
+        "--model",
+        &tiny(),
+        "--prompt",
+        "a person",
+        "--steps",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     if !persona_diffusion::device::cuda_compiled() {
-        assert!(err.contains("note: running on the CPU: this persona was built without CUDA"), "{err}");
+        assert!(
+            err.contains("note: running on the CPU: this persona was built without CUDA"),
+            "{err}"
+        );
     }
-    let params: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("params.json")).unwrap()).unwrap();
+    let params: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("params.json")).unwrap()).unwrap();
     if params["device"] == "cpu" {
         assert_eq!(params["dtype"], "f32", "the CPU's default dtype");
     }
-    let o = persona(&["generate", "--model", &tiny(), "--prompt", "a person", "--steps", "2", "--device", "cpu", "--out", out.to_str().unwrap()]);
-    assert!(!String::from_utf8_lossy(&o.stderr).contains("note:"), "an explicit device needs no note");
+    let o = persona(&[
+        "generate",
+        "--model",
+        &tiny(),
+        "--prompt",
+        "a person",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("note:"),
+        "an explicit device needs no note"
+    );
 }
 
 #[test]
 fn bench_equality_cpu_against_cpu_passes() {
-    let o = persona(&["bench", "equality", "--model", &tiny(), "--devices", "cpu,cpu", "--steps", "2"]);
+    let o = persona(&[
+        "bench",
+        "equality",
+        "--model",
+        &tiny(),
+        "--devices",
+        "cpu,cpu",
+        "--steps",
+        "2",
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     let j = stdout_json(&o);
     assert_eq!(j["passed"], true);
     let rows = j["rows"].as_array().unwrap();
-    for want in ["image ddim f32", "image dpm++2m f32", "image euler f32", "train ti loss", "train crossinit ∂embeddings", "train idea ∂adapter.gamma", "train sefi loss"] {
-        assert!(rows.iter().any(|r| r["what"] == want), "no row {want}: {rows:?}");
+    for want in [
+        "image ddim f32",
+        "image dpm++2m f32",
+        "image euler f32",
+        "train ti loss",
+        "train crossinit ∂embeddings",
+        "train idea ∂adapter.gamma",
+        "train sefi loss",
+    ] {
+        assert!(
+            rows.iter().any(|r| r["what"] == want),
+            "no row {want}: {rows:?}"
+        );
     }
     // The same device computes exactly the same numbers.
-    assert!(rows.iter().filter(|r| r["enforced"] == true).all(|r| r["value"] == 0.0), "{rows:?}");
-    assert!(err.contains("cuBLAS"), "the table states why the tolerances are not zero");
+    assert!(
+        rows.iter()
+            .filter(|r| r["enforced"] == true)
+            .all(|r| r["value"] == 0.0),
+        "{rows:?}"
+    );
+    assert!(
+        err.contains("cuBLAS"),
+        "the table states why the tolerances are not zero"
+    );
 }
 
 #[test]
 fn make_model_writes_a_loadable_diffusers_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("m");
-    let o = persona(&["bench", "make-model", "--arch", "tiny", "--out", dir.to_str().unwrap()]);
+    let o = persona(&[
+        "bench",
+        "make-model",
+        "--arch",
+        "tiny",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(stdout_json(&o)["parameters"].as_u64().unwrap() > 0, true);
-    for f in ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/tokenizer.json", "text_encoder/model.safetensors", "unet/config.json", "vae/diffusion_pytorch_model.safetensors"] {
+    for f in [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "tokenizer/tokenizer.json",
+        "text_encoder/model.safetensors",
+        "unet/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    ] {
         assert!(dir.join(f).is_file(), "{f}");
     }
     let sd = StableDiffusion::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
     assert_eq!(sd.default_size(), 32);
-    let again = persona(&["bench", "make-model", "--arch", "tiny", "--out", dir.to_str().unwrap()]);
-    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("not empty"));
+    let again = persona(&[
+        "bench",
+        "make-model",
+        "--arch",
+        "tiny",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        !again.status.success() && String::from_utf8_lossy(&again.stderr).contains("not empty")
+    );
     // bf16 files load too (converted to the requested dtype).
     let half = tmp.path().join("h");
-    let o = persona(&["bench", "make-model", "--arch", "tiny", "--dtype", "bf16", "--out", half.to_str().unwrap()]);
+    let o = persona(&[
+        "bench",
+        "make-model",
+        "--arch",
+        "tiny",
+        "--dtype",
+        "bf16",
+        "--out",
+        half.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     StableDiffusion::load(half.to_str().unwrap(), &LoadOptions::default()).unwrap();
 }
 
 #[test]
 fn bench_generate_and_train_step_report_json() {
-    let o = persona(&["bench", "generate", "--arch", "tiny", "--steps", "2", "--size", "16", "--runs", "1", "--device", "cpu"]);
+    let o = persona(&[
+        "bench", "generate", "--arch", "tiny", "--steps", "2", "--size", "16", "--runs", "1",
+        "--device", "cpu",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j = stdout_json(&o);
-    assert_eq!((j["part"].as_str(), j["device"].as_str(), j["dtype"].as_str()), (Some("Generate"), Some("cpu"), Some("f32")));
+    assert_eq!(
+        (
+            j["part"].as_str(),
+            j["device"].as_str(),
+            j["dtype"].as_str()
+        ),
+        (Some("Generate"), Some("cpu"), Some("f32"))
+    );
     assert!(j["median_s"].as_f64().unwrap() > 0.0);
-    let o = persona(&["bench", "train-step", "--arch", "tiny", "--method", "idea", "--batch", "2", "--size", "16", "--runs", "1", "--device", "cpu"]);
+    let o = persona(&[
+        "bench",
+        "train-step",
+        "--arch",
+        "tiny",
+        "--method",
+        "idea",
+        "--batch",
+        "2",
+        "--size",
+        "16",
+        "--runs",
+        "1",
+        "--device",
+        "cpu",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j = stdout_json(&o);
-    assert!(j["peak_rss_gb"].as_f64().unwrap() > 0.0 && j.get("peak_gpu_gb").is_none(), "{j}");
+    assert!(
+        j["peak_rss_gb"].as_f64().unwrap() > 0.0 && j.get("peak_gpu_gb").is_none(),
+        "{j}"
+    );
 }

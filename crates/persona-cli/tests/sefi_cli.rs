@@ -8,7 +8,10 @@ use std::process::Command;
 use persona_diffusion::testing::fixtures_dir;
 
 fn persona(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_persona")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_persona"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn ok(o: std::process::Output) -> std::process::Output {
@@ -25,7 +28,11 @@ fn photos(tmp: &Path) -> PathBuf {
         if src.join(name).is_file() {
             std::fs::copy(src.join(name), dir.join(name)).unwrap();
         } else {
-            image::RgbImage::from_fn(40, 40, |x, y| image::Rgb([(x * 6) as u8, (y * 6) as u8, (i * 90) as u8])).save(dir.join(format!("{i}.png"))).unwrap();
+            image::RgbImage::from_fn(40, 40, |x, y| {
+                image::Rgb([(x * 6) as u8, (y * 6) as u8, (i * 90) as u8])
+            })
+            .save(dir.join(format!("{i}.png")))
+            .unwrap();
         }
     }
     dir
@@ -39,27 +46,137 @@ fn train_generate_and_heat_maps() {
     let photos = photos(tmp.path());
     let sefi = tmp.path().join("s.safetensors");
     let ti = tmp.path().join("t.safetensors");
-    let common = ["--model", model, "--images", photos.to_str().unwrap(), "--steps", "2", "--batch-size", "1", "--resolution", "32", "--no-face-crop"];
-    ok(persona(&[&["train", "--method", "sefi", "--token", "<s>", "--attn-layers", "all", "--out", sefi.to_str().unwrap()], &common[..]].concat()));
-    ok(persona(&[&["train", "--method", "ti", "--token", "<t>", "--attn-loss", "0.01", "--attn-layers", "1", "--out", ti.to_str().unwrap()], &common[..]].concat()));
+    let common = [
+        "--model",
+        model,
+        "--images",
+        photos.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--resolution",
+        "32",
+        "--no-face-crop",
+    ];
+    ok(persona(
+        &[
+            &[
+                "train",
+                "--method",
+                "sefi",
+                "--token",
+                "<s>",
+                "--attn-layers",
+                "all",
+                "--out",
+                sefi.to_str().unwrap(),
+            ],
+            &common[..],
+        ]
+        .concat(),
+    ));
+    ok(persona(
+        &[
+            &[
+                "train",
+                "--method",
+                "ti",
+                "--token",
+                "<t>",
+                "--attn-loss",
+                "0.01",
+                "--attn-layers",
+                "1",
+                "--out",
+                ti.to_str().unwrap(),
+            ],
+            &common[..],
+        ]
+        .concat(),
+    ));
     let tensors = candle_core::safetensors::load(&sefi, &candle_core::Device::Cpu).unwrap();
     assert_eq!(tensors["stages.keys"].dims(), [5, 1, 32]);
     assert_eq!(tensors["stages.values"].dims(), [5, 1, 32]);
 
     let out = tmp.path().join("gen");
-    let ids = ["--identity", sefi.to_str().unwrap(), "--identity", ti.to_str().unwrap()];
-    ok(persona(&[&["generate", "--model", model, "--prompt", "{0} next to {1}", "--steps", "3", "--scheduler", "euler-a", "--out", out.to_str().unwrap()], &ids[..]].concat()));
+    let ids = [
+        "--identity",
+        sefi.to_str().unwrap(),
+        "--identity",
+        ti.to_str().unwrap(),
+    ];
+    ok(persona(
+        &[
+            &[
+                "generate",
+                "--model",
+                model,
+                "--prompt",
+                "{0} next to {1}",
+                "--steps",
+                "3",
+                "--scheduler",
+                "euler-a",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &ids[..],
+        ]
+        .concat(),
+    ));
     assert!(out.join("0000.png").is_file());
 
     let maps = tmp.path().join("maps");
-    ok(persona(&[&["attention", "--model", model, "--prompt", "a photo of {0} next to {1}", "--token", "<s>", "--steps", "3", "--out", maps.to_str().unwrap()], &ids[..]].concat()));
-    let mut written: Vec<String> = std::fs::read_dir(&maps).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    ok(persona(
+        &[
+            &[
+                "attention",
+                "--model",
+                model,
+                "--prompt",
+                "a photo of {0} next to {1}",
+                "--token",
+                "<s>",
+                "--steps",
+                "3",
+                "--out",
+                maps.to_str().unwrap(),
+            ],
+            &ids[..],
+        ]
+        .concat(),
+    ));
+    let mut written: Vec<String> = std::fs::read_dir(&maps)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     written.sort();
-    assert_eq!(written, ["attention.json", "attention_16x16.png", "attention_8x8.png", "image.png"]);
+    assert_eq!(
+        written,
+        [
+            "attention.json",
+            "attention_16x16.png",
+            "attention_8x8.png",
+            "image.png"
+        ]
+    );
     let overlay = image::open(maps.join("attention_8x8.png")).unwrap();
     assert_eq!((overlay.width(), overlay.height()), (32, 32));
 
-    let missing = persona(&["attention", "--model", model, "--prompt", "a photo of a person", "--token", "dog", "--steps", "2", "--out", maps.to_str().unwrap()]);
+    let missing = persona(&[
+        "attention",
+        "--model",
+        model,
+        "--prompt",
+        "a photo of a person",
+        "--token",
+        "dog",
+        "--steps",
+        "2",
+        "--out",
+        maps.to_str().unwrap(),
+    ]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("does not occur in the prompt"));
 }

@@ -16,19 +16,14 @@
 //!   room for the reductions of the attention softmax and group norms over large sums).
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use persona_diffusion::device::{self, DeviceRequest};
 use persona_diffusion::models::clip_text::Output;
 use persona_diffusion::pipeline::{seeded_normal, GenerateParams, LoadOptions, StableDiffusion};
 use persona_diffusion::schedulers::SchedulerKind;
-use persona_faces::ModelSearch;
-use persona_train::captions::Captions;
-use persona_train::data::Sample;
-use persona_train::methods::idea::{Idea, IdeaConfig};
-use persona_train::methods::{InitOptions, Method};
-use persona_train::recipe::{build, MethodName, MethodOptions, Recipe};
-use persona_train::trainer::{StepInputs, Trainer};
+use persona_train::probe;
+use persona_train::recipe::MethodName;
 use rand::SeedableRng;
 
 /// Max |a − b| of [0, 1] images, both devices in f32.
@@ -64,7 +59,9 @@ fn parse_devices(s: &str) -> std::result::Result<DevicePair, String> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
     match parts.as_slice() {
         [a, b] => Ok(DevicePair(a.parse()?, b.parse()?)),
-        _ => Err(format!("expected two devices separated by a comma (e.g. cpu,cuda), got {s:?}")),
+        _ => Err(format!(
+            "expected two devices separated by a comma (e.g. cpu,cuda), got {s:?}"
+        )),
     }
 }
 
@@ -92,7 +89,14 @@ fn open(request: DeviceRequest) -> Result<Device> {
 }
 
 fn load(model: &str, device: &Device, dtype: DType) -> Result<StableDiffusion> {
-    Ok(StableDiffusion::load(model, &LoadOptions { variant: None, device: device.clone(), dtype })?)
+    Ok(StableDiffusion::load(
+        model,
+        &LoadOptions {
+            variant: None,
+            device: device.clone(),
+            dtype,
+        },
+    )?)
 }
 
 fn cpu_f32(t: &Tensor) -> Result<Tensor> {
@@ -101,15 +105,29 @@ fn cpu_f32(t: &Tensor) -> Result<Tensor> {
 
 /// ‖a − b‖ / ‖b‖ (0 when both are 0).
 fn rel_l2(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let (a, b) = (cpu_f32(a)?.to_dtype(DType::F64)?, cpu_f32(b)?.to_dtype(DType::F64)?);
+    let (a, b) = (
+        cpu_f32(a)?.to_dtype(DType::F64)?,
+        cpu_f32(b)?.to_dtype(DType::F64)?,
+    );
     let diff = (&a - &b)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
     let norm = b.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
-    Ok(if norm == 0.0 { if diff == 0.0 { 0.0 } else { f64::INFINITY } } else { diff / norm })
+    Ok(if norm == 0.0 {
+        if diff == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        diff / norm
+    })
 }
 
 fn abs_diff(a: &Tensor, b: &Tensor) -> Result<(f64, f64)> {
     let d = (cpu_f32(a)? - cpu_f32(b)?)?.abs()?.flatten_all()?;
-    Ok((d.max(0)?.to_scalar::<f32>()? as f64, d.mean(0)?.to_scalar::<f32>()? as f64))
+    Ok((
+        d.max(0)?.to_scalar::<f32>()? as f64,
+        d.mean(0)?.to_scalar::<f32>()? as f64,
+    ))
 }
 
 pub fn run(a: &EqualityArgs) -> Result<()> {
@@ -121,24 +139,40 @@ pub fn run(a: &EqualityArgs) -> Result<()> {
     images(a, &sa, &sb, false, &mut rows)?;
     if !a.no_bf16 {
         // Reported only: a device without bf16 kernels for some op says so instead of failing the check.
-        let bf16 = load(&a.model, &db, DType::BF16).and_then(|sb16| images(a, &sa, &sb16, true, &mut rows));
+        let bf16 = load(&a.model, &db, DType::BF16)
+            .and_then(|sb16| images(a, &sa, &sb16, true, &mut rows));
         if let Err(e) = bf16 {
             let first = format!("{e:#}");
-            eprintln!("note: bf16 images on {nb} not compared: {}", first.lines().next().unwrap_or_default());
+            eprintln!(
+                "note: bf16 images on {nb} not compared: {}",
+                first.lines().next().unwrap_or_default()
+            );
         }
     }
-    for method in [MethodName::Ti, MethodName::CrossInit, MethodName::Idea, MethodName::Sefi] {
-        training_step(&sa, &sb, method, &mut rows).with_context(|| format!("training step of {method:?}"))?;
+    for method in [
+        MethodName::Ti,
+        MethodName::CrossInit,
+        MethodName::Idea,
+        MethodName::Sefi,
+    ] {
+        training_step(&sa, &sb, method, &mut rows)
+            .with_context(|| format!("training step of {method:?}"))?;
     }
     eprintln!("{na} (f32) vs {nb} on {}", a.model);
-    eprintln!("{:<44} {:<12} {:>10} {:>9}  result", "what", "metric", "value", "tolerance");
+    eprintln!(
+        "{:<44} {:<12} {:>10} {:>9}  result",
+        "what", "metric", "value", "tolerance"
+    );
     for r in &rows {
         let result = match (r.ok(), r.enforced) {
             (true, _) => "ok",
             (false, true) => "FAIL",
             (false, false) => "over (reported only)",
         };
-        eprintln!("{:<44} {:<12} {:>10.2e} {:>9.0e}  {result}", r.what, r.metric, r.value, r.tol);
+        eprintln!(
+            "{:<44} {:<12} {:>10.2e} {:>9.0e}  {result}",
+            r.what, r.metric, r.value, r.tol
+        );
     }
     eprintln!(
         "tolerances: f32 images max |Δ| ≤ {IMAGE_TOL:.0e} and gradients ‖Δ‖/‖ref‖ ≤ {GRAD_TOL:.0e} — the devices sum the same \
@@ -157,19 +191,32 @@ pub fn run(a: &EqualityArgs) -> Result<()> {
     super::emit(fields, None, &db, DType::F32);
     if !failed.is_empty() {
         let names: Vec<&str> = failed.iter().map(|r| r.what.as_str()).collect();
-        bail!("{na} and {nb} disagree beyond the tolerance: {}", names.join(", "));
+        bail!(
+            "{na} and {nb} disagree beyond the tolerance: {}",
+            names.join(", ")
+        );
     }
     Ok(())
 }
 
 /// Images from the same seeded latents with DDIM, DPM-Solver++ 2M and Euler; `bf16`: `sb` is the bf16 model.
-fn images(a: &EqualityArgs, sa: &StableDiffusion, sb: &StableDiffusion, bf16: bool, rows: &mut Vec<Row>) -> Result<()> {
+fn images(
+    a: &EqualityArgs,
+    sa: &StableDiffusion,
+    sb: &StableDiffusion,
+    bf16: bool,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
     let side = a.size.unwrap_or_else(|| sa.default_size());
     let f = sa.vae_scale();
     let shape = [1, sa.unet.config().in_channels, side / f, side / f];
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let latents = seeded_normal(&mut rng, &shape, &Device::Cpu)?;
-    for kind in [SchedulerKind::Ddim, SchedulerKind::DpmSolverMultistep, SchedulerKind::Euler] {
+    for kind in [
+        SchedulerKind::Ddim,
+        SchedulerKind::DpmSolverMultistep,
+        SchedulerKind::Euler,
+    ] {
         let params = |sd: &StableDiffusion| -> Result<GenerateParams> {
             Ok(GenerateParams {
                 prompt: "a photo of a person".into(),
@@ -192,65 +239,46 @@ fn images(a: &EqualityArgs, sa: &StableDiffusion, sb: &StableDiffusion, bf16: bo
         let (max, mean) = abs_diff(&ib, &ia)?;
         let name = kind.cli_name().unwrap_or("?");
         rows.push(match bf16 {
-            false => Row { what: format!("image {name} f32"), metric: "max |Δ|", value: max, tol: IMAGE_TOL, enforced: true },
-            true => Row { what: format!("image {name} bf16 vs f32"), metric: "mean |Δ|", value: mean, tol: BF16_IMAGE_TOL, enforced: false },
+            false => Row {
+                what: format!("image {name} f32"),
+                metric: "max |Δ|",
+                value: max,
+                tol: IMAGE_TOL,
+                enforced: true,
+            },
+            true => Row {
+                what: format!("image {name} bf16 vs f32"),
+                metric: "mean |Δ|",
+                value: mean,
+                tol: BF16_IMAGE_TOL,
+                enforced: false,
+            },
         });
     }
     Ok(())
 }
 
-/// The method as `persona train` builds it (ID-EA on a seeded synthetic face embedding: no face models).
-fn method_on<'a>(sd: &'a StableDiffusion, name: MethodName) -> Result<Box<dyn Method + 'a>> {
-    let token = "<eq>";
-    if name == MethodName::Idea {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let face = seeded_normal(&mut rng, &[512], &Device::Cpu)?;
-        let face = (&face / face.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64)?.to_device(&sd.device)?;
-        let init = InitOptions { num_tokens: 2, init_words: None, names: None };
-        return Ok(Box::new(Idea::new(sd, token, IdeaConfig::new(init, 0), face, "synthetic")?));
-    }
-    let recipe = Recipe {
-        method: name,
-        token: token.into(),
-        images: "none".into(),
-        options: MethodOptions::default(),
-        faces: ModelSearch::default(),
-        face_crop: false,
-        templates: None,
-        subject: None,
-    };
-    Ok(build(sd, &recipe, sd.default_size() as u32, 0)?.method)
-}
-
 /// One training step of `name` on both devices from the same values and inputs: loss and every gradient.
-fn training_step(sa: &StableDiffusion, sb: &StableDiffusion, name: MethodName, rows: &mut Vec<Row>) -> Result<()> {
-    let ma = method_on(sa, name)?;
-    let mb = method_on(sb, name)?;
-    // The same starting values on both (initialisers may draw on the device), with ID-EA's gate opened so
-    // that the Enhancer and the Adapter get gradients too.
-    let vb: std::collections::HashMap<String, Var> = mb.vars().into_iter().collect();
-    for (n, va) in ma.vars() {
-        if n == "adapter.gamma" {
-            va.set(&Tensor::full(0.5f32, va.shape(), va.device())?)?;
-        }
-        let Some(target) = vb.get(&n) else { bail!("{n} exists on one device only") };
-        target.set(&va.as_tensor().to_device(target.device())?)?;
-    }
-    let side = sa.default_size();
-    let h = side / sa.vae_scale();
-    let c = sa.unet.config().in_channels;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let latents = seeded_normal(&mut rng, &[2, c, h, h], &Device::Cpu)?;
-    let noise = seeded_normal(&mut rng, &[2, c, h, h], &Device::Cpu)?;
-    let phrase = ma.phrase();
-    let subject = name.default_subject();
-    let captions = Captions::new(None, subject)?;
-    let caps = vec![captions.caption(0, &phrase), captions.caption(1, &phrase)];
-    let inputs = StepInputs { latents, noise, timesteps: vec![100, 700], captions: caps };
-    let (la, ga) = step(sa, ma, &inputs, subject)?;
-    let (lb, gb) = step(sb, mb, &inputs, subject)?;
+fn training_step(
+    sa: &StableDiffusion,
+    sb: &StableDiffusion,
+    name: MethodName,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let ma = probe::method(sa, name)?;
+    let mb = probe::method(sb, name)?;
+    probe::align(ma.as_ref(), mb.as_ref())?;
+    let inputs = probe::inputs(sa, ma.as_ref(), name)?;
+    let (la, ga) = probe::loss_and_grads(sa, ma, &inputs, name)?;
+    let (lb, gb) = probe::loss_and_grads(sb, mb, &inputs, name)?;
     let label = format!("{name:?}").to_lowercase();
-    rows.push(Row { what: format!("train {label} loss"), metric: "‖Δ‖/‖ref‖", value: rel_l2(&lb, &la)?, tol: GRAD_TOL, enforced: true });
+    rows.push(Row {
+        what: format!("train {label} loss"),
+        metric: "‖Δ‖/‖ref‖",
+        value: rel_l2(&lb, &la)?,
+        tol: GRAD_TOL,
+        enforced: true,
+    });
     let gb: std::collections::HashMap<String, Option<Tensor>> = gb.into_iter().collect();
     for (n, a) in ga {
         let value = match (&a, gb.get(&n).cloned().flatten()) {
@@ -258,27 +286,13 @@ fn training_step(sa: &StableDiffusion, sb: &StableDiffusion, name: MethodName, r
             (None, None) => continue,
             _ => f64::INFINITY,
         };
-        rows.push(Row { what: format!("train {label} ∂{n}"), metric: "‖Δ‖/‖ref‖", value, tol: GRAD_TOL, enforced: true });
+        rows.push(Row {
+            what: format!("train {label} ∂{n}"),
+            metric: "‖Δ‖/‖ref‖",
+            value,
+            tol: GRAD_TOL,
+            enforced: true,
+        });
     }
     Ok(())
-}
-
-type Grads = Vec<(String, Option<Tensor>)>;
-
-/// The loss of `inputs` (moved to `sd`'s device) and the gradient of each of the method's tensors.
-fn step<'a>(sd: &'a StableDiffusion, m: Box<dyn Method + 'a>, inputs: &StepInputs, subject: &str) -> Result<(Tensor, Grads)> {
-    let side = sd.default_size();
-    let pixels = Tensor::zeros((3, side, side), DType::F32, &sd.device)?;
-    let dummy = Sample { path: "none".into(), pixels: [pixels.clone(), pixels], face_found: false };
-    let trainer = Trainer::new(sd, m, vec![dummy], Captions::new(None, subject)?, 0)?;
-    let inputs = StepInputs {
-        latents: inputs.latents.to_device(&sd.device)?,
-        noise: inputs.noise.to_device(&sd.device)?,
-        timesteps: inputs.timesteps.clone(),
-        captions: inputs.captions.clone(),
-    };
-    let (total, _, _) = trainer.loss(&inputs)?;
-    let grads = total.backward()?;
-    let g = trainer.method.vars().into_iter().map(|(n, v)| (n, grads.get(v.as_tensor()).cloned())).collect();
-    Ok((total, g))
 }

@@ -43,13 +43,30 @@ pub fn random_pipeline(arch: Arch, place: &Placement) -> Result<StableDiffusion>
     let text_encoder = ClipTextModel::load(&w.pp("text_encoder"), &arch.text_config()?)?;
     let unet = UNet2DConditionModel::load(&w.pp("unet"), &arch.unet_config()?)?;
     // As the loader does: an f16 VAE runs in f32 (diffusers' force_upcast).
-    let vae_dtype = if dtype == DType::F16 { DType::F32 } else { dtype };
-    let vae = AutoencoderKL::load(&Weights::random_as(0, &device, vae_dtype).pp("vae"), &arch.vae_config()?)?;
+    let vae_dtype = if dtype == DType::F16 {
+        DType::F32
+    } else {
+        dtype
+    };
+    let vae = AutoencoderKL::load(
+        &Weights::random_as(0, &device, vae_dtype).pp("vae"),
+        &arch.vae_config()?,
+    )?;
     let companion = arch.companion()?;
     let tokenizer = ClipTokenizer::from_dir(companion.join("tokenizer"))?;
-    let scheduler_config = SchedulerConfig::from_file(companion.join("scheduler/scheduler_config.json"))?;
+    let scheduler_config =
+        SchedulerConfig::from_file(companion.join("scheduler/scheduler_config.json"))?;
     let dir = PathBuf::from(format!("<random {}>", arch.name()));
-    Ok(StableDiffusion { tokenizer, text_encoder, unet, vae, scheduler_config, dir, device, dtype })
+    Ok(StableDiffusion {
+        tokenizer,
+        text_encoder,
+        unet,
+        vae,
+        scheduler_config,
+        dir,
+        device,
+        dtype,
+    })
 }
 
 pub fn run(a: &GenerateBench) -> Result<()> {

@@ -29,16 +29,26 @@ pub struct MakeModelArgs {
 }
 
 /// Every tensor `build` reads, with its shape (the state-dict manifest), without allocating any.
-fn manifest(build: impl FnOnce(&Weights) -> persona_diffusion::Result<()>) -> Result<Vec<(String, Vec<usize>)>> {
+fn manifest(
+    build: impl FnOnce(&Weights) -> persona_diffusion::Result<()>,
+) -> Result<Vec<(String, Vec<usize>)>> {
     let w = Weights::recorder();
     build(&w)?;
     Ok(w.requested().into_iter().collect())
 }
 
 /// Writes `dir/config.json` and `dir/<file>`: every tensor of the manifest, seeded random, in `dtype`.
-fn write_component(dir: &Path, config: &str, file: &str, tensors: &[(String, Vec<usize>)], seed: u64, dtype: DType) -> Result<usize> {
+fn write_component(
+    dir: &Path,
+    config: &str,
+    file: &str,
+    tensors: &[(String, Vec<usize>)],
+    seed: u64,
+    dtype: DType,
+) -> Result<usize> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join("config.json"), config).with_context(|| format!("writing {}/config.json", dir.display()))?;
+    std::fs::write(dir.join("config.json"), config)
+        .with_context(|| format!("writing {}/config.json", dir.display()))?;
     let random = Weights::random_as(seed, &Device::Cpu, dtype);
     let mut map = HashMap::new();
     let mut params = 0;
@@ -47,7 +57,8 @@ fn write_component(dir: &Path, config: &str, file: &str, tensors: &[(String, Vec
         map.insert(name.clone(), random.get(shape.as_slice(), name)?);
     }
     let path = dir.join(file);
-    candle_core::safetensors::save(&map, &path).with_context(|| format!("writing {}", path.display()))?;
+    candle_core::safetensors::save(&map, &path)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(params)
 }
 
@@ -65,23 +76,59 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 
 pub fn run(a: &MakeModelArgs) -> Result<()> {
     if a.out.exists() && std::fs::read_dir(&a.out)?.next().is_some() {
-        bail!("{} exists and is not empty; choose another --out (nothing was overwritten)", a.out.display());
+        bail!(
+            "{} exists and is not empty; choose another --out (nothing was overwritten)",
+            a.out.display()
+        );
     }
     let dtype = a.dtype.dtype();
     let start = std::time::Instant::now();
     let companion = a.arch.companion()?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    std::fs::copy(companion.join("model_index.json"), a.out.join("model_index.json"))?;
+    std::fs::copy(
+        companion.join("model_index.json"),
+        a.out.join("model_index.json"),
+    )?;
     copy_dir(&companion.join("tokenizer"), &a.out.join("tokenizer"))?;
     copy_dir(&companion.join("scheduler"), &a.out.join("scheduler"))?;
-    let (tc, uc, vc) = (a.arch.text_config()?, a.arch.unet_config()?, a.arch.vae_config()?);
+    let (tc, uc, vc) = (
+        a.arch.text_config()?,
+        a.arch.unet_config()?,
+        a.arch.vae_config()?,
+    );
     let te = manifest(|w| ClipTextModel::load(w, &tc).map(drop))?;
-    let mut params = write_component(&a.out.join("text_encoder"), a.arch.config_text("text_encoder"), "model.safetensors", &te, a.seed, dtype)?;
+    let mut params = write_component(
+        &a.out.join("text_encoder"),
+        a.arch.config_text("text_encoder"),
+        "model.safetensors",
+        &te,
+        a.seed,
+        dtype,
+    )?;
     let unet = manifest(|w| UNet2DConditionModel::load(w, &uc).map(drop))?;
-    params += write_component(&a.out.join("unet"), a.arch.config_text("unet"), "diffusion_pytorch_model.safetensors", &unet, a.seed, dtype)?;
+    params += write_component(
+        &a.out.join("unet"),
+        a.arch.config_text("unet"),
+        "diffusion_pytorch_model.safetensors",
+        &unet,
+        a.seed,
+        dtype,
+    )?;
     let vae = manifest(|w| AutoencoderKL::load(w, &vc).map(drop))?;
-    params += write_component(&a.out.join("vae"), a.arch.config_text("vae"), "diffusion_pytorch_model.safetensors", &vae, a.seed, dtype)?;
-    eprintln!("wrote a random-weight {} pipeline ({params} parameters, {}) to {}", a.arch.name(), dtype.as_str(), a.out.display());
+    params += write_component(
+        &a.out.join("vae"),
+        a.arch.config_text("vae"),
+        "diffusion_pytorch_model.safetensors",
+        &vae,
+        a.seed,
+        dtype,
+    )?;
+    eprintln!(
+        "wrote a random-weight {} pipeline ({params} parameters, {}) to {}",
+        a.arch.name(),
+        dtype.as_str(),
+        a.out.display()
+    );
     let fields = serde_json::json!({
         "part": "MakeModel", "arch": a.arch.name(), "out": a.out, "parameters": params,
         "seconds": (start.elapsed().as_secs_f64() * 100.0).round() / 100.0,

@@ -5,6 +5,7 @@
 
 mod equality;
 mod generate;
+mod gradcheck;
 mod make_model;
 mod parts;
 
@@ -17,9 +18,11 @@ use clap::{Args, Subcommand, ValueEnum};
 use persona_diffusion::models::{clip_text, unet, vae};
 
 #[derive(Args, Debug)]
-#[command(after_help = "Examples:\n  persona bench unet --batch 2 --device cuda --dtype bf16\n  \
+#[command(
+    after_help = "Examples:\n  persona bench unet --batch 2 --device cuda --dtype bf16\n  \
 persona bench generate --steps 50 --device cuda\n  persona bench train-step --method idea --batch 8 --device cuda\n  \
-persona bench make-model --arch sd21-base --out /tmp/sd21-random\n  persona bench equality --model fixtures/sd2-tiny --devices cpu,cuda")]
+persona bench make-model --arch sd21-base --out /tmp/sd21-random\n  persona bench equality --model fixtures/sd2-tiny --devices cpu,cuda\n  persona bench gradcheck --device cuda"
+)]
 pub struct BenchArgs {
     #[command(subcommand)]
     part: Part,
@@ -47,6 +50,10 @@ enum Part {
     /// training step of ti, cross-init, idea and sefi (loss and every gradient). Prints a table; exits non-zero
     /// when an f32 tolerance is exceeded.
     Equality(equality::EqualityArgs),
+    /// The building blocks' gradient checks on a device: every differentiable op in f64 against finite
+    /// differences (and only the input in the gradient store), and in bf16 and f16 against f32 (value and
+    /// input gradient). The same suites `cargo test` runs on the CPU; exits non-zero when one fails.
+    Gradcheck(gradcheck::GradcheckArgs),
 }
 
 /// A model architecture (random weights).
@@ -63,15 +70,29 @@ pub enum Arch {
 impl Arch {
     pub fn config_text(self, component: &str) -> &'static str {
         match (self, component) {
-            (Arch::Sd21Base, "unet") => include_str!("../../../../fixtures/manifests/sd21-base/unet/config.json"),
-            (Arch::Sd21Base, "vae") => include_str!("../../../../fixtures/manifests/sd21-base/vae/config.json"),
-            (Arch::Sd21Base, _) => include_str!("../../../../fixtures/manifests/sd21-base/text_encoder/config.json"),
-            (Arch::Sd15, "unet") => include_str!("../../../../fixtures/manifests/sd15/unet/config.json"),
-            (Arch::Sd15, "vae") => include_str!("../../../../fixtures/manifests/sd15/vae/config.json"),
-            (Arch::Sd15, _) => include_str!("../../../../fixtures/manifests/sd15/text_encoder/config.json"),
+            (Arch::Sd21Base, "unet") => {
+                include_str!("../../../../fixtures/manifests/sd21-base/unet/config.json")
+            }
+            (Arch::Sd21Base, "vae") => {
+                include_str!("../../../../fixtures/manifests/sd21-base/vae/config.json")
+            }
+            (Arch::Sd21Base, _) => {
+                include_str!("../../../../fixtures/manifests/sd21-base/text_encoder/config.json")
+            }
+            (Arch::Sd15, "unet") => {
+                include_str!("../../../../fixtures/manifests/sd15/unet/config.json")
+            }
+            (Arch::Sd15, "vae") => {
+                include_str!("../../../../fixtures/manifests/sd15/vae/config.json")
+            }
+            (Arch::Sd15, _) => {
+                include_str!("../../../../fixtures/manifests/sd15/text_encoder/config.json")
+            }
             (Arch::Tiny, "unet") => include_str!("../../../../fixtures/sd2-tiny/unet/config.json"),
             (Arch::Tiny, "vae") => include_str!("../../../../fixtures/sd2-tiny/vae/config.json"),
-            (Arch::Tiny, _) => include_str!("../../../../fixtures/sd2-tiny/text_encoder/config.json"),
+            (Arch::Tiny, _) => {
+                include_str!("../../../../fixtures/sd2-tiny/text_encoder/config.json")
+            }
         }
     }
 
@@ -90,7 +111,11 @@ impl Arch {
     /// The pipeline folder whose tokenizer, scheduler config and model_index.json this architecture shares:
     /// SD 2.x's (`!` padding) for sd21-base and tiny, SD 1.x's for sd15.
     pub fn companion(self) -> Result<PathBuf> {
-        Ok(fixtures_dir()?.join(if self == Arch::Sd15 { "sd1-tiny" } else { "sd2-tiny" }))
+        Ok(fixtures_dir()?.join(if self == Arch::Sd15 {
+            "sd1-tiny"
+        } else {
+            "sd2-tiny"
+        }))
     }
 
     pub fn name(self) -> &'static str {
@@ -142,8 +167,16 @@ impl Timing {
     fn of(mut times: Vec<f64>) -> Self {
         times.sort_by(f64::total_cmp);
         let n = times.len();
-        let median = if n % 2 == 1 { times[n / 2] } else { (times[n / 2 - 1] + times[n / 2]) / 2.0 };
-        Self { best: times[0], mean: times.iter().sum::<f64>() / n as f64, median }
+        let median = if n % 2 == 1 {
+            times[n / 2]
+        } else {
+            (times[n / 2 - 1] + times[n / 2]) / 2.0
+        };
+        Self {
+            best: times[0],
+            mean: times.iter().sum::<f64>() / n as f64,
+            median,
+        }
     }
 
     /// The timing's JSON fields (rounded to 0.1 ms).
@@ -174,5 +207,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Part::Generate(g) => generate::run(&g),
         Part::MakeModel(m) => make_model::run(&m),
         Part::Equality(e) => equality::run(&e),
+        Part::Gradcheck(g) => gradcheck::run(&g),
     }
 }

@@ -61,7 +61,12 @@ pub fn run(which: Which, a: &ModelArgs) -> Result<()> {
             let c = a.arch.unet_config()?;
             let model = UNet2DConditionModel::load(&w, &c)?;
             let x = Tensor::randn(0f32, 1., (a.batch, c.in_channels, a.size, a.size), dev)?;
-            let cond = Condition::new(Tensor::randn(0f32, 1., (a.batch, 77, c.cross_attention_dim), dev)?);
+            let cond = Condition::new(Tensor::randn(
+                0f32,
+                1.,
+                (a.batch, 77, c.cross_attention_dim),
+                dev,
+            )?);
             let t = Tensor::new(&[500f32], dev)?;
             time(dev, a.runs, || {
                 model.forward(&x, &t, &cond, None)?;
@@ -71,7 +76,9 @@ pub fn run(which: Which, a: &ModelArgs) -> Result<()> {
         Which::TrainStep => train_step(&w, a, dev)?,
         Which::TextEncoder => {
             let model = ClipTextModel::load(&w, &a.arch.text_config()?)?;
-            let ids = Tensor::arange(0u32, 77, dev)?.unsqueeze(0)?.repeat((a.batch, 1))?;
+            let ids = Tensor::arange(0u32, 77, dev)?
+                .unsqueeze(0)?
+                .repeat((a.batch, 1))?;
             time(dev, a.runs, || {
                 model.forward(&ids, Output::Last)?;
                 Ok(())
@@ -101,17 +108,23 @@ fn train_step(w: &Weights, a: &ModelArgs, dev: &Device) -> Result<Timing> {
     let te = ClipTextModel::load(&w.pp("te"), &tc)?;
     let model = UNet2DConditionModel::load(&w.pp("unet"), &uc)?;
     let rows = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1., (2, tc.hidden_size), dev)?)?;
-    let ids = Tensor::arange(0u32, 77, dev)?.unsqueeze(0)?.repeat((a.batch, 1))?;
+    let ids = Tensor::arange(0u32, 77, dev)?
+        .unsqueeze(0)?
+        .repeat((a.batch, 1))?;
     let base = te.embed(&ids)?;
-    let positions: Vec<(usize, usize, usize)> = (0..a.batch).flat_map(|b| [(b, 6, 0), (b, 7, 1)]).collect();
+    let positions: Vec<(usize, usize, usize)> =
+        (0..a.batch).flat_map(|b| [(b, 6, 0), (b, 7, 1)]).collect();
     let x = Tensor::randn(0f32, 1., (a.batch, uc.in_channels, a.size, a.size), dev)?;
     let target = Tensor::randn(0f32, 1., (a.batch, uc.out_channels, a.size, a.size), dev)?;
     let t = Tensor::new(&[500f32], dev)?;
     let idea = match a.method {
         BenchMethod::Tokens => None,
-        BenchMethod::Idea | BenchMethod::IdeaKv => {
-            Some(IdeaModules::new(&model, tc.hidden_size, matches!(a.method, BenchMethod::IdeaKv), dev)?)
-        }
+        BenchMethod::Idea | BenchMethod::IdeaKv => Some(IdeaModules::new(
+            &model,
+            tc.hidden_size,
+            matches!(a.method, BenchMethod::IdeaKv),
+            dev,
+        )?),
     };
     // The peak counts from here: weights, inputs and learned modules are held, as in diffusers' figure.
     reset_peak_memory(dev)?;
@@ -119,10 +132,15 @@ fn train_step(w: &Weights, a: &ModelArgs, dev: &Device) -> Result<Timing> {
         let embeds = place_rows(&base, rows.as_tensor(), &positions)?;
         let y = te.forward_embeds(&embeds, Output::Last)?;
         let cond = Condition::new(match &idea {
-            Some(m) => m.adapter.forward(&y, &m.enhancer.forward(&m.face, &m.anchor)?)?,
+            Some(m) => m
+                .adapter
+                .forward(&y, &m.enhancer.forward(&m.face, &m.anchor)?)?,
             None => y,
         });
-        let control = idea.as_ref().and_then(|m| m.kv.as_ref()).map(|k| k as &dyn AttentionControl);
+        let control = idea
+            .as_ref()
+            .and_then(|m| m.kv.as_ref())
+            .map(|k| k as &dyn AttentionControl);
         let pred = model.forward(&x, &t, &cond, control)?;
         let grads = mse_loss(&pred, &target)?.backward()?;
         if grads.get(rows.as_tensor()).is_none() {
@@ -144,10 +162,23 @@ struct IdeaModules {
 impl IdeaModules {
     fn new(unet: &UNet2DConditionModel, d: usize, with_kv: bool, dev: &Device) -> Result<Self> {
         let mut vars = Vec::new();
-        let mut src = Source::Init { seed: 0, dtype: DType::F32, device: dev, vars: &mut vars };
+        let mut src = Source::Init {
+            seed: 0,
+            dtype: DType::F32,
+            device: dev,
+            vars: &mut vars,
+        };
         let enhancer = Enhancer::new(&mut src, 512, d, 8)?;
         let adapter = Adapter::new(&mut src, d, 8, 0.4)?;
-        let kv = if with_kv { Some(KvDeltas::new(&mut src, &kv::unet_cross_attention_layers(unet, dev)?, kv::RANK)?) } else { None };
+        let kv = if with_kv {
+            Some(KvDeltas::new(
+                &mut src,
+                &kv::unet_cross_attention_layers(unet, dev)?,
+                kv::RANK,
+            )?)
+        } else {
+            None
+        };
         for (name, var) in &vars {
             if name == "adapter.gamma" {
                 var.set(&Tensor::new(&[0.5f32], dev)?)?;
@@ -155,6 +186,12 @@ impl IdeaModules {
         }
         let face = Tensor::randn(0f32, 1., 512, dev)?;
         let anchor = Tensor::randn(0f32, 1., (2, d), dev)?;
-        Ok(Self { enhancer, adapter, kv, face, anchor })
+        Ok(Self {
+            enhancer,
+            adapter,
+            kv,
+            face,
+            anchor,
+        })
     }
 }
