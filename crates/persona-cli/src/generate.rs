@@ -7,7 +7,9 @@ use clap::{Args, ValueEnum};
 use persona_diffusion::models::clip_text::Output;
 use persona_diffusion::nn::AttentionControl;
 use persona_diffusion::pipeline::image::{to_rgb8, write_atomic, write_png};
-use persona_diffusion::pipeline::{expand_prompt, GenerateParams, StableDiffusion};
+use persona_diffusion::pipeline::{
+    expand_prompt, GenerateParams, MicroConditioning, StableDiffusion,
+};
 use persona_diffusion::schedulers::SchedulerKind;
 use persona_train::methods::idea::inference::{AdapterUse, IdentityControl};
 
@@ -59,6 +61,15 @@ pub struct GenerateArgs {
     /// Take the condition this many layers before the text encoder's last (diffusers' clip_skip).
     #[arg(long)]
     clip_skip: Option<usize>,
+    /// SDXL micro-conditioning: the original image size H,W the model is told (default: --height,--width).
+    #[arg(long, value_parser = parse_pair, value_name = "H,W")]
+    original_size: Option<(usize, usize)>,
+    /// SDXL micro-conditioning: the crop's top-left corner T,L (default 0,0).
+    #[arg(long, value_parser = parse_pair, value_name = "T,L")]
+    crop_top_left: Option<(usize, usize)>,
+    /// SDXL micro-conditioning: the target size H,W (default: --height,--width).
+    #[arg(long, value_parser = parse_pair, value_name = "H,W")]
+    target_size: Option<(usize, usize)>,
     /// An identity file (repeatable): `{}`/`{0}` in the prompt is the first identity, `{1}` the second, and
     /// each identity's name (e.g. `<alice>`) expands to its pseudo-tokens.
     #[arg(long)]
@@ -87,6 +98,16 @@ fn parse_scheduler(s: &str) -> std::result::Result<SchedulerKind, String> {
     s.parse::<SchedulerKind>().map_err(|e| e.to_string())
 }
 
+/// `A,B` → (A, B).
+fn parse_pair(s: &str) -> std::result::Result<(usize, usize), String> {
+    let parse = |v: &str| v.trim().parse::<usize>().ok();
+    match s.split_once(',') {
+        Some((a, b)) => parse(a).zip(parse(b)),
+        None => None,
+    }
+    .ok_or_else(|| format!("expected two whole numbers as A,B (e.g. 1024,1024), got {s:?}"))
+}
+
 fn read_latents(path: &PathBuf) -> Result<candle_core::Tensor> {
     let mut tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
         .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
@@ -100,6 +121,16 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let place = a.device.resolve()?;
     let sd = StableDiffusion::load(&a.model, &place.load_options(a.variant.clone()))?;
     place.announce();
+    let micro = MicroConditioning {
+        original_size: a.original_size,
+        crop_top_left: a.crop_top_left.unwrap_or((0, 0)),
+        target_size: a.target_size,
+    };
+    let micro_given =
+        a.original_size.is_some() || a.crop_top_left.is_some() || a.target_size.is_some();
+    if micro_given && !sd.is_sdxl() {
+        bail!("--original-size, --crop-top-left and --target-size are SDXL micro-conditioning; {} is not an SDXL model", a.model);
+    }
     let size = sd.default_size();
     let latents = a
         .latents
@@ -148,12 +179,12 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     let control = IdentityControl::new(&sd, &identities, adapter_use, params.guidance > 1.0)?;
     let control = control.as_ref().map(|c| c as &dyn AttentionControl);
-    let images = sd.generate_with(&params, control, &mut |p| {
+    let images = sd.generate_with_micro(&params, &micro, control, &mut |p| {
         bar.set_position((p.batch * p.steps + p.step) as u64)
     })?;
     bar.finish_and_clear();
     let scheduler = sd.scheduler_kind(a.scheduler);
-    let record = serde_json::json!({
+    let mut record = serde_json::json!({
         "model": a.model, "variant": a.variant, "prompt": a.prompt, "negative_prompt": a.negative_prompt,
         "steps": a.steps, "guidance": a.guidance, "scheduler": scheduler.cli_name(),
         "height": params.height, "width": params.width, "seed": a.seed, "num_images": num_images,
@@ -161,6 +192,12 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         "adapter": format!("{:?}", a.adapter).to_lowercase(),
         "device": place.device_name(), "dtype": place.dtype_name(),
     });
+    if sd.is_sdxl() {
+        let ids = micro.time_ids(params.height, params.width);
+        record["original_size"] = serde_json::json!([ids[0], ids[1]]);
+        record["crop_top_left"] = serde_json::json!([ids[2], ids[3]]);
+        record["target_size"] = serde_json::json!([ids[4], ids[5]]);
+    }
     for (i, img) in to_rgb8(&images)?.iter().enumerate() {
         let mut one = record.clone();
         one["seed"] = serde_json::json!(a.seed + i as u64);

@@ -9,4 +9,5 @@ mod mixed_precision;
 mod models;
 mod pipeline;
 mod schedulers;
+mod sdxl;
 mod tokenizer;

@@ -1,4 +1,4 @@
-//! The real SD 1.5 and SD 2.1-base architectures: built from their published configs on a recording weight
+//! The real SD 1.5, SD 2.1-base and SDXL base 1.0 architectures: built from their published configs on a recording weight
 //! source (names and shapes only, nothing allocated), our models ask for exactly the tensors of diffusers' /
 //! transformers' state dicts (`fixtures/manifests`, made by `tools/fixtures/manifests.py`), with the same shapes.
 
@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use persona_diffusion::models::{
-    clip_text, unet, vae, AutoencoderKL, ClipTextModel, UNet2DConditionModel,
+    clip_text, unet, vae, AutoencoderKL, ClipTextModel, ClipTextModelWithProjection,
+    UNet2DConditionModel,
 };
 use persona_diffusion::nn::Weights;
 use persona_diffusion::testing::fixtures_dir;
@@ -73,4 +74,17 @@ fn sd21_base_architecture_matches_diffusers() {
 #[test]
 fn sd15_architecture_matches_diffusers() {
     all_components("sd15");
+}
+
+#[test]
+fn sdxl_base_architecture_matches_diffusers() {
+    all_components("sdxl-base");
+    compare("sdxl-base", "text_encoder_2", |w, c| {
+        ClipTextModelWithProjection::load(
+            w,
+            &clip_text::Config::read(c).unwrap(),
+            &clip_text::ProjectionConfig::read(c).unwrap(),
+        )
+        .unwrap();
+    });
 }

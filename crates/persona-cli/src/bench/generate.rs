@@ -60,6 +60,7 @@ pub fn random_pipeline(arch: Arch, place: &Placement) -> Result<StableDiffusion>
     Ok(StableDiffusion {
         tokenizer,
         text_encoder,
+        sdxl: None,
         unet,
         vae,
         scheduler_config,

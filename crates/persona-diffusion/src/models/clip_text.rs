@@ -1,5 +1,5 @@
 //! CLIP text encoder (transformers' `CLIPTextModel`): SD 1.x ViT-L/14 (quick_gelu) and SD 2.x OpenCLIP ViT-H
-//! (exact gelu). Runs from token ids or from input embeddings — personalization methods put learned vectors
+//! (exact gelu), and SDXL's `CLIPTextModelWithProjection`. Runs from token ids or from input embeddings — personalization methods put learned vectors
 //! into the embedding sequence and need gradients back to them.
 
 use std::path::Path;
@@ -187,22 +187,159 @@ impl ClipTextModel {
 
     /// Encodes input embeddings `[B, L, d]` (positions are added here, as in transformers).
     pub fn forward_embeds(&self, embeds: &Tensor, output: Output) -> Result<Tensor> {
+        let keep = match output {
+            Output::Last => self.layers.len(),
+            Output::Skip(n) => self.layers.len().saturating_sub(n),
+        };
+        let (x, _) = self.run_layers(embeds, keep, false)?;
+        Ok(self
+            .final_layer_norm
+            .forward(&x)?
+            .to_dtype(crate::device::outer_dtype(self.dtype()))?)
+    }
+
+    /// SDXL's reading of the encoder: transformers' `hidden_states[-(from_end + 1)]` — the state after all but
+    /// the last `from_end` layers, *without* `final_layer_norm` (`from_end = 1` is SDXL's penultimate state,
+    /// `clip_skip = n` is `from_end = n + 1`) — and, with `last`, the final-layer-normed last state
+    /// (`last_hidden_state`, what the pooled output is taken from). Both in f32 (f64 for an f64 model).
+    pub fn forward_embeds_hidden(
+        &self,
+        embeds: &Tensor,
+        from_end: usize,
+        last: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let n = self.layers.len();
+        if from_end > n {
+            return Err(crate::Error::Msg(format!(
+                "hidden state {from_end} layers before the last of a {n}-layer text encoder does not exist"
+            )));
+        }
+        let outer = crate::device::outer_dtype(self.dtype());
+        let (hidden, rest) = self.run_layers(embeds, n - from_end, last)?;
+        let last = rest
+            .map(|x| -> Result<Tensor> { Ok(self.final_layer_norm.forward(&x)?.to_dtype(outer)?) })
+            .transpose()?;
+        Ok((hidden.to_dtype(outer)?, last))
+    }
+
+    /// Positions, then the first `keep` layers (model dtype); with `full`, also the state after every layer.
+    fn run_layers(
+        &self,
+        embeds: &Tensor,
+        keep: usize,
+        full: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (_, l, _) = embeds.dims3()?;
         let embeds = &embeds.to_dtype(self.dtype())?;
         let positions = self.position_embedding.narrow(0, 0, l)?;
         let mut x = add(embeds, &positions)?;
         let mask = causal_mask(l, embeds.device())?.to_dtype(embeds.dtype())?;
-        let keep = match output {
-            Output::Last => self.layers.len(),
-            Output::Skip(n) => self.layers.len().saturating_sub(n),
-        };
         for layer in &self.layers[..keep] {
             x = layer.forward(&x, Some(&mask))?;
         }
+        if !full {
+            return Ok((x, None));
+        }
+        let mut y = x.clone();
+        for layer in &self.layers[keep..] {
+            y = layer.forward(&y, Some(&mask))?;
+        }
+        Ok((x, Some(y)))
+    }
+}
+
+/// The `CLIPTextConfig` fields of transformers' `CLIPTextModelWithProjection` beyond [`Config`].
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct ProjectionConfig {
+    pub projection_dim: usize,
+    /// `2` (old configs, SDXL's included) makes transformers pool at the highest token id (`argmax`);
+    /// any other value pools at the first occurrence of that id.
+    #[serde(default = "default_eos")]
+    pub eos_token_id: u32,
+}
+
+fn default_eos() -> u32 {
+    2
+}
+
+impl ProjectionConfig {
+    pub fn read(path: &Path) -> Result<Self> {
+        read_json(path)
+    }
+}
+
+/// transformers' `CLIPTextModelWithProjection` (SDXL's `text_encoder_2`, OpenCLIP bigG): the text tower plus
+/// `text_projection` (no bias) applied to the pooled state, giving `text_embeds`.
+pub struct ClipTextModelWithProjection {
+    pub model: ClipTextModel,
+    text_projection: Linear,
+    eos_token_id: u32,
+}
+
+impl ClipTextModelWithProjection {
+    /// Hub and transformers-5 layouts both name the tower `text_model.*` and the projection `text_projection`.
+    pub fn load(w: &Weights, config: &Config, projection: &ProjectionConfig) -> Result<Self> {
+        let model = ClipTextModel::load(w, config)?;
+        let text_projection = Linear::load(
+            &w.pp("text_projection"),
+            config.hidden_size,
+            projection.projection_dim,
+            false,
+        )?;
+        Ok(Self {
+            model,
+            text_projection,
+            eos_token_id: projection.eos_token_id,
+        })
+    }
+
+    pub fn projection_dim(&self) -> usize {
+        self.text_projection.weight().dim(0).unwrap_or(0)
+    }
+
+    /// Where transformers pools each row of token ids `[B, L]`: the first highest id when the config's
+    /// `eos_token_id` is 2, else the first position holding `eos_token_id` (0 when there is none).
+    pub fn pool_positions(&self, ids: &Tensor) -> Result<Vec<usize>> {
+        let rows = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                if self.eos_token_id == 2 {
+                    let max = row.iter().copied().max().unwrap_or(0);
+                    row.iter().position(|&id| id == max).unwrap_or(0)
+                } else {
+                    row.iter()
+                        .position(|&id| id == self.eos_token_id)
+                        .unwrap_or(0)
+                }
+            })
+            .collect())
+    }
+
+    /// `text_embeds` `[B, projection_dim]` from the final-layer-normed last state `[B, L, d]` and the pooling
+    /// positions ([`Self::pool_positions`]).
+    pub fn project(&self, last: &Tensor, positions: &[usize]) -> Result<Tensor> {
+        let rows = positions
+            .iter()
+            .enumerate()
+            .map(|(b, &p)| last.get(b)?.get(p))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let pooled = Tensor::stack(&rows, 0)?;
         Ok(self
-            .final_layer_norm
-            .forward(&x)?
-            .to_dtype(crate::device::outer_dtype(self.dtype()))?)
+            .text_projection
+            .forward(&pooled)?
+            .to_dtype(crate::device::outer_dtype(self.model.dtype()))?)
+    }
+
+    /// SDXL's reading of token ids `[B, L]`: the hidden state `from_end` layers before the end (no final layer
+    /// norm, see [`ClipTextModel::forward_embeds_hidden`]) and `text_embeds`.
+    pub fn forward_hidden(&self, ids: &Tensor, from_end: usize) -> Result<(Tensor, Tensor)> {
+        let ids = ids.to_dtype(DType::U32)?;
+        let (hidden, last) =
+            self.model
+                .forward_embeds_hidden(&self.model.embed(&ids)?, from_end, true)?;
+        let last = last.ok_or_else(|| crate::Error::Msg("no last hidden state".into()))?;
+        Ok((hidden, self.project(&last, &self.pool_positions(&ids)?)?))
     }
 }
 

@@ -8,11 +8,15 @@ use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::{LearnedTokens, StableDiffusion};
+use super::{LearnedTokens, MicroConditioning, StableDiffusion};
 use crate::models::clip_text::Output;
+use crate::models::AddedCond;
 use crate::nn::{AttentionControl, Condition};
 use crate::schedulers::{self, SchedulerKind};
 use crate::{Error, Result};
+
+/// A prompt's condition and (SDXL) pooled embeddings.
+type Encoded = (Condition, Option<Tensor>);
 
 #[derive(Clone, Debug)]
 pub struct GenerateParams {
@@ -81,6 +85,29 @@ impl StableDiffusion {
         control: Option<&dyn AttentionControl>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Tensor> {
+        self.generate_with_micro(p, &MicroConditioning::default(), control, progress)
+    }
+
+    /// [`Self::generate_with`] with SDXL's micro-conditioning (original size, crop, target size); anything
+    /// but the defaults is refused for SD 1.x/2.x models.
+    pub fn generate_with_micro(
+        &self,
+        p: &GenerateParams,
+        micro: &MicroConditioning,
+        control: Option<&dyn AttentionControl>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Tensor> {
+        if !self.is_sdxl() && !micro.is_default() {
+            return Err(Error::Msg(
+                "original size, crop and target size are SDXL micro-conditioning; this model is not SDXL"
+                    .into(),
+            ));
+        }
+        if self.is_sdxl() && !p.tokens.is_empty() {
+            return Err(Error::Msg(
+                "learned tokens (identities) are not supported on SDXL yet".into(),
+            ));
+        }
         let f = self.vae_scale();
         if !p.height.is_multiple_of(f)
             || !p.width.is_multiple_of(f)
@@ -104,7 +131,7 @@ impl StableDiffusion {
         }
         // (negative, positive) prompt conditions by the stages they were encoded for: one entry without
         // staged tokens, at most S with them.
-        let mut encoded: HashMap<Vec<usize>, (Condition, Condition)> = HashMap::new();
+        let mut encoded: HashMap<Vec<usize>, (Encoded, Encoded)> = HashMap::new();
         let batch = p.batch_size.max(1);
         let batches = p.num_images.div_ceil(batch);
         let mut images = Vec::new();
@@ -132,7 +159,15 @@ impl StableDiffusion {
                     batches,
                 })
             };
-            let z = self.denoise(latents, &mut encoded, p, control, &mut rngs, &mut report)?;
+            let z = self.denoise(
+                latents,
+                &mut encoded,
+                p,
+                micro,
+                control,
+                &mut rngs,
+                &mut report,
+            )?;
             images.push(self.decode(&z)?);
         }
         Ok(Tensor::cat(&images, 0)?)
@@ -143,8 +178,9 @@ impl StableDiffusion {
     fn denoise(
         &self,
         latents: Tensor,
-        encoded: &mut HashMap<Vec<usize>, (Condition, Condition)>,
+        encoded: &mut HashMap<Vec<usize>, (Encoded, Encoded)>,
         p: &GenerateParams,
+        micro: &MicroConditioning,
         control: Option<&dyn AttentionControl>,
         rngs: &mut [rand::rngs::StdRng],
         report: &mut dyn FnMut(usize, usize),
@@ -163,7 +199,14 @@ impl StableDiffusion {
                 c.repeat((n, 1, 1))?
             })
         };
-        let mut batched: HashMap<Vec<usize>, Condition> = HashMap::new();
+        let batch2 = |u: &Tensor, c: &Tensor| -> Result<Tensor> {
+            Ok(if guided {
+                Tensor::cat(&[u.repeat((n, 1))?, c.repeat((n, 1))?], 0)?
+            } else {
+                c.repeat((n, 1))?
+            })
+        };
+        let mut batched: HashMap<Vec<usize>, (Condition, Option<AddedCond>)> = HashMap::new();
         let mut x = (latents * sched.init_noise_sigma())?;
         let timesteps = sched.timesteps().to_vec();
         for (i, &t) in timesteps.iter().enumerate() {
@@ -177,21 +220,40 @@ impl StableDiffusion {
             let stages = self.stages_at(&p.tokens, t);
             if !batched.contains_key(&stages) {
                 if !encoded.contains_key(&stages) {
-                    let enc =
-                        |prompt: &str| self.encode_staged(&[prompt], &p.tokens, t, p.text_output);
-                    encoded.insert(stages.clone(), (enc(&p.negative_prompt)?, enc(&p.prompt)?));
+                    let pair = if self.is_sdxl() {
+                        let enc = |e: super::TextEncoding| (Condition::new(e.embeds), e.pooled);
+                        (
+                            enc(self.encode_negative(&[&p.negative_prompt], p.text_output)?),
+                            enc(self.encode_text(&[&p.prompt], p.text_output)?),
+                        )
+                    } else {
+                        let enc = |prompt: &str| -> Result<Encoded> {
+                            Ok((
+                                self.encode_staged(&[prompt], &p.tokens, t, p.text_output)?,
+                                None,
+                            ))
+                        };
+                        (enc(&p.negative_prompt)?, enc(&p.prompt)?)
+                    };
+                    encoded.insert(stages.clone(), pair);
                 }
-                let (u, c) = &encoded[&stages];
+                let ((u, u_pooled), (c, c_pooled)) = &encoded[&stages];
                 let key = batch(&u.key, &c.key)?;
                 let value = match (&u.value, &c.value) {
                     (None, None) => None,
                     _ => Some(batch(u.value(), c.value())?),
                 };
-                batched.insert(stages.clone(), Condition { key, value });
+                let pooled = match (u_pooled, c_pooled) {
+                    (Some(u), Some(c)) => Some(batch2(u, c)?),
+                    _ => None,
+                };
+                let added = self.added_cond(pooled.as_ref(), micro, p.height, p.width)?;
+                batched.insert(stages.clone(), (Condition { key, value }, added));
             }
+            let (cond, added) = &batched[&stages];
             let eps = self
                 .unet
-                .forward(&input, &t_tensor, &batched[&stages], control)?;
+                .forward_added(&input, &t_tensor, cond, added.as_ref(), control)?;
             let eps = if guided {
                 let (u, c) = (eps.narrow(0, 0, n)?, eps.narrow(0, n, n)?);
                 (&u + ((c - &u)? * p.guidance)?)?

@@ -1,8 +1,10 @@
 //! A loaded Stable Diffusion pipeline (tokenizer, text encoder, UNet, VAE, scheduler config) and text-to-image
-//! sampling with classifier-free guidance, as diffusers' `StableDiffusionPipeline` does it.
+//! sampling with classifier-free guidance, as diffusers' `StableDiffusionPipeline` does it — or, for an SDXL
+//! folder (`text_encoder_2`), as `StableDiffusionXLPipeline` does it (see [`sdxl`]).
 
 mod generate;
 pub mod image;
+pub mod sdxl;
 mod staged;
 mod tokens;
 
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 pub use generate::{seeded_normal, GenerateParams, Progress};
+pub use sdxl::{MicroConditioning, Sdxl, TextEncoding};
 pub use staged::stage_of;
 pub use tokens::{expand_prompt, LearnedTokens};
 
@@ -56,6 +59,8 @@ impl LoadOptions {
 pub struct StableDiffusion {
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
+    /// SDXL's second tokenizer and text encoder and its pipeline settings; `None` for SD 1.x/2.x.
+    pub sdxl: Option<Sdxl>,
     pub unet: UNet2DConditionModel,
     pub vae: AutoencoderKL,
     pub scheduler_config: SchedulerConfig,
@@ -103,9 +108,20 @@ impl StableDiffusion {
         )?;
         let scheduler_config =
             SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?;
+        let sdxl = if dir.join("text_encoder_2").is_dir() || unet.config().text_time() {
+            Some(Sdxl::load(
+                &dir,
+                &unet,
+                text_encoder.config().hidden_size,
+                opts,
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
             tokenizer,
             text_encoder,
+            sdxl,
             unet,
             vae,
             scheduler_config,
@@ -127,22 +143,36 @@ impl StableDiffusion {
 
     /// Token ids of prompts, padded to 77, as `[B, 77]` u32.
     pub fn tokenize(&self, prompts: &[&str]) -> Result<Tensor> {
-        let rows = prompts
-            .iter()
-            .map(|p| self.tokenizer.encode(p))
-            .collect::<Result<Vec<_>>>()?;
-        let len = rows.first().map_or(0, Vec::len);
-        Ok(Tensor::from_vec(
-            rows.concat(),
-            (prompts.len(), len),
-            &self.device,
-        )?)
+        tokenize_with(&self.tokenizer, prompts, &self.device)
     }
 
-    /// Text condition `[B, 77, d]` of prompts.
+    /// Text condition `[B, 77, d]` of prompts (SDXL: both encoders' states concatenated, `[B, 77, d1 + d2]`;
+    /// [`Self::encode_text`] also gives the pooled embeddings).
     pub fn encode_prompts(&self, prompts: &[&str], output: Output) -> Result<Tensor> {
+        if self.sdxl.is_some() {
+            return Ok(self.encode_text(prompts, output)?.embeds);
+        }
         self.text_encoder.forward(&self.tokenize(prompts)?, output)
     }
+
+    /// Whether this is an SDXL pipeline.
+    pub fn is_sdxl(&self) -> bool {
+        self.sdxl.is_some()
+    }
+}
+
+/// Token ids `[B, L]` u32 of prompts with one tokenizer.
+fn tokenize_with(tokenizer: &ClipTokenizer, prompts: &[&str], device: &Device) -> Result<Tensor> {
+    let rows = prompts
+        .iter()
+        .map(|p| tokenizer.encode(p))
+        .collect::<Result<Vec<_>>>()?;
+    let len = rows.first().map_or(0, Vec::len);
+    Ok(Tensor::from_vec(
+        rows.concat(),
+        (prompts.len(), len),
+        device,
+    )?)
 }
 
 /// Opens a component folder's weights and config, builds it and reports every weight problem in one error.

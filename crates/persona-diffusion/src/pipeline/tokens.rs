@@ -35,6 +35,13 @@ impl StableDiffusion {
         if learned.is_empty() {
             return self.encode_prompts(prompts, output);
         }
+        if self.is_sdxl() {
+            return Err(Error::Msg(
+                "learned tokens (identities) are not supported on SDXL yet: they need rows for both token \
+                 tables"
+                    .into(),
+            ));
+        }
         let mut tok = self.tokenizer.clone();
         let names: Vec<String> = learned.iter().flat_map(|l| l.names.clone()).collect();
         for name in &names {

@@ -1,5 +1,6 @@
-//! diffusers' `UNet2DConditionModel` for SD 1.x and 2.x: the noise predictor, configured from its own
-//! `config.json`, with parameter names exactly as diffusers' state dict.
+//! diffusers' `UNet2DConditionModel` for SD 1.x, 2.x and SDXL: the noise predictor, configured from its own
+//! `config.json`, with parameter names exactly as diffusers' state dict. SDXL's micro-conditioning
+//! (`addition_embed_type: "text_time"`) enters through [`AddedCond`].
 
 mod blocks;
 mod transformer;
@@ -42,8 +43,8 @@ fn one(v: usize) -> PerBlock {
     PerBlock::One(v)
 }
 
-/// The `UNet2DConditionModel` config keys SD 1.x and 2.x use. Keys for features this model does not
-/// implement (class embeddings, SDXL's added conditioning) are read so that a config using them is refused
+/// The `UNet2DConditionModel` config keys SD 1.x, 2.x and SDXL use. Keys for features this model does not
+/// implement (class embeddings, other added conditionings) are read so that a config using them is refused
 /// with a clear error instead of being silently misread.
 #[derive(Clone, Debug, serde::Deserialize)]
 pub struct Config {
@@ -83,12 +84,20 @@ pub struct Config {
     #[serde(default)]
     pub use_linear_projection: bool,
     /// Softmax in f32 for fp16 models; always the case here (half-precision softmax accumulates in f32).
-    #[serde(default)]
+    /// SDXL's config has `null`.
+    #[serde(default, deserialize_with = "null_false")]
     pub upcast_attention: bool,
     #[serde(default)]
     pub class_embed_type: Option<String>,
+    /// `"text_time"` (SDXL): pooled text embeddings and time ids added to the time embedding.
     #[serde(default)]
     pub addition_embed_type: Option<String>,
+    /// Sinusoidal width of each SDXL time id (256 for SDXL).
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<usize>,
+    /// Input width of `add_embedding` (SDXL: 6 × 256 + 1280 = 2816).
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<usize>,
     #[serde(default)]
     pub only_cross_attention: serde_json::Value,
     #[serde(default)]
@@ -97,6 +106,10 @@ pub struct Config {
     pub resnet_time_scale_shift: String,
     #[serde(default = "d_positional")]
     pub time_embedding_type: String,
+}
+
+fn null_false<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
+    Ok(<Option<bool> as serde::Deserialize>::deserialize(d)?.unwrap_or(false))
 }
 
 fn d_sample() -> usize {
@@ -154,8 +167,20 @@ impl Config {
         if self.class_embed_type.is_some() {
             return unsupported("class_embed_type");
         }
-        if self.addition_embed_type.is_some() {
-            return unsupported("addition_embed_type (SDXL conditioning)");
+        match self.addition_embed_type.as_deref() {
+            None => {}
+            Some("text_time") => {
+                if self.addition_time_embed_dim.is_none()
+                    || self.projection_class_embeddings_input_dim.is_none()
+                {
+                    return Err(
+                        "addition_embed_type text_time needs addition_time_embed_dim and \
+                                projection_class_embeddings_input_dim"
+                            .into(),
+                    );
+                }
+            }
+            Some(other) => return unsupported(&format!("addition_embed_type {other}")),
         }
         if self.dual_cross_attention || self.only_cross_attention.as_bool().unwrap_or(false) {
             return unsupported("dual/only cross-attention");
@@ -200,6 +225,11 @@ impl Config {
             .unwrap_or(&self.attention_head_dim)
     }
 
+    /// Whether the model takes SDXL's added conditioning ([`AddedCond`]).
+    pub fn text_time(&self) -> bool {
+        self.addition_embed_type.as_deref() == Some("text_time")
+    }
+
     /// Number of attention heads of down block `i`.
     pub fn heads(&self, i: usize) -> usize {
         self.heads_config().get(i)
@@ -234,10 +264,27 @@ fn timestep_features(
     Ok(features.to_dtype(dtype)?)
 }
 
+/// SDXL's added conditioning (`added_cond_kwargs`): the pooled text embeddings of the second text encoder
+/// `[B, projection_dim]` and the micro-conditioning time ids `[B, 6]` (`original_size + crop_top_left +
+/// target_size`, each (height, width)), one row per UNet batch row.
+#[derive(Clone, Debug)]
+pub struct AddedCond {
+    pub text_embeds: Tensor,
+    pub time_ids: Tensor,
+}
+
+/// `add_embedding` of a `text_time` UNet: a `TimestepEmbedding` over `[text_embeds, sinusoid(time_ids)]`.
+struct AddEmbedding {
+    linear_1: Linear,
+    linear_2: Linear,
+    time_dim: usize,
+}
+
 pub struct UNet2DConditionModel {
     conv_in: Conv2d,
     time_linear_1: Linear,
     time_linear_2: Linear,
+    add_embedding: Option<AddEmbedding>,
     down_blocks: Vec<DownBlock>,
     mid_block: MidBlock,
     up_blocks: Vec<UpBlock>,
@@ -308,7 +355,18 @@ impl UNet2DConditionModel {
             up_blocks.push(UpBlock::load(spec, &skips)?);
             prev = ch[rev];
         }
+        let add_embedding = if c.text_time() {
+            let input = c.projection_class_embeddings_input_dim.unwrap_or(0);
+            Some(AddEmbedding {
+                linear_1: Linear::load(&w.pp("add_embedding.linear_1"), input, temb_dim, true)?,
+                linear_2: Linear::load(&w.pp("add_embedding.linear_2"), temb_dim, temb_dim, true)?,
+                time_dim: c.addition_time_embed_dim.unwrap_or(0),
+            })
+        } else {
+            None
+        };
         Ok(Self {
+            add_embedding,
             conv_in: Conv2d::load(&w.pp("conv_in"), c.in_channels, ch[0], 3, 1, 1)?,
             time_linear_1: Linear::load(&w.pp("time_embedding.linear_1"), ch[0], temb_dim, true)?,
             time_linear_2: Linear::load(
@@ -336,12 +394,42 @@ impl UNet2DConditionModel {
     }
 
     /// Predicts noise (or v) for `sample` `[B, C, h, w]` at `timesteps` (`[B]`, or one value for the whole
-    /// batch) under `condition`; `control` steers the cross-attention layers.
+    /// batch) under `condition`; `control` steers the cross-attention layers. An SDXL UNet needs
+    /// [`Self::forward_added`].
     pub fn forward(
         &self,
         sample: &Tensor,
         timesteps: &Tensor,
         condition: &Condition,
+        control: Option<&dyn AttentionControl>,
+    ) -> Result<Tensor> {
+        self.forward_added(sample, timesteps, condition, None, control)
+    }
+
+    /// Whether [`Self::forward_added`] needs an [`AddedCond`] (SDXL).
+    pub fn needs_added(&self) -> bool {
+        self.add_embedding.is_some()
+    }
+
+    /// The input width of the pooled text embeddings an SDXL UNet expects (`None` for SD 1.x/2.x): the
+    /// `add_embedding` input less 6 time ids × `addition_time_embed_dim`.
+    pub fn added_text_dim(&self) -> Option<usize> {
+        let c = &self.config;
+        self.add_embedding.as_ref().map(|a| {
+            c.projection_class_embeddings_input_dim
+                .unwrap_or(0)
+                .saturating_sub(6 * a.time_dim)
+        })
+    }
+
+    /// [`Self::forward`] with SDXL's added conditioning (`added_cond_kwargs`); an error when the model needs it
+    /// and it is missing. Models without `addition_embed_type` ignore it.
+    pub fn forward_added(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        condition: &Condition,
+        added: Option<&AddedCond>,
         control: Option<&dyn AttentionControl>,
     ) -> Result<Tensor> {
         let b = sample.dim(0)?;
@@ -361,9 +449,38 @@ impl UNet2DConditionModel {
             c.freq_shift,
             dtype,
         )?;
-        let temb = self
+        let mut temb = self
             .time_linear_2
             .forward(&self.time_linear_1.forward(&features)?.silu()?)?;
+        if let Some(add) = &self.add_embedding {
+            let added = added.ok_or_else(|| {
+                Error::Msg(
+                    "this UNet (addition_embed_type text_time, SDXL) needs the pooled text embeddings and \
+                     time ids (AddedCond)"
+                        .into(),
+                )
+            })?;
+            let text = added.text_embeds.to_dtype(dtype)?;
+            if text.dims2()?.0 != b || added.time_ids.dims2()?.0 != b {
+                return Err(Error::Msg(format!(
+                    "added conditioning has {} text-embedding rows and {} time-id rows for a batch of {b}",
+                    text.dim(0)?,
+                    added.time_ids.dim(0)?
+                )));
+            }
+            // diffusers: add_time_proj(time_ids.flatten()) reshaped to [B, 6·dim], after text_embeds.
+            let ids = added.time_ids.flatten_all()?;
+            let time =
+                timestep_features(&ids, add.time_dim, c.flip_sin_to_cos, c.freq_shift, dtype)?
+                    .reshape((b, ()))?;
+            let aug = add.linear_2.forward(
+                &add.linear_1
+                    .forward(&Tensor::cat(&[&text, &time], 1)?)?
+                    .silu()?,
+            )?;
+            temb = crate::nn::grad::add(&temb, &aug)?;
+        }
+        let temb = temb;
         let cross = CrossAttnInput { condition, control };
 
         let mut x = self.conv_in.forward(sample)?;
