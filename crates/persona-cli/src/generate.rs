@@ -193,10 +193,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         "device": place.device_name(), "dtype": place.dtype_name(),
     });
     if sd.is_sdxl() {
-        let ids = micro.time_ids(params.height, params.width);
-        record["original_size"] = serde_json::json!([ids[0], ids[1]]);
-        record["crop_top_left"] = serde_json::json!([ids[2], ids[3]]);
-        record["target_size"] = serde_json::json!([ids[4], ids[5]]);
+        let size = (params.height, params.width);
+        record["original_size"] = serde_json::json!(micro.original_size.unwrap_or(size));
+        record["crop_top_left"] = serde_json::json!(micro.crop_top_left);
+        record["target_size"] = serde_json::json!(micro.target_size.unwrap_or(size));
     }
     for (i, img) in to_rgb8(&images)?.iter().enumerate() {
         let mut one = record.clone();
