@@ -107,7 +107,9 @@ impl EncoderLayer {
     }
 }
 
-/// Which hidden state the condition is taken from.
+/// Which hidden state the condition is taken from. SDXL pipelines read it their own way (no final layer
+/// norm, one layer earlier): `Last` is SDXL's default `hidden_states[-2]`, `Skip(n)` its `clip_skip = n`,
+/// `hidden_states[-(n + 2)]`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Output {
     /// `last_hidden_state`: the last layer, after `final_layer_norm` (what SD 1.x/2.x use).
