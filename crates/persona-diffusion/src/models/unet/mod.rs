@@ -169,17 +169,17 @@ impl Config {
         }
         match self.addition_embed_type.as_deref() {
             None => {}
-            Some("text_time") => {
+            Some("text_time")
                 if self.addition_time_embed_dim.is_none()
-                    || self.projection_class_embeddings_input_dim.is_none()
-                {
-                    return Err(
-                        "addition_embed_type text_time needs addition_time_embed_dim and \
-                                projection_class_embeddings_input_dim"
-                            .into(),
-                    );
-                }
+                    || self.projection_class_embeddings_input_dim.is_none() =>
+            {
+                return Err(
+                    "addition_embed_type text_time needs addition_time_embed_dim and \
+                            projection_class_embeddings_input_dim"
+                        .into(),
+                );
             }
+            Some("text_time") => {}
             Some(other) => return unsupported(&format!("addition_embed_type {other}")),
         }
         if self.dual_cross_attention || self.only_cross_attention.as_bool().unwrap_or(false) {
