@@ -75,6 +75,38 @@ pub struct Sample {
     pub path: PathBuf,
     pub pixels: [Tensor; 2],
     pub face_found: bool,
+    /// The photo's size `(height, width)` before cropping and resizing (after its EXIF orientation).
+    pub original_size: (u32, u32),
+    /// The square that was cropped, `(left, top, side)` in the photo's pixels.
+    pub crop: (u32, u32, u32),
+}
+
+impl Sample {
+    /// A sample of given pixels (tests, probes): the photo is the `[3, R, R]` image itself, uncropped.
+    pub fn from_pixels(pixels: Tensor) -> Result<Self> {
+        let side = pixels.dim(2)? as u32;
+        Ok(Self {
+            path: "none".into(),
+            pixels: [pixels.clone(), pixels.flip(&[2])?],
+            face_found: false,
+            original_size: (side, side),
+            crop: (0, 0, side),
+        })
+    }
+
+    /// SDXL's micro-conditioning time ids of this sample at `resolution`, as diffusers'
+    /// `textual_inversion_sdxl.py` records them: `original_size` (the photo's size before resizing),
+    /// `crop_top_left` (the crop's top-left corner in the resized photo: persona crops the square first and
+    /// resizes it to `resolution`, which is cropping the photo resized by `resolution / side`), `target_size`
+    /// (`resolution` square). The flip does not change them (the script flips after cropping).
+    pub fn time_ids(&self, resolution: u32) -> [f32; 6] {
+        let (h, w) = self.original_size;
+        let (left, top, side) = self.crop;
+        let scale = f64::from(resolution) / f64::from(side.max(1));
+        let at = |v: u32| (f64::from(v) * scale).round() as f32;
+        let r = resolution as f32;
+        [h as f32, w as f32, at(top), at(left), r, r]
+    }
 }
 
 /// Prepares every photo of `dir` at `resolution`.
@@ -119,6 +151,8 @@ fn load_sample(
     Ok(Sample {
         pixels: [to_tensor(&resized)?, to_tensor(&flipped)?],
         face_found: face.is_some(),
+        original_size: (img.height(), img.width()),
+        crop: (x, y, side),
         path,
     })
 }

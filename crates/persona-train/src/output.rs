@@ -46,6 +46,12 @@ pub fn load_identities(
         .iter()
         .map(|p| {
             let id = Identity::load(p).map_err(identity_error)?;
+            let width_2 = sd
+                .sdxl
+                .as_ref()
+                .map(|x| x.text_encoder_2.model.config().hidden_size);
+            id.check_family(sd.is_sdxl(), width_2)
+                .map_err(|e| Error::file(p, e))?;
             id.check_base(&base, force).map_err(identity_error)?;
             crate::methods::sefi::staged_tokens(&id).map_err(|e| Error::file(p, e))?;
             id.to_device(&sd.device).map_err(identity_error)
@@ -59,6 +65,7 @@ pub fn learned_tokens(identities: &[Identity]) -> (Vec<LearnedTokens>, Vec<(Stri
     let plain = |i: &Identity| LearnedTokens {
         names: i.tokens.clone(),
         rows: i.embeddings.clone(),
+        rows_2: i.rows_2().cloned(),
     };
     let tokens: Vec<LearnedTokens> = identities
         .iter()

@@ -85,6 +85,7 @@ pub fn inputs(sd: &StableDiffusion, m: &dyn Method, name: MethodName) -> Result<
         noise,
         timesteps: vec![100, 700],
         captions: vec![captions.caption(0, &phrase), captions.caption(1, &phrase)],
+        time_ids: Vec::new(),
     })
 }
 
@@ -100,11 +101,7 @@ pub fn loss_and_grads<'a>(
 ) -> Result<(Tensor, Grads)> {
     let side = sd.default_size();
     let pixels = Tensor::zeros((3, side, side), DType::F32, &sd.device)?;
-    let dummy = Sample {
-        path: "none".into(),
-        pixels: [pixels.clone(), pixels],
-        face_found: false,
-    };
+    let dummy = Sample::from_pixels(pixels)?;
     let trainer = Trainer::new(
         sd,
         m,
@@ -117,6 +114,7 @@ pub fn loss_and_grads<'a>(
         noise: inputs.noise.to_device(&sd.device)?,
         timesteps: inputs.timesteps.clone(),
         captions: inputs.captions.clone(),
+        time_ids: inputs.time_ids.clone(),
     };
     let (total, _, _) = trainer.loss(&inputs)?;
     let grads = total.backward()?;

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use candle_core::{backprop::GradStore, Tensor};
 use persona_diffusion::models::vae::Posterior;
+use persona_diffusion::models::AddedCond;
 use persona_diffusion::nn::grad::mse_loss;
 use persona_diffusion::pipeline::{seeded_normal, StableDiffusion};
 use persona_diffusion::schedulers::NoiseSchedule;
@@ -83,6 +84,9 @@ pub struct StepInputs {
     pub noise: Tensor,
     pub timesteps: Vec<usize>,
     pub captions: Vec<String>,
+    /// SDXL's micro-conditioning per sample, `original_size + crop_top_left + target_size` (each (h, w)); empty
+    /// means the defaults for the latents' size (no resize, no crop) and is ignored by SD 1.x/2.x models.
+    pub time_ids: Vec<[f32; 6]>,
 }
 
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -167,11 +171,14 @@ impl<'a> Trainer<'a> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ mix);
         let scaling = self.sd.vae.config().scaling_factor;
         let (mut latents, mut captions, mut timesteps) = (Vec::new(), Vec::new(), Vec::new());
+        let mut time_ids = Vec::new();
         let phrase = self.method.phrase();
         for j in 0..batch {
             let index = self.photo_of((step * plan.accum + micro) * batch + j, plan.repeats);
             let flip = usize::from(rng.random_bool(0.5));
             let template = rng.random_range(0..self.captions.len());
+            let sample = &self.samples[index];
+            time_ids.push(sample.time_ids(sample.pixels[0].dim(2)? as u32));
             let post = self.posterior(index, flip)?;
             let (mean, logvar) = (post.mean.clone(), post.logvar.clone());
             let eps = seeded_normal(&mut rng, mean.dims(), &self.sd.device)?;
@@ -187,6 +194,7 @@ impl<'a> Trainer<'a> {
             noise,
             timesteps,
             captions,
+            time_ids,
         })
     }
 
@@ -202,15 +210,19 @@ impl<'a> Trainer<'a> {
             &inputs.timesteps,
         )?;
         let prompts: Vec<&str> = inputs.captions.iter().map(String::as_str).collect();
-        let cond = self
+        let (cond, pooled) = self
             .method
-            .condition(self.sd, &prompts, &inputs.timesteps)?;
+            .encode(self.sd, &prompts, &inputs.timesteps)?;
+        let added = self.added_cond(inputs, pooled)?;
         let t: Vec<f32> = inputs.timesteps.iter().map(|&t| t as f32).collect();
         let t = Tensor::new(t, &self.sd.device)?;
-        let pred = self
-            .sd
-            .unet
-            .forward(&noisy, &t, &cond, self.method.control())?;
+        let pred = self.sd.unet.forward_added(
+            &noisy,
+            &t,
+            &cond,
+            added.as_ref(),
+            self.method.control(),
+        )?;
         let diffusion = mse_loss(&pred, &target)?;
         let reg = self.method.extra_loss()?;
         let total = match &reg {
@@ -218,6 +230,37 @@ impl<'a> Trainer<'a> {
             None => diffusion.clone(),
         };
         Ok((total, diffusion, reg))
+    }
+
+    /// SDXL's added conditioning of a batch: the captions' pooled embeddings and each sample's time ids
+    /// (`None` for SD 1.x/2.x).
+    fn added_cond(&self, inputs: &StepInputs, pooled: Option<Tensor>) -> Result<Option<AddedCond>> {
+        if !self.sd.is_sdxl() {
+            return Ok(None);
+        }
+        let text_embeds = pooled.ok_or_else(|| {
+            Error::Msg(format!(
+                "method {} is not yet on SDXL (it gives no pooled text embeddings)",
+                self.method.name()
+            ))
+        })?;
+        let (b, _, h, w) = inputs.latents.dims4()?;
+        let f = self.sd.vae_scale();
+        let ids: Vec<f32> = if inputs.time_ids.is_empty() {
+            let (h, w) = ((h * f) as f32, (w * f) as f32);
+            (0..b).flat_map(|_| [h, w, 0.0, 0.0, h, w]).collect()
+        } else if inputs.time_ids.len() == b {
+            inputs.time_ids.iter().flatten().copied().collect()
+        } else {
+            return Err(Error::Msg(format!(
+                "{} time-id rows for a batch of {b}",
+                inputs.time_ids.len()
+            )));
+        };
+        Ok(Some(AddedCond {
+            text_embeds,
+            time_ids: Tensor::from_vec(ids, (b, 6), &self.sd.device)?,
+        }))
     }
 
     /// Loss value without building a gradient graph (evaluation batches).

@@ -75,6 +75,8 @@ fn dummy_sample(sd: &StableDiffusion) -> Sample {
         path: "none".into(),
         pixels: [zeros(), zeros()],
         face_found: true,
+        original_size: (32, 32),
+        crop: (0, 0, 32),
     }
 }
 
@@ -92,6 +94,7 @@ fn one_step_matches_pytorch() {
         noise: r["noise"].clone(),
         timesteps: case.timesteps,
         captions: case.captions,
+        time_ids: Vec::new(),
     };
     for (name, kv_rank) in [("idea", None), ("idea-kv", Some(2))] {
         let names = vec!["<id>_v0".to_string(), "<id>_v1".to_string()];
@@ -101,6 +104,8 @@ fn one_step_matches_pytorch() {
             names,
             rows,
             init: r["init"].clone(),
+            rows_2: None,
+            init_2: None,
             reg_weight: 1e-2,
         };
         let config = IdeaConfig {
@@ -221,6 +226,7 @@ fn zero_gate_is_the_identity() {
             &[persona_diffusion::pipeline::LearnedTokens {
                 names: vec!["<id>_v0".into(), "<id>_v1".into()],
                 rows: method.vars()[0].1.as_tensor().clone(),
+                rows_2: None,
             }],
             Output::Last,
         )

@@ -518,14 +518,37 @@ fn sdxl_identities_export_clip_l_and_clip_g() {
     export_a1111(&identity, &out).unwrap();
     let back = import(&out).unwrap();
     assert_eq!(back.format, EmbeddingFormat::A1111Sdxl);
-    assert_eq!(rows(&back.modules["sdxl.clip_l"]), python_rows(2, 32));
+    assert_eq!(rows(&back.vectors), python_rows(2, 32));
     assert_eq!(rows(&back.modules["sdxl.clip_g"]), python_rows(2, 48));
+    assert_eq!(back.modules.len(), 1);
+    let raw = safetensors_keys(&out);
+    assert_eq!(raw, ["clip_g", "clip_l"]);
 
-    let text = err_text(export_diffusers(
-        &identity,
-        dir.path().join("xl-d.safetensors"),
-    ));
-    assert!(text.contains("SDXL") && text.contains("a1111"), "{text}");
+    // diffusers: one {token: rows} file per text encoder, read back as a pair.
+    let d = dir.path().join("xl-d.safetensors");
+    let written = export_diffusers(&identity, &d).unwrap();
+    assert_eq!(written, [d.clone(), dir.path().join("xl-d_2.safetensors")]);
+    assert_eq!(safetensors_keys(&written[0]), ["<xl>"]);
+    assert_eq!(safetensors_keys(&written[1]), ["<xl>"]);
+    let pair = persona_train::identity::import_diffusers_pair(&written[0], &written[1]).unwrap();
+    assert_eq!(pair.token.as_deref(), Some("<xl>"));
+    assert_eq!(rows(&pair.vectors), python_rows(2, 32));
+    assert_eq!(rows(&pair.modules["sdxl.clip_g"]), python_rows(2, 48));
+    let again = Identity::from_imported(pair, None, None).unwrap();
+    assert!(again.is_sdxl());
+    // one family's identity on the other's model is a one-line error
+    let text = err_text(again.check_family(false, None));
+    assert!(text.contains("SDXL") && !text.contains('\n'), "{text}");
+    let text = err_text(tiny_identity().check_family(true, Some(48)));
+    assert!(text.contains("SD 1.x/2.x") && !text.contains('\n'), "{text}");
+}
+
+fn safetensors_keys(path: &std::path::Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
 }
 
 #[test]

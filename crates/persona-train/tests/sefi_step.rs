@@ -152,6 +152,8 @@ fn one_sefi_step_matches_pytorch() {
         path: "none".into(),
         pixels: [zeros.clone(), zeros],
         face_found: false,
+        original_size: (32, 32),
+        crop: (0, 0, 32),
     };
     let trainer = Trainer::new(
         &sd,
@@ -166,6 +168,7 @@ fn one_sefi_step_matches_pytorch() {
         noise: r["noise"].clone(),
         timesteps: case.timesteps.clone(),
         captions: case.captions.clone(),
+        time_ids: Vec::new(),
     };
     let (total, diffusion, extra) = trainer.loss(&inputs).unwrap();
     check("loss", &total.reshape(1).unwrap(), &r["loss"]);

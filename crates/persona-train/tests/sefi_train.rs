@@ -153,6 +153,8 @@ fn each_stage_gets_gradients_only_at_its_own_timesteps() {
         path: "none".into(),
         pixels: [zeros.clone(), zeros],
         face_found: false,
+        original_size: (32, 32),
+        crop: (0, 0, 32),
     };
     let trainer = Trainer::new(
         &sd,
@@ -168,6 +170,7 @@ fn each_stage_gets_gradients_only_at_its_own_timesteps() {
             noise: noise.clone(),
             timesteps: vec![t],
             captions: vec![caption.into()],
+            time_ids: Vec::new(),
         };
         let grads = trainer.loss(&inputs).unwrap().0.backward().unwrap();
         for (name, var) in &vars {
@@ -220,6 +223,7 @@ fn staged_identities_sample_with_every_scheduler() {
     let plain = LearnedTokens {
         names: vec!["<s>_v0".into()],
         rows,
+        rows_2: None,
     };
     let keys = Tensor::randn(0f32, 1.0, (5, 1, d), &Device::Cpu).unwrap();
     let values = Tensor::randn(0f32, 1.0, (5, 1, d), &Device::Cpu).unwrap();
@@ -227,6 +231,7 @@ fn staged_identities_sample_with_every_scheduler() {
     let other = LearnedTokens {
         names: vec!["<t>_v0".into()],
         rows: Tensor::randn(0f32, 1.0, (1, d), &Device::Cpu).unwrap(),
+        rows_2: None,
     };
     for scheduler in SchedulerKind::cli_names() {
         // Equal stages with keys = values are a plain identity: the same image, bit for bit.

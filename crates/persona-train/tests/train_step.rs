@@ -60,6 +60,7 @@ fn one_step_matches_pytorch() {
         noise: r["noise"].clone(),
         timesteps: case.timesteps.clone(),
         captions: case.captions.clone(),
+        time_ids: Vec::new(),
     };
     for (kind, reg) in [(MethodKind::CrossInit, 0.01), (MethodKind::Ti, 0.0)] {
         let p = kind.name();
@@ -74,6 +75,8 @@ fn one_step_matches_pytorch() {
             names: vec!["<id>_v0".into(), "<id>_v1".into()],
             rows: Var::from_tensor(&before).unwrap(),
             init,
+            rows_2: None,
+            init_2: None,
             reg_weight: reg,
         };
         let dummy = Sample {
@@ -83,6 +86,8 @@ fn one_step_matches_pytorch() {
                 Tensor::zeros((3, 32, 32), candle_core::DType::F32, &sd.device).unwrap(),
             ],
             face_found: false,
+            original_size: (32, 32),
+            crop: (0, 0, 32),
         };
         let rows = method.rows.clone();
         let trainer = Trainer::new(

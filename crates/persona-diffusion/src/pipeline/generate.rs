@@ -103,10 +103,13 @@ impl StableDiffusion {
                     .into(),
             ));
         }
-        if self.is_sdxl() && !p.tokens.is_empty() {
-            return Err(Error::Msg(
-                "learned tokens (identities) are not supported on SDXL yet".into(),
-            ));
+        if self.is_sdxl() {
+            if let Some(t) = p.tokens.iter().find(|t| t.rows.rank() != 2) {
+                return Err(Error::Msg(format!(
+                    "tokens {} are per-stage key/value tokens (SeFi-IDE), not yet supported on SDXL",
+                    t.phrase()
+                )));
+            }
         }
         let f = self.vae_scale();
         if !p.height.is_multiple_of(f)
@@ -223,8 +226,16 @@ impl StableDiffusion {
                     let pair = if self.is_sdxl() {
                         let enc = |e: super::TextEncoding| (Condition::new(e.embeds), e.pooled);
                         (
-                            enc(self.encode_negative(&[&p.negative_prompt], p.text_output)?),
-                            enc(self.encode_text(&[&p.prompt], p.text_output)?),
+                            enc(self.encode_negative_with_tokens(
+                                &[&p.negative_prompt],
+                                &p.tokens,
+                                p.text_output,
+                            )?),
+                            enc(self.encode_text_with_tokens(
+                                &[&p.prompt],
+                                &p.tokens,
+                                p.text_output,
+                            )?),
                         )
                     } else {
                         let enc = |prompt: &str| -> Result<Encoded> {

@@ -128,7 +128,7 @@ impl MicroConditioning {
 }
 
 /// diffusers' `clip_skip` for SDXL: `hidden_states[-(clip_skip + 2)]`, i.e. this many layers before the end.
-fn layers_from_end(output: Output) -> usize {
+pub(super) fn layers_from_end(output: Output) -> usize {
     match output {
         Output::Last => 1,
         Output::Skip(n) => n + 1,
@@ -165,13 +165,23 @@ impl StableDiffusion {
     /// gives zeros for an empty one (diffusers does so when no `negative_prompt` is passed; persona treats ""
     /// as not passed), otherwise [`Self::encode_text`].
     pub fn encode_negative(&self, prompts: &[&str], output: Output) -> Result<TextEncoding> {
+        self.encode_negative_with_tokens(prompts, &[], output)
+    }
+
+    /// [`Self::encode_negative`] of a negative prompt that may use learned tokens.
+    pub fn encode_negative_with_tokens(
+        &self,
+        prompts: &[&str],
+        learned: &[super::LearnedTokens],
+        output: Output,
+    ) -> Result<TextEncoding> {
         let zeros = self
             .sdxl
             .as_ref()
             .is_some_and(|x| x.force_zeros_for_empty_prompt)
             && prompts.iter().all(|p| p.is_empty());
         if !zeros {
-            return self.encode_text(prompts, output);
+            return self.encode_text_with_tokens(prompts, learned, output);
         }
         let x = self.sdxl.as_ref().expect("checked above");
         let n = prompts.len();

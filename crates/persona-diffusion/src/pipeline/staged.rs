@@ -42,6 +42,7 @@ impl LearnedTokens {
         Ok(Self {
             names,
             rows: Tensor::stack(&[keys, values], 0)?,
+            rows_2: None,
         })
     }
 
@@ -55,6 +56,7 @@ impl LearnedTokens {
         Ok(Self {
             names: self.names.clone(),
             rows: self.rows.get(usize::from(value))?.get(stage)?,
+            rows_2: None,
         })
     }
 }

@@ -3,50 +3,69 @@
 //!
 //! - diffusers `load_textual_inversion`: one tensor `[n, d]` under the token name. diffusers registers row 0 as
 //!   `token` and row i as `token_i`, and expands `token` in prompts to all n of them.
+//!   An SDXL identity becomes two such files, one per text encoder ([`diffusers_second_path`]).
 //! - AUTOMATIC1111 / ComfyUI: `{"emb_params": [n, d]}`; the file stem is the prompt word. For an SDXL
-//!   identity (modules `sdxl.clip_l` and `sdxl.clip_g`): `{"clip_l": [n, 768], "clip_g": [n, 1280]}`.
+//!   identity (`embeddings` and module `sdxl.clip_g`): `{"clip_l": [n, 768], "clip_g": [n, 1280]}`.
 //!
 //! Method modules other than `sdxl.*` (an ID-EA adapter, SeFi stages…) have no place in these formats and are
 //! dropped with a warning: the export then holds only the pseudo-token vectors.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
 
 use super::error::{IdentityError, Result};
 use super::{safetensors_io, Identity};
 
-const SDXL_CLIP_L: &str = "sdxl.clip_l";
-const SDXL_CLIP_G: &str = "sdxl.clip_g";
-
-/// Writes `{token: [n, d]}` for diffusers' `load_textual_inversion`. SDXL identities are refused: diffusers
-/// loads them per text encoder, from the A1111 layout (see `docs/identity.md`).
-pub fn export_diffusers(identity: &Identity, out: impl AsRef<Path>) -> Result<()> {
+/// Writes `{token: [n, d]}` for diffusers' `load_textual_inversion`. An SDXL identity is two such files, one
+/// per text encoder: OUT (`text_encoder`, CLIP-L rows) and [`diffusers_second_path`] (`X_2.safetensors`,
+/// `text_encoder_2`, OpenCLIP bigG rows), loaded with
+/// `pipe.load_textual_inversion(OUT, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)` and
+/// `pipe.load_textual_inversion(X_2, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)`.
+/// Returns the files written.
+pub fn export_diffusers(identity: &Identity, out: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
     let out = out.as_ref();
     require_safetensors_name(out)?;
-    if sdxl_pair(identity)?.is_some() {
-        return Err(IdentityError::Invalid(format!(
-            "identity {} is an SDXL identity (two text encoders); export it with the a1111 format, whose clip_l / clip_g \
-             tensors diffusers loads with one load_textual_inversion call per text encoder",
-            identity.token
-        )));
-    }
     warn_dropped_modules(identity, "diffusers");
-    let tensors = BTreeMap::from([(
-        identity.token.clone(),
-        identity.embeddings.to_dtype(DType::F32)?,
-    )]);
-    safetensors_io::write(out, &tensors, None)
+    let one = |rows: &Tensor| -> Result<BTreeMap<String, Tensor>> {
+        Ok(BTreeMap::from([(
+            identity.token.clone(),
+            rows.to_dtype(DType::F32)?,
+        )]))
+    };
+    match identity.rows_2() {
+        None => {
+            safetensors_io::write(out, &one(&identity.embeddings)?, None)?;
+            Ok(vec![out.to_path_buf()])
+        }
+        Some(clip_g) => {
+            let second = diffusers_second_path(out);
+            safetensors_io::write(out, &one(&identity.embeddings)?, None)?;
+            safetensors_io::write(&second, &one(clip_g)?, None)?;
+            Ok(vec![out.to_path_buf(), second])
+        }
+    }
 }
 
-/// Writes `{"emb_params": [n, d]}`, or `{"clip_l", "clip_g"}` for an SDXL identity.
+/// The second file of an SDXL diffusers export: `X.safetensors` → `X_2.safetensors` (the names diffusers'
+/// SDXL textual-inversion script gives: `learned_embeds.safetensors`, `learned_embeds_2.safetensors`).
+pub fn diffusers_second_path(out: &Path) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    out.with_file_name(format!("{stem}_2.safetensors"))
+}
+
+/// Writes `{"emb_params": [n, d]}`, or for an SDXL identity exactly `{"clip_l": [n, 768], "clip_g":
+/// [n, 1280]}` (the layout AUTOMATIC1111 and ComfyUI load for SDXL).
 pub fn export_a1111(identity: &Identity, out: impl AsRef<Path>) -> Result<()> {
     let out = out.as_ref();
     require_safetensors_name(out)?;
-    let tensors = match sdxl_pair(identity)? {
-        Some((clip_l, clip_g)) => BTreeMap::from([
-            ("clip_l".to_string(), clip_l.to_dtype(DType::F32)?),
+    let tensors = match identity.rows_2() {
+        Some(clip_g) => BTreeMap::from([
+            ("clip_l".to_string(), identity.embeddings.to_dtype(DType::F32)?),
             ("clip_g".to_string(), clip_g.to_dtype(DType::F32)?),
         ]),
         None => BTreeMap::from([(
@@ -56,18 +75,6 @@ pub fn export_a1111(identity: &Identity, out: impl AsRef<Path>) -> Result<()> {
     };
     warn_dropped_modules(identity, "a1111");
     safetensors_io::write(out, &tensors, None)
-}
-
-/// Both SDXL tensors, none, or an error for a half-SDXL identity.
-fn sdxl_pair(identity: &Identity) -> Result<Option<(&Tensor, &Tensor)>> {
-    match (identity.modules.get(SDXL_CLIP_L), identity.modules.get(SDXL_CLIP_G)) {
-        (Some(l), Some(g)) => Ok(Some((l, g))),
-        (None, None) => Ok(None),
-        _ => Err(IdentityError::Invalid(format!(
-            "identity {} has only one of {SDXL_CLIP_L} / {SDXL_CLIP_G}; an SDXL identity needs both",
-            identity.token
-        ))),
-    }
 }
 
 /// AUTOMATIC1111 picks the loader by extension (`.pt`/`.bin` go to `torch.load`), so a safetensors file must be

@@ -30,6 +30,9 @@ pub enum EmbeddingFormat {
     A1111Safetensors,
     /// AUTOMATIC1111 SDXL safetensors: `{"clip_l": [n, 768], "clip_g": [n, 1280]}`.
     A1111Sdxl,
+    /// diffusers' SDXL pair: two `{token: [n, d]}` files, `text_encoder`'s and `text_encoder_2`'s
+    /// ([`import_diffusers_pair`]).
+    DiffusersSdxl,
     /// `torch.save(tensor)`: a bare `[n, d]` tensor, no token name.
     BareTensor,
 }
@@ -41,6 +44,7 @@ impl fmt::Display for EmbeddingFormat {
             EmbeddingFormat::A1111Pt => "AUTOMATIC1111 .pt (string_to_param)",
             EmbeddingFormat::A1111Safetensors => "AUTOMATIC1111 safetensors (emb_params)",
             EmbeddingFormat::A1111Sdxl => "AUTOMATIC1111 SDXL safetensors (clip_l / clip_g)",
+            EmbeddingFormat::DiffusersSdxl => "diffusers SDXL pair ({token: vectors} per text encoder)",
             EmbeddingFormat::BareTensor => "bare torch tensor",
         })
     }
@@ -53,7 +57,7 @@ pub struct ImportedEmbedding {
     pub token: Option<String>,
     /// `[n, d]` f32 on the CPU, one row per pseudo-token. For SDXL, the CLIP-L rows (the first text encoder's).
     pub vectors: Tensor,
-    /// For SDXL files: `sdxl.clip_l` and `sdxl.clip_g`, carried into the identity's modules.
+    /// For SDXL files: `sdxl.clip_g` (the second text encoder's rows), carried into the identity's modules.
     pub modules: BTreeMap<String, Tensor>,
     pub format: EmbeddingFormat,
 }
@@ -223,16 +227,39 @@ fn sdxl(
             ),
         ));
     }
-    let modules = BTreeMap::from([
-        ("sdxl.clip_l".to_string(), clip_l.clone()),
-        ("sdxl.clip_g".to_string(), clip_g),
-    ]);
+    let modules = BTreeMap::from([(super::SDXL_CLIP_G.to_string(), clip_g)]);
     Ok(ImportedEmbedding {
         token,
         vectors: clip_l,
         modules,
         format: EmbeddingFormat::A1111Sdxl,
     })
+}
+
+/// diffusers' SDXL layout: two files of one `{token: [n, d]}` each, the first for `text_encoder`
+/// (`load_textual_inversion(..., text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)`), the second for
+/// `text_encoder_2` (as `persona export --format diffusers` writes them: `X.safetensors`, `X_2.safetensors`).
+pub fn import_diffusers_pair(
+    path: impl AsRef<Path>,
+    path_2: impl AsRef<Path>,
+) -> Result<ImportedEmbedding> {
+    let (path, path_2) = (path.as_ref(), path_2.as_ref());
+    let first = import(path)?;
+    let second = import(path_2)?;
+    for (p, e) in [(path, &first), (path_2, &second)] {
+        if e.format != EmbeddingFormat::TokenMap || !e.modules.is_empty() {
+            return Err(IdentityError::file(
+                p,
+                format!(
+                    "read as {}; one text encoder's diffusers file ({{token: [n, d]}}) was expected",
+                    e.format
+                ),
+            ));
+        }
+    }
+    let mut imported = sdxl(path, first.token, first.vectors, second.vectors)?;
+    imported.format = EmbeddingFormat::DiffusersSdxl;
+    Ok(imported)
 }
 
 fn imported(

@@ -24,12 +24,19 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 pub use error::{IdentityError, Result};
-pub use export::{export_a1111, export_diffusers};
-pub use import::{import, EmbeddingFormat, ImportedEmbedding};
+pub use export::{diffusers_second_path, export_a1111, export_diffusers};
+pub use import::{import, import_diffusers_pair, EmbeddingFormat, ImportedEmbedding};
 pub use meta::{text_encoder_hash, BaseModel, IdentityMeta, FORMAT, FORMAT_VERSION};
 
 /// Name of the pseudo-token embedding tensor in an identity file.
 pub const EMBEDDINGS: &str = "embeddings";
+
+/// SDXL identities: the rows of `text_encoder_2`'s token table (OpenCLIP bigG, `[n, 1280]`); `embeddings`
+/// holds `text_encoder`'s (CLIP-L, `[n, 768]`).
+pub const SDXL_CLIP_G: &str = "sdxl.clip_g";
+
+/// Written by older imports next to `embeddings` (a copy of it); ignored when read.
+pub const SDXL_CLIP_L: &str = "sdxl.clip_l";
 
 /// A learned identity: pseudo-token embeddings, method modules and metadata.
 #[derive(Debug, Clone)]
@@ -76,6 +83,39 @@ impl Identity {
         self.embeddings.dims().get(1).copied().unwrap_or(0)
     }
 
+    /// An SDXL identity: one row per pseudo-token in each of SDXL's two token tables (`embeddings` for
+    /// `text_encoder`, module `sdxl.clip_g` for `text_encoder_2`).
+    pub fn is_sdxl(&self) -> bool {
+        self.modules.contains_key(SDXL_CLIP_G)
+    }
+
+    /// The rows of SDXL's second token table `[n, d2]`, `None` for SD 1.x/2.x identities.
+    pub fn rows_2(&self) -> Option<&Tensor> {
+        self.modules.get(SDXL_CLIP_G)
+    }
+
+    /// Refuses an identity of one model family (SD 1.x/2.x or SDXL) on a model of the other, in one line.
+    pub fn check_family(&self, model_is_sdxl: bool, width_2: Option<usize>) -> Result<()> {
+        match (self.is_sdxl(), model_is_sdxl) {
+            (true, false) => Err(IdentityError::Invalid(format!(
+                "identity {} is an SDXL identity (rows for two text encoders); this model is not SDXL",
+                self.token
+            ))),
+            (false, true) => Err(IdentityError::Invalid(format!(
+                "identity {} is an SD 1.x/2.x identity (one text encoder); this model is SDXL, which needs rows \
+                 for both of its text encoders",
+                self.token
+            ))),
+            _ => match (self.rows_2().and_then(|r| r.dims().get(1).copied()), width_2) {
+                (Some(have), Some(want)) if have != want => Err(IdentityError::Invalid(format!(
+                    "identity {}'s {SDXL_CLIP_G} rows are {have} wide, this model's text_encoder_2 {want}",
+                    self.token
+                ))),
+                _ => Ok(()),
+            },
+        }
+    }
+
     /// The same identity with its tensors on `device` (files are read onto the CPU; a model may run on a GPU).
     pub fn to_device(self, device: &candle_core::Device) -> Result<Self> {
         let embeddings = self.embeddings.to_device(device)?;
@@ -110,11 +150,13 @@ impl Identity {
             .remove(EMBEDDINGS)
             .ok_or_else(|| IdentityError::file(path, format!("missing tensor `{EMBEDDINGS}`")))?
             .to_dtype(DType::F32)?;
+        let mut modules = file.tensors;
+        modules.remove(SDXL_CLIP_L);
         let identity = Identity {
             token,
             tokens,
             embeddings,
-            modules: file.tensors,
+            modules,
             meta,
         };
         identity
@@ -215,6 +257,14 @@ impl Identity {
         }
         if self.modules.contains_key(EMBEDDINGS) {
             return invalid(format!("a module may not be named `{EMBEDDINGS}`"));
+        }
+        if let Some(g) = self.modules.get(SDXL_CLIP_G) {
+            if g.rank() != 2 || g.dims()[0] != n {
+                return invalid(format!(
+                    "{SDXL_CLIP_G} must be [{n}, d2] (one row per pseudo-token), got {:?}",
+                    g.dims()
+                ));
+            }
         }
         if self.meta.base_model.width() != d {
             return invalid(format!(

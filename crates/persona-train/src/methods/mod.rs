@@ -13,6 +13,7 @@ use persona_diffusion::models::clip_text::Output;
 use persona_diffusion::nn::{AttentionControl, Condition};
 use persona_diffusion::pipeline::{LearnedTokens, StableDiffusion};
 
+use crate::identity::SDXL_CLIP_G;
 use crate::{Error, Result};
 
 /// A personalization method as the training loop sees it.
@@ -30,6 +31,16 @@ pub trait Method {
         captions: &[&str],
         timesteps: &[usize],
     ) -> Result<Condition>;
+    /// The condition and, for SDXL, the pooled text embeddings the UNet's added conditioning takes. The
+    /// default is [`Method::condition`] without pooled embeddings (methods not yet on SDXL).
+    fn encode(
+        &self,
+        sd: &StableDiffusion,
+        captions: &[&str],
+        timesteps: &[usize],
+    ) -> Result<(Condition, Option<Tensor>)> {
+        Ok((self.condition(sd, captions, timesteps)?, None))
+    }
     /// A cross-attention plug-in for the UNet forward of a training step (attention losses).
     fn control(&self) -> Option<&dyn AttentionControl> {
         None
@@ -86,12 +97,19 @@ pub struct InitOptions {
 }
 
 /// A token-learning method: the learned rows and, for Cross Init, the anchor and its regulariser.
+///
+/// On SDXL every pseudo-token has a row in each token table: `rows` (`text_encoder`, CLIP-L) and `rows_2`
+/// (`text_encoder_2`, OpenCLIP bigG), each initialised and anchored in its own table (`init`, `init_2`); the
+/// Cross Init regulariser is the sum of both tables' terms.
 pub struct TokenMethod {
     pub kind: MethodKind,
     pub names: Vec<String>,
     pub rows: Var,
     /// The regularisation target (Cross Init) — also what the rows start from.
     pub init: Tensor,
+    /// SDXL: the rows of the second token table and their start / target.
+    pub rows_2: Option<Var>,
+    pub init_2: Option<Tensor>,
     pub reg_weight: f64,
 }
 
@@ -128,17 +146,23 @@ impl TokenMethod {
     ) -> Result<Self> {
         let names = Self::token_names(sd, token, init.num_tokens)?;
         let n = init.num_tokens;
-        let start = match kind {
-            MethodKind::Ti => {
-                anchor::word_rows(sd, init.init_words.as_deref().unwrap_or("person"), n)?
-            }
-            MethodKind::CrossInit => match &init.init_words {
-                Some(words) => anchor::words_anchor(sd, words, n)?,
-                None => {
-                    anchor::cross_init_anchor(sd, &anchor::read_names(init.names.as_deref())?, n)?
-                }
-            },
+        let names_list = match (kind, &init.init_words) {
+            (MethodKind::CrossInit, None) => Some(anchor::read_names(init.names.as_deref())?),
+            _ => None,
         };
+        let start = |t: anchor::Table| -> Result<Tensor> {
+            match (kind, &init.init_words) {
+                (MethodKind::Ti, words) => {
+                    anchor::word_rows_in(t, words.as_deref().unwrap_or("person"), n)
+                }
+                (MethodKind::CrossInit, Some(words)) => anchor::words_anchor_in(t, words, n),
+                (MethodKind::CrossInit, None) => {
+                    anchor::cross_init_anchor_in(t, names_list.as_deref().unwrap_or(&[]), n)
+                }
+            }
+        };
+        let first = start(anchor::Table::first(sd))?;
+        let second = anchor::Table::second(sd).map(start).transpose()?;
         let reg_weight = if kind == MethodKind::CrossInit {
             reg_weight
         } else {
@@ -147,8 +171,10 @@ impl TokenMethod {
         Ok(Self {
             kind,
             names,
-            rows: Var::from_tensor(&start)?,
-            init: start.detach(),
+            rows: Var::from_tensor(&first)?,
+            init: first.detach(),
+            rows_2: second.as_ref().map(Var::from_tensor).transpose()?,
+            init_2: second.map(|t| t.detach()),
             reg_weight,
         })
     }
@@ -157,6 +183,7 @@ impl TokenMethod {
         LearnedTokens {
             names: self.names.clone(),
             rows: self.rows.as_tensor().clone(),
+            rows_2: self.rows_2.as_ref().map(|v| v.as_tensor().clone()),
         }
     }
 
@@ -167,10 +194,16 @@ impl TokenMethod {
         }
         // (E − init) first, then + 1e-6, as PyTorch does: at E = init the difference is exactly 0 and the
         // gradient direction is the eps vector's, which adding eps to init first would blur in f32.
-        let diff =
-            (persona_diffusion::nn::grad::add(self.rows.as_tensor(), &self.init.neg()?)? + 1e-6)?;
-        let norms = diff.sqr()?.sum(1)?.sqrt()?;
-        Ok(Some((norms.mean_all()? * self.reg_weight)?))
+        let term = |rows: &Tensor, init: &Tensor| -> Result<Tensor> {
+            let diff = (persona_diffusion::nn::grad::add(rows, &init.neg()?)? + 1e-6)?;
+            let norms = diff.sqr()?.sum(1)?.sqrt()?;
+            Ok((norms.mean_all()? * self.reg_weight)?)
+        };
+        let mut reg = term(self.rows.as_tensor(), &self.init)?;
+        if let (Some(rows), Some(init)) = (&self.rows_2, &self.init_2) {
+            reg = (reg + term(rows.as_tensor(), init)?)?;
+        }
+        Ok(Some(reg))
     }
 }
 
@@ -184,20 +217,30 @@ impl Method for TokenMethod {
     }
 
     fn vars(&self) -> Vec<(String, Var)> {
-        vec![("embeddings".into(), self.rows.clone())]
+        let mut vars = vec![("embeddings".into(), self.rows.clone())];
+        if let Some(rows) = &self.rows_2 {
+            vars.push((SDXL_CLIP_G.into(), rows.clone()));
+        }
+        vars
     }
 
     fn condition(
         &self,
         sd: &StableDiffusion,
         captions: &[&str],
-        _timesteps: &[usize],
+        timesteps: &[usize],
     ) -> Result<Condition> {
-        Ok(Condition::new(sd.encode_with_tokens(
-            captions,
-            &[self.tokens()],
-            Output::Last,
-        )?))
+        Ok(self.encode(sd, captions, timesteps)?.0)
+    }
+
+    fn encode(
+        &self,
+        sd: &StableDiffusion,
+        captions: &[&str],
+        _timesteps: &[usize],
+    ) -> Result<(Condition, Option<Tensor>)> {
+        let e = sd.encode_text_with_tokens(captions, &[self.tokens()], Output::Last)?;
+        Ok((Condition::new(e.embeds), e.pooled))
     }
 
     fn extra_loss(&self) -> Result<Option<Tensor>> {
@@ -205,14 +248,18 @@ impl Method for TokenMethod {
     }
 
     fn extra_tensors(&self) -> BTreeMap<String, Tensor> {
-        BTreeMap::from([("anchor.init".to_string(), self.init.clone())])
+        let mut t = BTreeMap::from([("anchor.init".to_string(), self.init.clone())]);
+        if let Some(init) = &self.init_2 {
+            t.insert("anchor.init_2".to_string(), init.clone());
+        }
+        t
     }
 
     fn identity_parts(&self) -> (Vec<String>, Tensor, BTreeMap<String, Tensor>) {
-        (
-            self.names.clone(),
-            self.rows.as_tensor().detach(),
-            self.extra_tensors(),
-        )
+        let mut modules = self.extra_tensors();
+        if let Some(rows) = &self.rows_2 {
+            modules.insert(SDXL_CLIP_G.to_string(), rows.as_tensor().detach());
+        }
+        (self.names.clone(), self.rows.as_tensor().detach(), modules)
     }
 }
