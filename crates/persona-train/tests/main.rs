@@ -7,6 +7,7 @@ mod idea_train;
 mod identity;
 mod mixed_precision;
 mod sefi_step;
+mod sdxl_train;
 mod sefi_train;
 mod train_loop;
 mod train_step;
