@@ -5,11 +5,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use persona_diffusion::loading::resolve_model;
-use persona_train::identity::{export_a1111, export_diffusers, import, BaseModel, Identity};
+use persona_train::identity::{
+    diffusers_second_path, export_a1111, export_diffusers, import, import_diffusers_pair, BaseModel,
+    Identity,
+};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum ExportFormat {
-    /// diffusers `pipe.load_textual_inversion(OUT)`: one [n, d] tensor named after the token.
+    /// diffusers `pipe.load_textual_inversion(OUT)`: one [n, d] tensor named after the token (SDXL: OUT for
+    /// text_encoder and OUT_2 for text_encoder_2, one load_textual_inversion call each).
     Diffusers,
     /// AUTOMATIC1111 / ComfyUI embeddings folder: `emb_params` [n, d] (SDXL: `clip_l` + `clip_g`).
     A1111,
@@ -46,23 +50,43 @@ pub struct ExportArgs {
 pub fn run_export(a: ExportArgs) -> Result<()> {
     refuse_existing(&a.output, a.overwrite)?;
     let identity = Identity::load(&a.input)?;
-    match a.format {
-        ExportFormat::Diffusers => export_diffusers(&identity, &a.output)?,
-        ExportFormat::A1111 => export_a1111(&identity, &a.output)?,
-    }
+    let written = match a.format {
+        ExportFormat::Diffusers => {
+            if identity.is_sdxl() {
+                refuse_existing(&diffusers_second_path(&a.output), a.overwrite)?;
+            }
+            export_diffusers(&identity, &a.output)?
+        }
+        ExportFormat::A1111 => {
+            export_a1111(&identity, &a.output)?;
+            vec![a.output.clone()]
+        }
+    };
     let format = a
         .format
         .to_possible_value()
         .map(|v| v.get_name().to_string())
         .unwrap_or_default();
+    let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+    let width = match identity.rows_2() {
+        Some(g) => format!("({} + {}, SDXL)", identity.width(), g.dim(1)?),
+        None => identity.width().to_string(),
+    };
     println!(
-        "wrote {} for {format}: identity {} — {} vectors × {}, method {}",
-        a.output.display(),
+        "wrote {} for {format}: identity {} — {} vectors × {width}, method {}",
+        files.join(" and "),
         identity.token,
         identity.num_tokens(),
-        identity.width(),
         identity.meta.method
     );
+    if identity.is_sdxl() && matches!(a.format, ExportFormat::Diffusers) {
+        println!(
+            "diffusers: pipe.load_textual_inversion(\"{}\", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer) \
+             and pipe.load_textual_inversion(\"{}\", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)",
+            files[0],
+            files.get(1).map_or("", String::as_str)
+        );
+    }
     Ok(())
 }
 
@@ -97,6 +121,10 @@ pub struct ImportArgs {
     /// "unknown" and only the embedding width is checked at use.
     #[arg(long, value_name = "DIR")]
     model: Option<String>,
+    /// SDXL in diffusers' layout: IN is `text_encoder`'s file and this `text_encoder_2`'s (each
+    /// `{token: [n, d]}`, as `persona export --format diffusers` writes X.safetensors and X_2.safetensors).
+    #[arg(long, value_name = "FILE")]
+    text_encoder_2: Option<PathBuf>,
     /// Replace OUT if it exists.
     #[arg(long)]
     overwrite: bool,
@@ -104,10 +132,29 @@ pub struct ImportArgs {
 
 pub fn run_import(a: ImportArgs) -> Result<()> {
     refuse_existing(&a.output, a.overwrite)?;
-    let imported = import(&a.input)?;
+    let imported = match &a.text_encoder_2 {
+        Some(second) => import_diffusers_pair(&a.input, second)?,
+        None => import(&a.input)?,
+    };
     let format = imported.format;
     let base = a.model.as_deref().map(base_model).transpose()?;
     let identity = Identity::from_imported(imported, a.token.as_deref(), base)?;
+    if let Some(model) = a.model.as_deref() {
+        let dir = resolve_model(model)?;
+        let second = dir.join("text_encoder_2/config.json");
+        let width_2 = if second.is_file() {
+            let config: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(&second).with_context(|| second.display().to_string())?,
+            )
+            .with_context(|| second.display().to_string())?;
+            config["hidden_size"].as_u64().map(|w| w as usize)
+        } else {
+            None
+        };
+        identity
+            .check_family(second.is_file(), width_2)
+            .with_context(|| format!("--model {model}"))?;
+    }
     identity.save(&a.output)?;
     let base = &identity.meta.base_model;
     let base = if base.is_unknown() {
