@@ -585,4 +585,19 @@ fn write_exports_for_the_diffusers_check() {
         safetensors::serialize(data, None).unwrap(),
     )
     .unwrap();
+
+    // SDXL (widths 32 / 48, those of fixtures/sdxl-tiny): the diffusers pair and the A1111 clip_l / clip_g file.
+    let imported = import(fixture("a1111_sdxl.safetensors")).unwrap();
+    let xl = Identity::from_imported(imported, Some("<xl>"), None).unwrap();
+    export_diffusers(&xl, out.join("sdxl_diffusers.safetensors")).unwrap();
+    export_a1111(&xl, out.join("sdxl_a1111.safetensors")).unwrap();
+    let expected = [
+        ("clip_l", xl.embeddings.clone()),
+        ("clip_g", xl.rows_2().unwrap().clone()),
+    ];
+    std::fs::write(
+        out.join("sdxl_expected.safetensors"),
+        safetensors::serialize(expected.iter().map(|(k, v)| (*k, v.clone())), None).unwrap(),
+    )
+    .unwrap();
 }
