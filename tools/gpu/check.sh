@@ -13,9 +13,10 @@
 #   cargo build --release -p persona-cli && GPU_CHECK_SMOKE=1 tools/gpu/check.sh
 #
 # Stages (each under `timeout`, and all under one overall deadline, CHECK_BUDGET_S, default 470 s):
-#   unpack      dist/persona.xz → $WORK/persona (smoke: target/{release,debug}/persona or $PERSONA_BIN)
+#   unpack      dist/persona.xz → $WORK/persona (smoke: $PERSONA_BIN or target/{release,debug}/persona)
 #   equality    persona bench equality --model fixtures/sd2-tiny --devices cpu,cuda
 #   gradcheck   persona bench gradcheck --device cuda   (every op's backward vs finite differences, bf16/f16 vs f32)
+#   conv-grad   persona bench conv-grad: stride-2 input gradient, transposed vs dilated convolution, timed
 #   unet        persona bench unet --batch 2 --size 64                  (s per UNet forward)
 #   generate    persona bench generate --steps 50                       (s per 512² image, DDIM, guidance 7.5)
 #   step-tokens persona bench train-step --method tokens --batch 8      (s per step, peak GPU memory)
@@ -82,7 +83,8 @@ stage() {
 
 # --- the binary -------------------------------------------------------------------------------------------
 unpack() {
-  if [ "$SMOKE" = 1 ] && [ ! -f dist/persona.xz ]; then
+  # The smoke test runs on a machine without the NVIDIA driver, where the CUDA build cannot even load.
+  if [ "$SMOKE" = 1 ]; then
     local b="${PERSONA_BIN:-}"
     [ -n "$b" ] || for c in target/release/persona target/debug/persona; do [ -x "$c" ] && { b=$c; break; }; done
     [ -n "$b" ] || { echo "no persona binary: cargo build --release -p persona-cli" >&2; return 1; }
@@ -105,6 +107,7 @@ fi
 # --- equality with the CPU --------------------------------------------------------------------------------
 stage equality 150 "${P[@]}" bench equality --model fixtures/sd2-tiny --devices "$EQ_DEVICES" --steps "$EQ_STEPS"
 stage gradcheck 60 "${P[@]}" bench gradcheck --device "$DEV"
+stage conv-grad 40 "${P[@]}" bench conv-grad --batch "$BATCH" --size "$SIZE" --device "$DEV" --dtype "$DTYPE"
 
 # --- persona's figures ------------------------------------------------------------------------------------
 D=(--device "$DEV" --dtype "$DTYPE")

@@ -27,6 +27,19 @@ def last_json(path):
     return None
 
 
+def all_json(path):
+    """Every JSON line of a stage's output (conv-grad prints one per downsampler)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line)) if line.strip().startswith("{") else None
+        except json.JSONDecodeError:
+            pass
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--logs", required=True)
@@ -102,6 +115,11 @@ def main():
               ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
     else:
         print("equality: no result")
+    conv = all_json(logs / "conv-grad.out")
+    for c in conv:
+        print(f"stride-2 input gradient, {c['channels']} channels at {c['side']}²: dilated {c['dilated_conv_s']:.4f} s, "
+              f"conv_transpose2d {c['conv_transpose2d_s'] if c['conv_transpose2d_s'] is not None else c['conv_transpose2d_error']} s; "
+              f"persona uses {c['used']}")
     grad = ours.get("gradcheck") or {}
     if grad:
         worst = {}
@@ -115,7 +133,7 @@ def main():
         print("stages that failed or timed out: " + ", ".join(f"{n} (rc {stages[n]['rc']})" for n in failed))
 
     result = {
-        "mode": a.mode, "table": table, "equality": eq, "equality_passed": equality_passed, "gradcheck": grad, "stages": stages,
+        "mode": a.mode, "table": table, "equality": eq, "equality_passed": equality_passed, "gradcheck": grad, "conv_grad": conv, "stages": stages,
         "persona": ours, "diffusers": peer,
     }
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -3,6 +3,7 @@
 //! pipelines on disk (`make-model`), and the CPU-vs-GPU equality check (`equality`). Every part prints one JSON
 //! line on stdout (tables and notes go to stderr), so scripts such as `tools/gpu/check.sh` can collect them.
 
+mod conv_grad;
 mod equality;
 mod generate;
 mod gradcheck;
@@ -54,6 +55,10 @@ enum Part {
     /// differences (and only the input in the gradient store), and in bf16 and f16 against f32 (value and
     /// input gradient). The same suites `cargo test` runs on the CPU; exits non-zero when one fails.
     Gradcheck(gradcheck::GradcheckArgs),
+    /// The input gradient of SD's stride-2 downsampling convolutions, two ways: persona's (zero-dilated
+    /// gradient, flipped kernel, im2col + matrix product) and candle's `conv_transpose2d`; seconds of each and
+    /// their largest difference, one JSON line per downsampler.
+    ConvGrad(conv_grad::ConvGradArgs),
 }
 
 /// A model architecture (random weights).
@@ -208,5 +213,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Part::MakeModel(m) => make_model::run(&m),
         Part::Equality(e) => equality::run(&e),
         Part::Gradcheck(g) => gradcheck::run(&g),
+        Part::ConvGrad(c) => conv_grad::run(&c),
     }
 }

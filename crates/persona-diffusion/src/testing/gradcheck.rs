@@ -13,7 +13,7 @@ use rand_distr::Distribution;
 use super::grad_count;
 use crate::nn::grad::{add, cat2, matmul, mse_loss, place_rows, softmax_last_dim};
 use crate::nn::sdpa::sdpa_blocked;
-use crate::nn::{upsample_nearest, Activation, Conv2d, GroupNorm, LayerNorm, Linear, Weights};
+use crate::nn::{conv_input_grad_with, upsample_nearest, Activation, Conv2d, GroupNorm, LayerNorm, Linear, StridedGrad, Weights};
 use crate::Result;
 
 /// One check's result: `error` must stay within `limit`.
@@ -176,7 +176,25 @@ pub fn finite_differences(device: &Device) -> Result<Vec<Outcome>> {
             limit: 1e-6,
         });
     }
+    outcomes.extend(strided_methods_agree(device)?);
     Ok(outcomes)
+}
+
+/// The strided convolution's input gradient is computed one way on the CPU and another on a GPU (the
+/// finite differences above check the device's own): both ways must agree on every device, in f64 to
+/// rounding, for odd and even sizes.
+fn strided_methods_agree(device: &Device) -> Result<Vec<Outcome>> {
+    let w = randn(&[4, 3, 3, 3], 31, device)?;
+    let mut out = Vec::new();
+    for (name, side) in [("odd", (7usize, 5usize)), ("even", (8, 6))] {
+        let x = randn(&[2, 3, side.0, side.1], 32, device)?;
+        let g = randn(&[2, 4, side.0.div_ceil(2), side.1.div_ceil(2)], 33, device)?;
+        let a = conv_input_grad_with(StridedGrad::Transposed, &g, &x, &w, 2, 1)?;
+        let b = conv_input_grad_with(StridedGrad::Dilated, &g, &x, &w, 2, 1)?;
+        let name = format!("stride-2 input gradient, transposed = dilated ({name})");
+        out.push(Outcome { name, error: norm_error(&b, &a)?, limit: 1e-12 });
+    }
+    Ok(out)
 }
 
 fn fd_error(shape: &[usize], f: &Block, device: &Device) -> Result<f64> {
