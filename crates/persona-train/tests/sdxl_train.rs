@@ -291,3 +291,60 @@ fn sdxl_identity_trains_generates_and_exports() {
         .to_string();
     assert!(err.contains("SDXL") && !err.contains('\n'), "{err}");
 }
+
+#[derive(serde::Deserialize)]
+struct GenCase {
+    prompt: String,
+    negative_prompt: String,
+    num_inference_steps: usize,
+    guidance_scale: f64,
+    height: usize,
+    width: usize,
+}
+
+/// persona's generation with SDXL learned tokens against diffusers' pipeline after `load_textual_inversion`
+/// into both text encoders (the reference: `tools/fixtures/sdxl_train_step.py`).
+#[test]
+fn sdxl_identity_generation_matches_diffusers() {
+    let sd = sd();
+    let r = load_reference("reference/train/sdxl-tiny_identity_generate.safetensors").unwrap();
+    let case: GenCase = serde_json::from_str(
+        &std::fs::read_to_string(
+            fixtures_dir().join("reference/train/sdxl-tiny_identity_generate.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let tokens = persona_diffusion::pipeline::LearnedTokens {
+        names: vec!["<id>_v0".into(), "<id>_v1".into()],
+        rows: r["rows"].clone(),
+        rows_2: Some(r["rows_2"].clone()),
+    };
+    let p = GenerateParams {
+        prompt: case.prompt,
+        negative_prompt: case.negative_prompt,
+        steps: case.num_inference_steps,
+        guidance: case.guidance_scale,
+        scheduler: None,
+        height: case.height,
+        width: case.width,
+        seed: 0,
+        num_images: 1,
+        batch_size: 1,
+        latents: Some(r["latents"].clone()),
+        text_output: persona_diffusion::models::clip_text::Output::Last,
+        tokens: vec![tokens],
+    };
+    let image = sd.generate(&p, &mut |_| {}).unwrap();
+    let want = r["image"].permute((0, 3, 1, 2)).unwrap();
+    let mae = (&image - &want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    eprintln!("identity generation: mean abs error {mae:.2e}");
+    assert!(mae <= 1.0 / 255.0, "mean abs error {mae}");
+}
