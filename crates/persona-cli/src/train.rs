@@ -36,7 +36,10 @@ enum Method {
 #[command(
     after_help = "Example (the paper settings on SD 2.1-base, a GPU-sized job):\n  \
 persona train --model stabilityai/stable-diffusion-2-1-base --images photos/alice --token '<alice>' \\\n    \
---method cross-init --out alice.safetensors\nThen: persona generate --model … --identity alice.safetensors --prompt '{} wearing an oversized sweater' --out out/"
+--method cross-init --out alice.safetensors\n\
+SDXL (ti or cross-init; both token tables are learned, docs/sdxl.md):\n  \
+persona train --model stabilityai/stable-diffusion-xl-base-1.0 --images photos/alice --token '<alice>' --method ti --out alice-xl.safetensors\n\
+Then: persona generate --model … --identity alice.safetensors --prompt '{} wearing an oversized sweater' --out out/"
 )]
 pub struct TrainArgs {
     /// A diffusers pipeline folder or a cached hub id.
@@ -124,8 +127,9 @@ pub struct TrainArgs {
     /// sefi: train the vectors directly, or through a ProSpect-style generator block.
     #[arg(long, value_enum, default_value = "direct")]
     sefi_param: SefiParamArg,
-    #[arg(long, default_value_t = 512)]
-    resolution: u32,
+    /// Training image side in pixels (default 512; SDXL: the model's own, 1024 for SDXL base).
+    #[arg(long)]
+    resolution: Option<u32>,
     /// Photos per epoch = photos × repeats, drawn in a seeded shuffled order so that every photo is seen
     /// equally often (diffusers' --repeats).
     #[arg(long, default_value_t = 100)]
@@ -188,7 +192,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let sd = StableDiffusion::load(&a.model, &place.load_options(a.variant.clone()))?;
     place.announce();
     let r = recipe_of(&a);
-    let cfg = config_of(&a, r.method);
+    let resolution = a.resolution.unwrap_or(if sd.is_sdxl() {
+        sd.default_size() as u32
+    } else {
+        512
+    });
+    let cfg = config_of(&a, r.method, resolution);
     let bar = crate::progress::bar(cfg.steps as u64, "training");
     let identity = recipe::train(&sd, &a.model, &r, &cfg, a.resume, &mut |s| {
         bar.set_position(s.step as u64);
@@ -259,7 +268,7 @@ fn recipe_of(a: &TrainArgs) -> Recipe {
     }
 }
 
-fn config_of(a: &TrainArgs, method: MethodName) -> TrainConfig {
+fn config_of(a: &TrainArgs, method: MethodName, resolution: u32) -> TrainConfig {
     let accum = a.grad_accum.max(1);
     TrainConfig {
         steps: a.steps.unwrap_or(method.default_steps()),
@@ -278,7 +287,7 @@ fn config_of(a: &TrainArgs, method: MethodName) -> TrainConfig {
         },
         seed: a.seed,
         save_every: a.save_every,
-        resolution: a.resolution,
+        resolution,
         repeats: a.repeats,
         out: a.out.clone(),
     }
