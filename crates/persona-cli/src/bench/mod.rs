@@ -9,6 +9,7 @@ mod generate;
 mod gradcheck;
 mod make_model;
 mod parts;
+mod sdxl;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -70,6 +71,10 @@ pub enum Arch {
     Sd15,
     /// The tiny SD 2.x-style test pipeline's configs (fixtures/sd2-tiny): for tests and smoke runs.
     Tiny,
+    /// stabilityai/stable-diffusion-xl-base-1.0 (unet, text-encoder, train-step; use --size 128 for 1024²).
+    Sdxl,
+    /// The tiny SDXL test pipeline's configs (fixtures/sdxl-tiny).
+    SdxlTiny,
 }
 
 impl Arch {
@@ -98,6 +103,18 @@ impl Arch {
             (Arch::Tiny, _) => {
                 include_str!("../../../../fixtures/sd2-tiny/text_encoder/config.json")
             }
+            (Arch::Sdxl, "unet") => include_str!("../../../../fixtures/manifests/sdxl-base/unet/config.json"),
+            (Arch::Sdxl, "vae") => include_str!("../../../../fixtures/manifests/sdxl-base/vae/config.json"),
+            (Arch::Sdxl, "text_encoder_2") => {
+                include_str!("../../../../fixtures/manifests/sdxl-base/text_encoder_2/config.json")
+            }
+            (Arch::Sdxl, _) => include_str!("../../../../fixtures/manifests/sdxl-base/text_encoder/config.json"),
+            (Arch::SdxlTiny, "unet") => include_str!("../../../../fixtures/sdxl-tiny/unet/config.json"),
+            (Arch::SdxlTiny, "vae") => include_str!("../../../../fixtures/sdxl-tiny/vae/config.json"),
+            (Arch::SdxlTiny, "text_encoder_2") => {
+                include_str!("../../../../fixtures/sdxl-tiny/text_encoder_2/config.json")
+            }
+            (Arch::SdxlTiny, _) => include_str!("../../../../fixtures/sdxl-tiny/text_encoder/config.json"),
         }
     }
 
@@ -116,6 +133,9 @@ impl Arch {
     /// The pipeline folder whose tokenizer, scheduler config and model_index.json this architecture shares:
     /// SD 2.x's (`!` padding) for sd21-base and tiny, SD 1.x's for sd15.
     pub fn companion(self) -> Result<PathBuf> {
+        if self.is_sdxl() {
+            bail!("--arch {}: only `bench unet`, `text-encoder` and `train-step` build SDXL", self.name());
+        }
         Ok(fixtures_dir()?.join(if self == Arch::Sd15 {
             "sd1-tiny"
         } else {
@@ -128,7 +148,13 @@ impl Arch {
             Arch::Sd21Base => "sd21-base",
             Arch::Sd15 => "sd15",
             Arch::Tiny => "tiny",
+            Arch::Sdxl => "sdxl",
+            Arch::SdxlTiny => "sdxl-tiny",
         }
+    }
+
+    pub fn is_sdxl(self) -> bool {
+        matches!(self, Arch::Sdxl | Arch::SdxlTiny)
     }
 }
 

@@ -27,24 +27,24 @@ pub enum Which {
 pub struct ModelArgs {
     /// Which real architecture to build (random weights).
     #[arg(long, value_enum, default_value = "sd21-base")]
-    arch: Arch,
+    pub arch: Arch,
     /// Latent size (64 = 512² images).
     #[arg(long, default_value_t = 64)]
-    size: usize,
+    pub size: usize,
     #[arg(long, default_value_t = 1)]
-    batch: usize,
+    pub batch: usize,
     /// Timed runs after one warm-up; the best, mean and median are reported.
     #[arg(long, default_value_t = 3)]
-    runs: usize,
+    pub runs: usize,
     /// train-step: what is learned (tokens: TI / Cross Init; idea: + ID-Enhancer and ID-Adapter, gate open so
     /// that every module gets its gradient; idea-kv: + the cross-attention key/value deltas).
     #[arg(long, value_enum, default_value = "tokens")]
-    method: BenchMethod,
+    pub method: BenchMethod,
     #[command(flatten)]
     device: DeviceArgs,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BenchMethod {
     Tokens,
     Idea,
@@ -57,6 +57,7 @@ pub fn run(which: Which, a: &ModelArgs) -> Result<()> {
     let (dev, dtype) = (&place.device, place.dtype);
     let w = Weights::random_as(0, dev, dtype);
     let timing = match which {
+        _ if a.arch.is_sdxl() => super::sdxl::run(which, a, &w, dev)?,
         Which::Unet => {
             let c = a.arch.unet_config()?;
             let model = UNet2DConditionModel::load(&w, &c)?;

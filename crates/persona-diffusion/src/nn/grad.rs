@@ -143,13 +143,27 @@ pub fn add(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
-/// `x + c` where `c` is constant and broadcasts to `x`'s shape.
+/// `x + c` where `c` is constant; either may broadcast to the other (SDXL's time embedding, tracked through
+/// the pooled text, is added to activations that are not). The gradient of `x` is the output gradient summed
+/// over the dimensions `x` was broadcast along.
 fn add_constant(x: &Tensor, c: &Tensor) -> candle_core::Result<Tensor> {
     let value = x.detach().broadcast_add(c)?;
-    if value.dims() != x.dims() {
-        return x.broadcast_add(c);
+    let shape = x.dims().to_vec();
+    input_grad_only(x, value, move |_, _, g| sum_to(g, &shape))
+}
+
+/// `g` summed down to `shape` (which broadcasts to `g`'s shape): leading dimensions away, size-1 ones kept.
+fn sum_to(g: &Tensor, shape: &[usize]) -> candle_core::Result<Tensor> {
+    let mut g = g.clone();
+    while g.rank() > shape.len() {
+        g = g.sum(0)?;
     }
-    input_grad_only(x, value, |_, _, g| Ok(g.clone()))
+    for (d, &n) in shape.iter().enumerate() {
+        if n == 1 && g.dim(d)? != 1 {
+            g = g.sum_keepdim(d)?;
+        }
+    }
+    Ok(g)
 }
 
 /// `a · b` (matrix product over the last two dimensions) with gradients only for tracked operands.

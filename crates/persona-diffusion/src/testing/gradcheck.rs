@@ -113,6 +113,12 @@ fn constant_ops(device: &Device, dtype: DType) -> Result<Vec<(String, Vec<usize>
         vec![3, 4],
         Box::new(move |x| add(&cc, &cast(x)?)),
     ));
+    let big = randn(&[2, 3, 4], 14, device)?.to_dtype(dtype)?;
+    out.push((
+        "x (broadcast) + constant".into(),
+        vec![3, 1],
+        Box::new(move |x| add(&cast(x)?, &big)),
+    ));
     let cc = c.clone();
     out.push((
         "matmul x·C".into(),

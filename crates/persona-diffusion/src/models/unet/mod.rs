@@ -475,7 +475,7 @@ impl UNet2DConditionModel {
                     .reshape((b, ()))?;
             let aug = add.linear_2.forward(
                 &add.linear_1
-                    .forward(&Tensor::cat(&[&text, &time], 1)?)?
+                    .forward(&crate::nn::grad::cat2(&text.to_dtype(dtype)?, &time, 1)?)?
                     .silu()?,
             )?;
             temb = crate::nn::grad::add(&temb, &aug)?;
