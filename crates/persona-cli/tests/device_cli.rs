@@ -226,7 +226,7 @@ fn make_model_writes_a_loadable_diffusers_folder() {
         dir.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(stdout_json(&o)["parameters"].as_u64().unwrap() > 0, true);
+    assert!(stdout_json(&o)["parameters"].as_u64().unwrap() > 0);
     for f in [
         "model_index.json",
         "scheduler/scheduler_config.json",
