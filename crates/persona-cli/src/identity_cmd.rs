@@ -6,8 +6,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use persona_diffusion::loading::resolve_model;
 use persona_train::identity::{
-    diffusers_second_path, export_a1111, export_diffusers, import, import_diffusers_pair, BaseModel,
-    Identity,
+    diffusers_second_path, export_a1111, export_diffusers, import, import_diffusers_pair,
+    BaseModel, Identity,
 };
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -312,11 +312,41 @@ fn bench_generate_and_train_step_report_json() {
 #[test]
 fn bench_runs_sdxl_parts() {
     for part in ["unet", "text-encoder", "train-step"] {
-        let o = persona(&["bench", part, "--arch", "sdxl-tiny", "--size", "8", "--batch", "2", "--runs", "1", "--device", "cpu"]);
-        assert!(o.status.success(), "{part}: {}", String::from_utf8_lossy(&o.stderr));
+        let o = persona(&[
+            "bench",
+            part,
+            "--arch",
+            "sdxl-tiny",
+            "--size",
+            "8",
+            "--batch",
+            "2",
+            "--runs",
+            "1",
+            "--device",
+            "cpu",
+        ]);
+        assert!(
+            o.status.success(),
+            "{part}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         assert_eq!(stdout_json(&o)["arch"].as_str(), Some("SdxlTiny"), "{part}");
     }
-    let o = persona(&["bench", "train-step", "--arch", "sdxl-tiny", "--method", "idea", "--size", "8", "--runs", "1", "--device", "cpu"]);
+    let o = persona(&[
+        "bench",
+        "train-step",
+        "--arch",
+        "sdxl-tiny",
+        "--method",
+        "idea",
+        "--size",
+        "8",
+        "--runs",
+        "1",
+        "--device",
+        "cpu",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("only --method tokens"));
 }

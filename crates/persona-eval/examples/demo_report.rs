@@ -23,20 +23,47 @@ fn save(dir: &Path, prompt: &str, images: &[(&str, RgbImage)]) -> anyhow::Result
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<PathBuf> = std::env::args().skip(1).map(PathBuf::from).collect();
-    let [photos, models, clip, out] = args.as_slice() else { anyhow::bail!("usage: demo_report PHOTOS MODELS CLIP OUT") };
-    let people: Vec<RgbImage> = (0..3).map(|k| persona_faces::load_rgb(photos.join(format!("0000{k}.jpg")))).collect::<Result<_, _>>()?;
+    let [photos, models, clip, out] = args.as_slice() else {
+        anyhow::bail!("usage: demo_report PHOTOS MODELS CLIP OUT")
+    };
+    let people: Vec<RgbImage> = (0..3)
+        .map(|k| persona_faces::load_rgb(photos.join(format!("0000{k}.jpg"))))
+        .collect::<Result<_, _>>()?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     for (k, img) in people.iter().enumerate() {
         let name = format!("person{k}");
         std::fs::create_dir_all(out.join("refs").join(&name))?;
         img.save(out.join("refs").join(&name).join("photo.png"))?;
         let (w, h) = img.dimensions();
-        let zoom = imageops::resize(&imageops::crop_imm(img, w / 10, h / 10, w * 4 / 5, h * 4 / 5).to_image(), w, h, imageops::FilterType::Triangle);
-        let edits = [("a-mirror", imageops::flip_horizontal(img)), ("b-bright", imageops::colorops::brighten(img, 30)), ("c-zoom", zoom)];
-        save(&out.join("images").join(&name).join("0-photo"), "a photo of {} person", &edits)?;
-        let noise = RgbImage::from_fn(w, h, |_, _| image::Rgb([rng.random(), rng.random(), rng.random()]));
-        let others = [("a-other", people[(k + 1) % 3].clone()), ("b-other", people[(k + 2) % 3].clone()), ("c-noise", noise)];
-        save(&out.join("images").join(&name).join("1-beach"), "{} person on the beach", &others)?;
+        let zoom = imageops::resize(
+            &imageops::crop_imm(img, w / 10, h / 10, w * 4 / 5, h * 4 / 5).to_image(),
+            w,
+            h,
+            imageops::FilterType::Triangle,
+        );
+        let edits = [
+            ("a-mirror", imageops::flip_horizontal(img)),
+            ("b-bright", imageops::colorops::brighten(img, 30)),
+            ("c-zoom", zoom),
+        ];
+        save(
+            &out.join("images").join(&name).join("0-photo"),
+            "a photo of {} person",
+            &edits,
+        )?;
+        let noise = RgbImage::from_fn(w, h, |_, _| {
+            image::Rgb([rng.random(), rng.random(), rng.random()])
+        });
+        let others = [
+            ("a-other", people[(k + 1) % 3].clone()),
+            ("b-other", people[(k + 2) % 3].clone()),
+            ("c-noise", noise),
+        ];
+        save(
+            &out.join("images").join(&name).join("1-beach"),
+            "{} person on the beach",
+            &others,
+        )?;
     }
     let cfg = EvalConfig {
         model: None,

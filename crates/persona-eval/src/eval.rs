@@ -46,7 +46,10 @@ pub struct ModelPlacement {
 impl Default for ModelPlacement {
     /// The CPU in f32.
     fn default() -> Self {
-        Self { device: Device::Cpu, dtype: DType::F32 }
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
     }
 }
 
@@ -57,7 +60,8 @@ pub fn run(cfg: &EvalConfig, bar: &ProgressBar) -> Result<Results> {
 
 /// [`run`] with the generating models on `place`.
 pub fn run_on(cfg: &EvalConfig, place: &ModelPlacement, bar: &ProgressBar) -> Result<Results> {
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("{}: cannot create the output folder", cfg.out.display()))?;
+    std::fs::create_dir_all(&cfg.out)
+        .with_context(|| format!("{}: cannot create the output folder", cfg.out.display()))?;
     let scorer = Scorer::load(&cfg.faces, cfg.clip.as_deref(), cfg.jpeg)?;
     let results = match &cfg.images {
         Some(dir) => score_folder(cfg, dir, &scorer, bar)?,
@@ -69,7 +73,12 @@ pub fn run_on(cfg: &EvalConfig, place: &ModelPlacement, bar: &ProgressBar) -> Re
 }
 
 /// The settings recorded in `results.json` and shown in the report.
-pub fn settings(model: Option<&str>, sampling: Option<&Sampling>, scorer: &Scorer, jpeg: bool) -> serde_json::Value {
+pub fn settings(
+    model: Option<&str>,
+    sampling: Option<&Sampling>,
+    scorer: &Scorer,
+    jpeg: bool,
+) -> serde_json::Value {
     serde_json::json!({
         "model": model, "sampling": sampling, "recognizer": scorer.recognizer,
         "clip": scorer.clip_name.clone().unwrap_or_else(|| "missing".into()), "jpeg75": jpeg,
@@ -77,27 +86,59 @@ pub fn settings(model: Option<&str>, sampling: Option<&Sampling>, scorer: &Score
     })
 }
 
-fn generate_and_score(cfg: &EvalConfig, place: &ModelPlacement, scorer: &Scorer, bar: &ProgressBar) -> Result<Results> {
-    let Some(model) = &cfg.model else { bail!("--model is needed to generate (or pass --images to score existing images)") };
-    let Some(set) = &cfg.prompts else { bail!("--prompts is needed to generate") };
+fn generate_and_score(
+    cfg: &EvalConfig,
+    place: &ModelPlacement,
+    scorer: &Scorer,
+    bar: &ProgressBar,
+) -> Result<Results> {
+    let Some(model) = &cfg.model else {
+        bail!("--model is needed to generate (or pass --images to score existing images)")
+    };
+    let Some(set) = &cfg.prompts else {
+        bail!("--prompts is needed to generate")
+    };
     if cfg.identities.is_empty() {
         bail!("at least one --identity is needed to generate");
     }
-    let sd = StableDiffusion::load(model, &LoadOptions { variant: cfg.variant.clone(), device: place.device.clone(), dtype: place.dtype })?;
+    let sd = StableDiffusion::load(
+        model,
+        &LoadOptions {
+            variant: cfg.variant.clone(),
+            device: place.device.clone(),
+            dtype: place.dtype,
+        },
+    )?;
     let identities = persona_train::output::load_identities(&sd, &cfg.identities, cfg.force)?;
     let names: Vec<String> = identities.iter().map(|i| i.token.clone()).collect();
     let references = reference_embeddings(scorer, &cfg.references, &names)?;
     let method = method_label(&identities);
     let units: Vec<Unit> = (0..names.len())
         .flat_map(|i| set.prompts.iter().enumerate().map(move |(p, t)| (i, p, t)))
-        .map(|(identity, prompt_index, t)| Unit { method: method.clone(), identity, class: set.name.clone(), prompt_index, template: t.clone() })
+        .map(|(identity, prompt_index, t)| Unit {
+            method: method.clone(),
+            identity,
+            class: set.name.clone(),
+            prompt_index,
+            template: t.clone(),
+        })
         .collect();
     bar.set_length(units.len() as u64 * cfg.sampling.unit_ticks());
     bar.set_message("generating and scoring");
     let settings = settings(Some(model), Some(&cfg.sampling), scorer, cfg.jpeg);
     let key = settings.to_string();
     let loaded: Vec<Option<Identity>> = identities.into_iter().map(Some).collect();
-    let cx = UnitContext { sd: &sd, sampling: &cfg.sampling, scorer, names: &names, identities: &loaded, references: &references, out: &cfg.out, key: &key, bar };
+    let cx = UnitContext {
+        sd: &sd,
+        sampling: &cfg.sampling,
+        scorer,
+        names: &names,
+        identities: &loaded,
+        references: &references,
+        out: &cfg.out,
+        key: &key,
+        bar,
+    };
     let mut records = Vec::new();
     for u in &units {
         records.extend(run_unit(&cx, u)?);
@@ -108,7 +149,11 @@ fn generate_and_score(cfg: &EvalConfig, place: &ModelPlacement, scorer: &Scorer,
 /// The identities' method when they share one (`ti`, `cross-init`, …), else `mixed`.
 fn method_label(identities: &[Identity]) -> String {
     let first = identities[0].meta.method.clone();
-    if identities.iter().all(|i| i.meta.method == first) { first } else { "mixed".into() }
+    if identities.iter().all(|i| i.meta.method == first) {
+        first
+    } else {
+        "mixed".into()
+    }
 }
 
 /// A folder name without the `<>` of a token.
@@ -118,7 +163,11 @@ pub fn bare(name: &str) -> String {
 
 /// One reference embedding per identity: `refs` in order, or sub-folders of one folder named after the
 /// identities (with or without `<>`).
-pub fn reference_embeddings(scorer: &Scorer, refs: &[PathBuf], names: &[String]) -> Result<Vec<Vec<f32>>> {
+pub fn reference_embeddings(
+    scorer: &Scorer,
+    refs: &[PathBuf],
+    names: &[String],
+) -> Result<Vec<Vec<f32>>> {
     let dirs: Vec<PathBuf> = match refs {
         [] => bail!("--references is needed: photos of each identity to compare faces with"),
         _ if refs.len() == names.len() => refs.to_vec(),
@@ -149,26 +198,55 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// `--images DIR`: `DIR/<prompt>/…` for one identity, or `DIR/<identity>/<prompt>/…`; the prompt is
 /// `prompt.txt` in the folder, else the folder name.
-fn score_folder(cfg: &EvalConfig, dir: &Path, scorer: &Scorer, bar: &ProgressBar) -> Result<Results> {
+fn score_folder(
+    cfg: &EvalConfig,
+    dir: &Path,
+    scorer: &Scorer,
+    bar: &ProgressBar,
+) -> Result<Results> {
     let names = external_identities(cfg)?;
     let references = reference_embeddings(scorer, &cfg.references, &names)?;
     let top = subdirs(dir)?;
     let per_identity: Vec<(usize, Vec<PathBuf>)> = if top.iter().any(|d| has_images(d)) {
         if names.len() != 1 {
-            bail!("{}: one folder per prompt is for one identity; with {} use <identity>/<prompt>/", dir.display(), names.len());
+            bail!(
+                "{}: one folder per prompt is for one identity; with {} use <identity>/<prompt>/",
+                dir.display(),
+                names.len()
+            );
         }
         vec![(0, top)]
     } else {
-        names.iter().enumerate().map(|(i, n)| Ok((i, subdirs(&dir.join(bare(n)))?))).collect::<Result<_>>()?
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Ok((i, subdirs(&dir.join(bare(n)))?)))
+            .collect::<Result<_>>()?
     };
-    let total: usize = per_identity.iter().flat_map(|(_, p)| p).filter_map(|p| list_images(p).ok()).map(|v| v.len()).sum();
+    let total: usize = per_identity
+        .iter()
+        .flat_map(|(_, p)| p)
+        .filter_map(|p| list_images(p).ok())
+        .map(|v| v.len())
+        .sum();
     bar.set_length(total as u64);
     bar.set_message("scoring");
     let mut records = Vec::new();
     for (identity, prompts) in &per_identity {
         for (prompt_index, p) in prompts.iter().enumerate() {
-            let folder = PromptFolder { dir: p, identity: *identity, prompt_index, out: &cfg.out };
-            records.extend(score_prompt_folder(scorer, &folder, &names, &references, bar)?);
+            let folder = PromptFolder {
+                dir: p,
+                identity: *identity,
+                prompt_index,
+                out: &cfg.out,
+            };
+            records.extend(score_prompt_folder(
+                scorer,
+                &folder,
+                &names,
+                &references,
+                bar,
+            )?);
         }
     }
     let settings = settings(None, None, scorer, cfg.jpeg);
@@ -178,11 +256,35 @@ fn score_folder(cfg: &EvalConfig, dir: &Path, scorer: &Scorer, bar: &ProgressBar
 /// Identity names for `--images`: the identity files' tokens, else the reference folder names.
 fn external_identities(cfg: &EvalConfig) -> Result<Vec<String>> {
     if !cfg.identities.is_empty() {
-        return cfg.identities.iter().map(|p| Identity::load(p).map(|i| i.token).map_err(|e| anyhow::anyhow!("{e}"))).collect();
+        return cfg
+            .identities
+            .iter()
+            .map(|p| {
+                Identity::load(p)
+                    .map(|i| i.token)
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            })
+            .collect();
     }
     match cfg.references.as_slice() {
-        [one] if !has_images(one) => Ok(subdirs(one)?.iter().map(|d| d.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect()),
-        refs => Ok(refs.iter().map(|d| d.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect()),
+        [one] if !has_images(one) => Ok(subdirs(one)?
+            .iter()
+            .map(|d| {
+                d.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()),
+        refs => Ok(refs
+            .iter()
+            .map(|d| {
+                d.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()),
     }
 }
 
@@ -195,15 +297,34 @@ struct PromptFolder<'a> {
     out: &'a Path,
 }
 
-fn score_prompt_folder(scorer: &Scorer, f: &PromptFolder, names: &[String], references: &[Vec<f32>], bar: &ProgressBar) -> Result<Vec<ImageRecord>> {
+fn score_prompt_folder(
+    scorer: &Scorer,
+    f: &PromptFolder,
+    names: &[String],
+    references: &[Vec<f32>],
+    bar: &ProgressBar,
+) -> Result<Vec<ImageRecord>> {
     let (dir, identity, prompt_index) = (f.dir, f.identity, f.prompt_index);
     let template = match std::fs::read_to_string(dir.join("prompt.txt")) {
         Ok(t) => t.trim().to_string(),
-        Err(_) => dir.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+        Err(_) => dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
     };
     let files = list_images(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let images = files.iter().map(|f| persona_faces::load_rgb(f).map_err(|e| anyhow::anyhow!("{e}"))).collect::<Result<Vec<_>>>()?;
-    let unit = Unit { method: "images".into(), identity, class: "images".into(), prompt_index, template: template.clone() };
+    let images = files
+        .iter()
+        .map(|f| persona_faces::load_rgb(f).map_err(|e| anyhow::anyhow!("{e}")))
+        .collect::<Result<Vec<_>>>()?;
+    let unit = Unit {
+        method: "images".into(),
+        identity,
+        class: "images".into(),
+        prompt_index,
+        template: template.clone(),
+    };
     let order = unit.identities(names.len());
     let refs: Vec<&[f32]> = order.iter().map(|&i| references[i].as_slice()).collect();
     let scores = scorer.score(&images, &refs, &clip_text(&template, names))?;
@@ -222,7 +343,9 @@ fn score_prompt_folder(scorer: &Scorer, f: &PromptFolder, names: &[String], refe
                 prompt: template.clone(),
                 index,
                 seed: None,
-                file: relative_to(file, f.out)?.to_string_lossy().replace('\\', "/"),
+                file: relative_to(file, f.out)?
+                    .to_string_lossy()
+                    .replace('\\', "/"),
                 faces: s.faces,
                 id: s.id,
                 id_each: s.id_each,
@@ -236,7 +359,11 @@ fn score_prompt_folder(scorer: &Scorer, f: &PromptFolder, names: &[String], refe
 /// `path` relative to `base` (`../images/x.png`), both taken as absolute paths.
 fn relative_to(path: &Path, base: &Path) -> Result<PathBuf> {
     let (p, b) = (std::path::absolute(path)?, std::path::absolute(base)?);
-    let common = p.components().zip(b.components()).take_while(|(x, y)| x == y).count();
+    let common = p
+        .components()
+        .zip(b.components())
+        .take_while(|(x, y)| x == y)
+        .count();
     let mut rel: PathBuf = b.components().skip(common).map(|_| "..").collect();
     rel.extend(p.components().skip(common));
     Ok(rel)

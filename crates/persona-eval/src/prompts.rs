@@ -9,10 +9,19 @@ use persona_diffusion::{Error, Result};
 const BUNDLED: &[(&str, &str)] = &[
     ("style", include_str!("../../../data/prompts/style.txt")),
     ("single", include_str!("../../../data/prompts/single.txt")),
-    ("with_celeb", include_str!("../../../data/prompts/with_celeb.txt")),
+    (
+        "with_celeb",
+        include_str!("../../../data/prompts/with_celeb.txt"),
+    ),
     ("double", include_str!("../../../data/prompts/double.txt")),
-    ("expression", include_str!("../../../data/prompts/expression.txt")),
-    ("idea_examples", include_str!("../../../data/prompts/idea_examples.txt")),
+    (
+        "expression",
+        include_str!("../../../data/prompts/expression.txt"),
+    ),
+    (
+        "idea_examples",
+        include_str!("../../../data/prompts/idea_examples.txt"),
+    ),
 ];
 
 /// A named list of prompt templates; the name is the prompt class of the report's scatter plot.
@@ -29,21 +38,31 @@ impl PromptSet {
         let path = Path::new(arg);
         if path.is_file() {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| arg.to_string());
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| arg.to_string());
             return Self::parse(name, &text).map_err(|e| Error::file(path, e));
         }
         match BUNDLED.iter().find(|(n, _)| *n == arg) {
             Some((name, text)) => Self::parse(name.to_string(), text),
             None => {
                 let names: Vec<&str> = BUNDLED.iter().map(|(n, _)| *n).collect();
-                Err(Error::Msg(format!("--prompts {arg}: not a file nor a prompt set ({})", names.join(", "))))
+                Err(Error::Msg(format!(
+                    "--prompts {arg}: not a file nor a prompt set ({})",
+                    names.join(", ")
+                )))
             }
         }
     }
 
     fn parse(name: String, text: &str) -> Result<Self> {
-        let prompts: Vec<String> =
-            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+        let prompts: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect();
         if prompts.is_empty() {
             return Err(Error::Msg(format!("prompt set {name} has no prompts")));
         }
@@ -74,7 +93,11 @@ fn strip_placeholders(word: &str, identity_words: &[String]) -> String {
     }
     for name in identity_words {
         // `<alice>_v0` before `<alice>`, so no `_v0` is left behind.
-        for v in (0..16).rev().map(|i| format!("{name}_v{i}")).chain(std::iter::once(name.clone())) {
+        for v in (0..16)
+            .rev()
+            .map(|i| format!("{name}_v{i}"))
+            .chain(std::iter::once(name.clone()))
+        {
             w = w.replace(&v, "");
         }
     }
@@ -87,18 +110,29 @@ mod tests {
 
     #[test]
     fn bundled_sets_have_the_protocol_sizes() {
-        let sizes: Vec<usize> =
-            ["style", "single", "with_celeb", "double"].iter().map(|s| PromptSet::resolve(s).unwrap().prompts.len()).collect();
+        let sizes: Vec<usize> = ["style", "single", "with_celeb", "double"]
+            .iter()
+            .map(|s| PromptSet::resolve(s).unwrap().prompts.len())
+            .collect();
         assert_eq!(sizes, [28, 10, 8, 8]);
-        assert!(PromptSet::resolve("nope").unwrap_err().to_string().contains("single"));
+        assert!(PromptSet::resolve("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("single"));
     }
 
     #[test]
     fn placeholders_are_removed_for_clip() {
         let names = vec!["<alice>".to_string()];
-        assert_eq!(clip_text("a {} person and a {1} person sit on a sofa", &names), "a person and a person sit on a sofa");
+        assert_eq!(
+            clip_text("a {} person and a {1} person sit on a sofa", &names),
+            "a person and a person sit on a sofa"
+        );
         assert_eq!(clip_text("{} latte art", &names), "latte art");
-        assert_eq!(clip_text("<alice>_v0 <alice>_v1 on the beach, <alice>.", &names), "on the beach, .");
+        assert_eq!(
+            clip_text("<alice>_v0 <alice>_v1 on the beach, <alice>.", &names),
+            "on the beach, ."
+        );
         assert!(uses_second("a {} person and a {1} person") && !uses_second("a {} person"));
     }
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use image::RgbImage;
 use indicatif::ProgressBar;
-use persona_diffusion::pipeline::image::{to_rgb8, write_atomic, write_png};
 use persona_diffusion::nn::AttentionControl;
+use persona_diffusion::pipeline::image::{to_rgb8, write_atomic, write_png};
 use persona_diffusion::pipeline::{expand_prompt, GenerateParams, StableDiffusion};
 use persona_diffusion::schedulers::SchedulerKind;
 use persona_train::identity::Identity;
@@ -77,7 +77,13 @@ impl Default for Sampling {
 
 impl Sampling {
     pub fn scheduler_kind(&self) -> Result<Option<SchedulerKind>> {
-        self.scheduler.as_deref().map(|s| s.parse::<SchedulerKind>().map_err(|e| anyhow::anyhow!("{e}"))).transpose()
+        self.scheduler
+            .as_deref()
+            .map(|s| {
+                s.parse::<SchedulerKind>()
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            })
+            .transpose()
     }
 
     /// Progress ticks of one unit: a tick per denoising step and one per scored image.
@@ -100,8 +106,14 @@ pub struct Unit {
 impl Unit {
     /// `images/<method>/<identity>/<class>/<prompt index>`, relative to the output folder.
     pub fn rel_dir(&self, identity_names: &[String]) -> PathBuf {
-        let id = identity_names[self.identity].trim_matches(['<', '>']).to_string();
-        PathBuf::from("images").join(&self.method).join(id).join(&self.class).join(format!("{:02}", self.prompt_index))
+        let id = identity_names[self.identity]
+            .trim_matches(['<', '>'])
+            .to_string();
+        PathBuf::from("images")
+            .join(&self.method)
+            .join(id)
+            .join(&self.class)
+            .join(format!("{:02}", self.prompt_index))
     }
 
     /// The identities the prompt names: this unit's, then the `{1}` partner for double prompts.
@@ -153,9 +165,13 @@ pub fn run_unit(cx: &UnitContext, unit: &Unit) -> Result<Vec<ImageRecord>> {
     let order = unit.identities(names.len());
     generate_missing(cx, unit, &order, &dir)?;
     let n = cx.sampling.images_per_prompt;
-    let images = (0..n).map(|i| load_png(&dir.join(image_name(i)))).collect::<Result<Vec<_>>>()?;
+    let images = (0..n)
+        .map(|i| load_png(&dir.join(image_name(i))))
+        .collect::<Result<Vec<_>>>()?;
     let refs: Vec<&[f32]> = order.iter().map(|&i| cx.references[i].as_slice()).collect();
-    let scores = cx.scorer.score(&images, &refs, &clip_text(&unit.template, names))?;
+    let scores = cx
+        .scorer
+        .score(&images, &refs, &clip_text(&unit.template, names))?;
     cx.bar.inc(n as u64);
     let records: Vec<ImageRecord> = scores
         .into_iter()
@@ -177,7 +193,10 @@ pub fn run_unit(cx: &UnitContext, unit: &Unit) -> Result<Vec<ImageRecord>> {
             diversity: s.diversity,
         })
         .collect();
-    let stored = Stored { key: cx.key.to_string(), records };
+    let stored = Stored {
+        key: cx.key.to_string(),
+        records,
+    };
     write_atomic(&done, serde_json::to_string_pretty(&stored)?.as_bytes())?;
     Ok(stored.records)
 }
@@ -191,8 +210,11 @@ fn discard_stale(dir: &Path, key: &str) -> Result<()> {
     }
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "png") || path.file_name().is_some_and(|n| n == "records.json") {
-            std::fs::remove_file(&path).with_context(|| format!("removing stale {}", path.display()))?;
+        if path.extension().is_some_and(|e| e == "png")
+            || path.file_name().is_some_and(|n| n == "records.json")
+        {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing stale {}", path.display()))?;
         }
     }
     Ok(write_atomic(&marker, key.as_bytes())?)
@@ -208,24 +230,35 @@ pub fn stored_records(path: &Path, key: &str) -> Result<Option<Vec<ImageRecord>>
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let stored: Stored = serde_json::from_str(&text).with_context(|| format!("{}: not a unit record file", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let stored: Stored = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a unit record file", path.display()))?;
     Ok((stored.key == key).then_some(stored.records))
 }
 
 fn load_png(path: &Path) -> Result<RgbImage> {
-    Ok(image::open(path).with_context(|| format!("reading {}", path.display()))?.to_rgb8())
+    Ok(image::open(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .to_rgb8())
 }
 
 /// Generates the missing images in contiguous runs (image `i` always has seed `seed + i`, so the result does
 /// not depend on what was already there).
 fn generate_missing(cx: &UnitContext, unit: &Unit, order: &[usize], dir: &Path) -> Result<()> {
     let s = cx.sampling;
-    let missing: Vec<usize> = (0..s.images_per_prompt).filter(|&i| !dir.join(image_name(i)).is_file()).collect();
-    cx.bar.inc(((s.images_per_prompt - missing.len()) * s.steps) as u64);
+    let missing: Vec<usize> = (0..s.images_per_prompt)
+        .filter(|&i| !dir.join(image_name(i)).is_file())
+        .collect();
+    cx.bar
+        .inc(((s.images_per_prompt - missing.len()) * s.steps) as u64);
     let chosen = order
         .iter()
-        .map(|&i| cx.identities[i].clone().with_context(|| format!("identity {} is not loaded", cx.names[i])))
+        .map(|&i| {
+            cx.identities[i]
+                .clone()
+                .with_context(|| format!("identity {} is not loaded", cx.names[i]))
+        })
         .collect::<Result<Vec<Identity>>>()?;
     let (tokens, names) = persona_train::output::learned_tokens(&chosen);
     let prompt = expand_prompt(&unit.template, &names)?;
@@ -257,7 +290,11 @@ fn generate_missing(cx: &UnitContext, unit: &Unit, order: &[usize], dir: &Path) 
         for (k, img) in to_rgb8(&images)?.iter().enumerate() {
             let i = run[k];
             let text = serde_json::json!({"prompt": unit.template, "expanded": prompt, "seed": s.seed + i as u64, "steps": s.steps, "guidance": s.guidance});
-            write_png(&dir.join(image_name(i)), img, &[("persona", text.to_string())])?;
+            write_png(
+                &dir.join(image_name(i)),
+                img,
+                &[("persona", text.to_string())],
+            )?;
         }
     }
     Ok(())
@@ -285,7 +322,10 @@ mod tests {
         let d = dir.path();
         std::fs::write(d.join("0000.png"), b"x").unwrap();
         discard_stale(d, "a").unwrap();
-        assert!(!d.join("0000.png").exists(), "images without a key are of unknown settings");
+        assert!(
+            !d.join("0000.png").exists(),
+            "images without a key are of unknown settings"
+        );
         std::fs::write(d.join("0000.png"), b"x").unwrap();
         std::fs::write(d.join("prompt.txt"), b"p").unwrap();
         discard_stale(d, "a").unwrap();
@@ -297,16 +337,31 @@ mod tests {
 
     #[test]
     fn double_prompts_pair_each_identity_with_the_next() {
-        let unit = |identity, template: &str| Unit { method: "ti".into(), identity, class: "double".into(), prompt_index: 0, template: template.into() };
-        assert_eq!(unit(2, "a {} person and a {1} person").identities(3), [2, 0]);
-        assert_eq!(unit(0, "a {} person and a {1} person").identities(3), [0, 1]);
+        let unit = |identity, template: &str| Unit {
+            method: "ti".into(),
+            identity,
+            class: "double".into(),
+            prompt_index: 0,
+            template: template.into(),
+        };
+        assert_eq!(
+            unit(2, "a {} person and a {1} person").identities(3),
+            [2, 0]
+        );
+        assert_eq!(
+            unit(0, "a {} person and a {1} person").identities(3),
+            [0, 1]
+        );
         assert_eq!(unit(1, "a {} person").identities(3), [1]);
         assert_eq!(unit(0, "a {} person and a {1} person").identities(1), [0]);
     }
 
     #[test]
     fn runs() {
-        assert_eq!(contiguous(&[0, 1, 2, 5, 6, 9]), vec![vec![0, 1, 2], vec![5, 6], vec![9]]);
+        assert_eq!(
+            contiguous(&[0, 1, 2, 5, 6, 9]),
+            vec![vec![0, 1, 2], vec![5, 6], vec![9]]
+        );
         assert!(contiguous(&[]).is_empty());
     }
 }

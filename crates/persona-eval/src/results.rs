@@ -49,7 +49,12 @@ pub struct ImageRecord {
 
 impl ImageRecord {
     fn group_key(&self) -> (String, String, String, usize) {
-        (self.method.clone(), self.class.clone(), self.identity.clone(), self.prompt_index)
+        (
+            self.method.clone(),
+            self.class.clone(),
+            self.identity.clone(),
+            self.prompt_index,
+        )
     }
 }
 
@@ -101,16 +106,29 @@ fn stats(records: &[&ImageRecord], key: &str, seed: u64) -> Stats {
         groups.entry(r.group_key()).or_default().push(r);
     }
     let collect = |f: &dyn Fn(&ImageRecord) -> Option<f64>| -> Vec<Vec<f64>> {
-        groups.values().map(|g| g.iter().filter_map(|r| f(r)).collect()).collect()
+        groups
+            .values()
+            .map(|g| g.iter().filter_map(|r| f(r)).collect())
+            .collect()
     };
     let detected = records.iter().filter(|r| r.faces > 0).count();
     Stats {
         images: records.len(),
         detected,
-        detection_rate: if records.is_empty() { 0.0 } else { detected as f64 / records.len() as f64 },
+        detection_rate: if records.is_empty() {
+            0.0
+        } else {
+            detected as f64 / records.len() as f64
+        },
         id: bootstrap(&collect(&|r| r.id), seed_for(&format!("id/{key}"), seed)),
-        prompt_score: bootstrap(&collect(&|r| r.prompt_score), seed_for(&format!("prompt/{key}"), seed)),
-        diversity: bootstrap(&collect(&|r| r.diversity), seed_for(&format!("diversity/{key}"), seed)),
+        prompt_score: bootstrap(
+            &collect(&|r| r.prompt_score),
+            seed_for(&format!("prompt/{key}"), seed),
+        ),
+        diversity: bootstrap(
+            &collect(&|r| r.diversity),
+            seed_for(&format!("diversity/{key}"), seed),
+        ),
     }
 }
 
@@ -128,12 +146,19 @@ pub struct TrainingCost {
 impl Results {
     /// Sorts the records and computes every summary (`seed` seeds the bootstrap).
     pub fn summarise(settings: serde_json::Value, mut images: Vec<ImageRecord>, seed: u64) -> Self {
-        images.sort_by(|a, b| a.group_key().cmp(&b.group_key()).then(a.index.cmp(&b.index)));
+        images.sort_by(|a, b| {
+            a.group_key()
+                .cmp(&b.group_key())
+                .then(a.index.cmp(&b.index))
+        });
         let mut by_method: BTreeMap<&str, Vec<&ImageRecord>> = BTreeMap::new();
         let mut by_prompt: BTreeMap<(&str, &str, usize), Vec<&ImageRecord>> = BTreeMap::new();
         for r in &images {
             by_method.entry(&r.method).or_default().push(r);
-            by_prompt.entry((&r.method, &r.class, r.prompt_index)).or_default().push(r);
+            by_prompt
+                .entry((&r.method, &r.class, r.prompt_index))
+                .or_default()
+                .push(r);
         }
         let methods = by_method
             .iter()
@@ -142,8 +167,15 @@ impl Results {
                 for r in recs {
                     classes.entry(&r.class).or_default().push(r);
                 }
-                let classes = classes.iter().map(|(c, v)| (c.to_string(), stats(v, &format!("{m}/{c}"), seed))).collect();
-                MethodSummary { method: m.to_string(), overall: stats(recs, m, seed), classes }
+                let classes = classes
+                    .iter()
+                    .map(|(c, v)| (c.to_string(), stats(v, &format!("{m}/{c}"), seed)))
+                    .collect();
+                MethodSummary {
+                    method: m.to_string(),
+                    overall: stats(recs, m, seed),
+                    classes,
+                }
             })
             .collect();
         let prompts = by_prompt
@@ -156,7 +188,12 @@ impl Results {
                 stats: stats(recs, &format!("{m}/{c}/{p}"), seed),
             })
             .collect();
-        Self { settings, methods, prompts, images }
+        Self {
+            settings,
+            methods,
+            prompts,
+            images,
+        }
     }
 
     pub fn read(path: &Path) -> Result<Self> {
@@ -232,7 +269,11 @@ mod tests {
 
     #[test]
     fn summaries_do_not_depend_on_record_order() {
-        let recs = vec![rec("ti", "a", 0, 0, Some(0.5)), rec("ti", "a", 0, 1, None), rec("ti", "b", 1, 0, Some(0.1))];
+        let recs = vec![
+            rec("ti", "a", 0, 0, Some(0.5)),
+            rec("ti", "a", 0, 1, None),
+            rec("ti", "b", 1, 0, Some(0.1)),
+        ];
         let one = Results::summarise(serde_json::json!({}), recs.clone(), 42);
         let rev = Results::summarise(serde_json::json!({}), recs.into_iter().rev().collect(), 42);
         assert_eq!(one, rev);

@@ -25,7 +25,11 @@ fn mean(v: &[f64]) -> f64 {
 
 /// The mean of the group means; `None` when no group has a value (e.g. no face was found anywhere).
 fn mean_of_means(groups: &[Vec<f64>]) -> Option<f64> {
-    let means: Vec<f64> = groups.iter().filter(|g| !g.is_empty()).map(|g| mean(g)).collect();
+    let means: Vec<f64> = groups
+        .iter()
+        .filter(|g| !g.is_empty())
+        .map(|g| mean(g))
+        .collect();
     (!means.is_empty()).then(|| mean(&means))
 }
 
@@ -34,24 +38,36 @@ pub fn bootstrap(groups: &[Vec<f64>], seed: u64) -> Option<Interval> {
     let point = mean_of_means(groups)?;
     let groups: Vec<&Vec<f64>> = groups.iter().filter(|g| !g.is_empty()).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut reps: Vec<f64> = (0..REPLICATES).map(|_| replicate(&groups, &mut rng)).collect();
+    let mut reps: Vec<f64> = (0..REPLICATES)
+        .map(|_| replicate(&groups, &mut rng))
+        .collect();
     reps.sort_by(f64::total_cmp);
     let at = |q: f64| reps[((q * (REPLICATES - 1) as f64).round() as usize).min(REPLICATES - 1)];
-    Some(Interval { mean: point, lo: at(0.025), hi: at(0.975), n: groups.iter().map(|g| g.len()).sum() })
+    Some(Interval {
+        mean: point,
+        lo: at(0.025),
+        hi: at(0.975),
+        n: groups.iter().map(|g| g.len()).sum(),
+    })
 }
 
 fn replicate(groups: &[&Vec<f64>], rng: &mut rand::rngs::StdRng) -> f64 {
     let mut total = 0.0;
     for _ in 0..groups.len() {
         let g = groups[rng.random_range(0..groups.len())];
-        total += (0..g.len()).map(|_| g[rng.random_range(0..g.len())]).sum::<f64>() / g.len() as f64;
+        total += (0..g.len())
+            .map(|_| g[rng.random_range(0..g.len())])
+            .sum::<f64>()
+            / g.len() as f64;
     }
     total / groups.len() as f64
 }
 
 /// A seed from a text key (FNV-1a): stable across runs, platforms and the order results arrive in.
 pub fn seed_for(key: &str, base: u64) -> u64 {
-    key.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ base, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    key.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ base, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! All integration tests of this crate in one binary: one link of candle/tract instead of one per file,
 //! which keeps a cold CI build's disk use and link time small.
 
-mod common;
 mod clip;
+mod common;
 mod compare;
 mod photos;
 mod preprocess;

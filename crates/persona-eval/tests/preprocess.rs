@@ -10,20 +10,30 @@ use persona_diffusion::testing::{fixtures_dir, load_reference};
 use persona_eval::clip::Preprocessor;
 
 fn cases() -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(fixtures_dir().join("reference/clip/preprocess.json")).unwrap();
+    let text =
+        std::fs::read_to_string(fixtures_dir().join("reference/clip/preprocess.json")).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     json["cases"].as_array().unwrap().clone()
 }
 
 fn rgb(t: &Tensor) -> RgbImage {
     let (h, w, _) = t.dims3().unwrap();
-    RgbImage::from_raw(w as u32, h as u32, t.flatten_all().unwrap().to_vec1::<u8>().unwrap()).unwrap()
+    RgbImage::from_raw(
+        w as u32,
+        h as u32,
+        t.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+    )
+    .unwrap()
 }
 
 /// Largest per-sample difference and number of differing samples.
 fn diff(a: &RgbImage, b: &RgbImage) -> (u8, usize) {
     assert_eq!(a.dimensions(), b.dimensions());
-    let d = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y));
+    let d = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y));
     d.fold((0, 0), |(max, n), d| (max.max(d), n + usize::from(d > 0)))
 }
 
@@ -46,7 +56,10 @@ fn crop_of(case: &serde_json::Value, r: &HashMap<String, Tensor>) -> RgbImage {
 #[test]
 fn resize_and_crop_match_pillow_exactly() {
     let r = reference();
-    for case in cases().iter().filter(|c| !c["input"].as_str().unwrap().ends_with(".jpg")) {
+    for case in cases()
+        .iter()
+        .filter(|c| !c["input"].as_str().unwrap().ends_with(".jpg"))
+    {
         let name = case["name"].as_str().unwrap();
         let (max, n) = diff(&crop_of(case, &r), &rgb(&r[&format!("{name}.crop")]));
         eprintln!("{name}: max difference {max}/255 in {n} samples");
@@ -58,9 +71,20 @@ fn resize_and_crop_match_pillow_exactly() {
 #[test]
 fn pixel_values_match_transformers() {
     let r = reference();
-    let ours = Preprocessor::openai(224).pixel_values(&rgb(&r["square_256.input"]), &Device::Cpu).unwrap();
+    let ours = Preprocessor::openai(224)
+        .pixel_values(&rgb(&r["square_256.input"]), &Device::Cpu)
+        .unwrap();
     let want = &r["square_256.pixel_values"];
-    let err = (ours - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let err = (ours - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     eprintln!("pixel_values: max abs difference {err:e}");
     assert!(err <= 1e-6, "{err}");
 }
@@ -72,11 +96,19 @@ fn pixel_values_match_transformers() {
 #[test]
 fn jpeg_photos_differ_only_by_the_decoder() {
     let r = reference();
-    for case in cases().iter().filter(|c| c["input"].as_str().unwrap().ends_with(".jpg")) {
+    for case in cases()
+        .iter()
+        .filter(|c| c["input"].as_str().unwrap().ends_with(".jpg"))
+    {
         let name = case["name"].as_str().unwrap();
         let (ours, want) = (crop_of(case, &r), rgb(&r[&format!("{name}.crop")]));
         let (max, n) = diff(&ours, &want);
-        let total: f64 = ours.as_raw().iter().zip(want.as_raw()).map(|(a, b)| f64::from(a.abs_diff(*b))).sum();
+        let total: f64 = ours
+            .as_raw()
+            .iter()
+            .zip(want.as_raw())
+            .map(|(a, b)| f64::from(a.abs_diff(*b)))
+            .sum();
         let mean = total / ours.as_raw().len() as f64;
         eprintln!(
             "{name} from JPEG: max difference {max}/255, mean {mean:.3}/255, {n} of {} samples differ",
@@ -88,5 +120,7 @@ fn jpeg_photos_differ_only_by_the_decoder() {
 
 #[test]
 fn empty_image_is_an_error() {
-    assert!(Preprocessor::openai(224).resize_and_crop(&RgbImage::new(0, 10)).is_err());
+    assert!(Preprocessor::openai(224)
+        .resize_and_crop(&RgbImage::new(0, 10))
+        .is_err());
 }

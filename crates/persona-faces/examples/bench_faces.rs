@@ -12,7 +12,11 @@ use std::time::Instant;
 use persona_faces::{largest, load_rgb, Detector, Mtcnn, OnnxRecognizer, Recognizer};
 
 /// (file, left, top): 512x512 crops of the fixture photos, as in bench_ort.py.
-const IMAGES: [(&str, u32, u32); 3] = [("astronaut.jpg", 0, 0), ("grace_hopper.jpg", 0, 0), ("t1.jpg", 0, 200)];
+const IMAGES: [(&str, u32, u32); 3] = [
+    ("astronaut.jpg", 0, 0),
+    ("grace_hopper.jpg", 0, 0),
+    ("t1.jpg", 0, 200),
+];
 
 /// CPU time of this thread in ms (Linux `/proc/thread-self/schedstat`, ns precision). tract runs
 /// on the calling thread, so this is the compute spent, whatever else loads the machine.
@@ -32,18 +36,31 @@ fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut args = std::env::args().skip(1);
     let runs: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
-    let models = args.next().map(PathBuf::from).unwrap_or(root.join("../shared/models"));
+    let models = args
+        .next()
+        .map(PathBuf::from)
+        .unwrap_or(root.join("../shared/models"));
 
     let t = Instant::now();
     let mtcnn = Mtcnn::load_dir(models.join("mtcnn"))?;
-    let facenet = OnnxRecognizer::load(models.join("facenet/facenet_inception_resnet_v1_160.onnx"), None)?;
-    println!("load + optimise models: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+    let facenet = OnnxRecognizer::load(
+        models.join("facenet/facenet_inception_resnet_v1_160.onnx"),
+        None,
+    )?;
+    println!(
+        "load + optimise models: {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
 
     let mut means = (0.0, 0.0, 0.0, 0.0);
     for (name, left, top) in IMAGES {
         let full = load_rgb(root.join("fixtures/faces/photos").join(name))?;
         let img = image::imageops::crop_imm(&full, left, top, 512, 512).to_image();
-        anyhow::ensure!(img.dimensions() == (512, 512), "{name}: crop is {:?}", img.dimensions());
+        anyhow::ensure!(
+            img.dimensions() == (512, 512),
+            "{name}: crop is {:?}",
+            img.dimensions()
+        );
         // First run builds P-Net plans for this image size (cached afterwards).
         let t = Instant::now();
         let face = largest(&mtcnn.detect(&img)?).expect("a face");

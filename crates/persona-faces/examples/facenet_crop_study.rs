@@ -6,17 +6,27 @@
 
 use std::path::PathBuf;
 
-use persona_faces::{cosine, largest, load_rgb, CropStyle, Detector, Mtcnn, OnnxRecognizer, Recognizer};
+use persona_faces::{
+    cosine, largest, load_rgb, CropStyle, Detector, Mtcnn, OnnxRecognizer, Recognizer,
+};
 
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut args = std::env::args().skip(1);
-    let models = args.next().map(PathBuf::from).unwrap_or(root.join("../shared/models"));
-    let photos_dir = args.next().map(PathBuf::from).unwrap_or(root.join("../shared/data/faces"));
+    let models = args
+        .next()
+        .map(PathBuf::from)
+        .unwrap_or(root.join("../shared/models"));
+    let photos_dir = args
+        .next()
+        .map(PathBuf::from)
+        .unwrap_or(root.join("../shared/data/faces"));
     let mtcnn = Mtcnn::load_dir(models.join("mtcnn"))?;
     let mut photos = Vec::new();
     for set in ["celeba", "stylegan3"] {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(photos_dir.join(set))?.map(|e| e.unwrap().path()).collect();
+        let mut v: Vec<PathBuf> = std::fs::read_dir(photos_dir.join(set))?
+            .map(|e| e.unwrap().path())
+            .collect();
         v.sort();
         photos.extend(v);
     }
@@ -42,7 +52,11 @@ fn main() -> anyhow::Result<()> {
     println!("| crop | same face flipped: min / mean | different people: mean / max |");
     println!("|---|---|---|");
     for (name, style) in styles {
-        let rec = OnnxRecognizer::load(models.join("facenet/facenet_inception_resnet_v1_160.onnx"), None)?.with_crop(style);
+        let rec = OnnxRecognizer::load(
+            models.join("facenet/facenet_inception_resnet_v1_160.onnx"),
+            None,
+        )?
+        .with_crop(style);
         let mut emb = Vec::new();
         let mut same = Vec::new();
         for (img, flip, faces) in &items {
@@ -59,7 +73,11 @@ fn main() -> anyhow::Result<()> {
         let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
         let min = same.iter().copied().fold(f32::MAX, f32::min);
         let max = diff.iter().copied().fold(f32::MIN, f32::max);
-        println!("| {name} | {min:.3} / {:.3} | {:.3} / {max:.3} |", mean(&same), mean(&diff));
+        println!(
+            "| {name} | {min:.3} / {:.3} | {:.3} / {max:.3} |",
+            mean(&same),
+            mean(&diff)
+        );
     }
     Ok(())
 }

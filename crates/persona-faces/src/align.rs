@@ -46,7 +46,9 @@ impl Similarity {
         }
         let n = src.len() as f64;
         let mean = |p: &[[f32; 2]]| {
-            let (sx, sy) = p.iter().fold((0.0, 0.0), |(x, y), q| (x + q[0] as f64, y + q[1] as f64));
+            let (sx, sy) = p
+                .iter()
+                .fold((0.0, 0.0), |(x, y), q| (x + q[0] as f64, y + q[1] as f64));
             (sx / n, sy / n)
         };
         let (msx, msy) = mean(src);
@@ -70,7 +72,10 @@ impl Similarity {
 
     /// Applies the transform to a point.
     pub fn apply(&self, p: [f64; 2]) -> [f64; 2] {
-        [self.a * p[0] - self.b * p[1] + self.tx, self.b * p[0] + self.a * p[1] + self.ty]
+        [
+            self.a * p[0] - self.b * p[1] + self.tx,
+            self.b * p[0] + self.a * p[1] + self.ty,
+        ]
     }
 
     /// Uniform scale factor.
@@ -148,12 +153,16 @@ pub fn aligned_crop_scaled(
     zoom: f32,
 ) -> Result<RgbImage> {
     if size == 0 || !(zoom > 0.0) {
-        return Err(FaceError::InvalidInput(format!("crop size {size}, zoom {zoom}")));
+        return Err(FaceError::InvalidInput(format!(
+            "crop size {size}, zoom {zoom}"
+        )));
     }
     let c = size as f32 / 2.0;
     let dst = arcface_template(size).map(|[x, y]| [c + (x - c) * zoom, c + (y - c) * zoom]);
     let m = Similarity::estimate(landmarks, &dst).ok_or_else(|| {
-        FaceError::InvalidInput(format!("landmarks {landmarks:?} do not define an alignment"))
+        FaceError::InvalidInput(format!(
+            "landmarks {landmarks:?} do not define an alignment"
+        ))
     })?;
     warp(img, &m, size, size)
 }
@@ -164,7 +173,12 @@ mod tests {
 
     #[test]
     fn recovers_a_known_similarity() {
-        let truth = Similarity { a: 1.3 * 0.4f64.cos(), b: 1.3 * 0.4f64.sin(), tx: -7.0, ty: 12.5 };
+        let truth = Similarity {
+            a: 1.3 * 0.4f64.cos(),
+            b: 1.3 * 0.4f64.sin(),
+            tx: -7.0,
+            ty: 12.5,
+        };
         let dst: Vec<[f32; 2]> = ARCFACE_TEMPLATE_112
             .iter()
             .map(|p| truth.apply([p[0] as f64, p[1] as f64]).map(|v| v as f32))
@@ -180,9 +194,18 @@ mod tests {
     #[test]
     fn least_squares_beats_perturbed_parameters_on_noisy_points() {
         let src = ARCFACE_TEMPLATE_112;
-        let noise = [[0.7, -0.3], [-0.5, 0.9], [0.2, 0.4], [-0.8, -0.6], [0.4, -0.2]];
-        let dst: Vec<[f32; 2]> =
-            src.iter().zip(noise).map(|(p, n)| [p[0] * 2.0 + 5.0 + n[0], p[1] * 2.0 - 3.0 + n[1]]).collect();
+        let noise = [
+            [0.7, -0.3],
+            [-0.5, 0.9],
+            [0.2, 0.4],
+            [-0.8, -0.6],
+            [0.4, -0.2],
+        ];
+        let dst: Vec<[f32; 2]> = src
+            .iter()
+            .zip(noise)
+            .map(|(p, n)| [p[0] * 2.0 + 5.0 + n[0], p[1] * 2.0 - 3.0 + n[1]])
+            .collect();
         let est = Similarity::estimate(&src, &dst).unwrap();
         let cost = |m: &Similarity| -> f64 {
             src.iter()
@@ -194,8 +217,18 @@ mod tests {
                 .sum()
         };
         let best = cost(&est);
-        for (da, db, dx, dy) in [(1e-3, 0.0, 0.0, 0.0), (0.0, 1e-3, 0.0, 0.0), (0.0, 0.0, 0.05, 0.0), (0.0, 0.0, 0.0, -0.05)] {
-            let p = Similarity { a: est.a + da, b: est.b + db, tx: est.tx + dx, ty: est.ty + dy };
+        for (da, db, dx, dy) in [
+            (1e-3, 0.0, 0.0, 0.0),
+            (0.0, 1e-3, 0.0, 0.0),
+            (0.0, 0.0, 0.05, 0.0),
+            (0.0, 0.0, 0.0, -0.05),
+        ] {
+            let p = Similarity {
+                a: est.a + da,
+                b: est.b + db,
+                tx: est.tx + dx,
+                ty: est.ty + dy,
+            };
             assert!(cost(&p) > best);
         }
     }
@@ -212,14 +245,29 @@ mod tests {
         for (x, y, p) in img.enumerate_pixels_mut() {
             *p = image::Rgb([(x * 30) as u8, (y * 40) as u8, 7]);
         }
-        let id = Similarity { a: 1.0, b: 0.0, tx: 0.0, ty: 0.0 };
+        let id = Similarity {
+            a: 1.0,
+            b: 0.0,
+            tx: 0.0,
+            ty: 0.0,
+        };
         assert_eq!(warp(&img, &id, 8, 6).unwrap(), img);
-        let shift = Similarity { a: 1.0, b: 0.0, tx: 2.0, ty: 0.0 };
+        let shift = Similarity {
+            a: 1.0,
+            b: 0.0,
+            tx: 2.0,
+            ty: 0.0,
+        };
         let w = warp(&img, &shift, 8, 6).unwrap();
         assert_eq!(w.get_pixel(0, 0).0, [0, 0, 0]);
         assert_eq!(w.get_pixel(5, 3), img.get_pixel(3, 3));
         // Half-pixel shift: bilinear average of neighbours.
-        let half = Similarity { a: 1.0, b: 0.0, tx: -0.5, ty: 0.0 };
+        let half = Similarity {
+            a: 1.0,
+            b: 0.0,
+            tx: -0.5,
+            ty: 0.0,
+        };
         let h = warp(&img, &half, 8, 6).unwrap();
         assert_eq!(h.get_pixel(1, 2).0[0], 45);
     }

@@ -26,7 +26,10 @@ impl std::fmt::Debug for FaceAnalyzer {
 impl FaceAnalyzer {
     /// Bundles already loaded models.
     pub fn new(detector: Box<dyn Detector>, recognizer: Box<dyn Recognizer>) -> Self {
-        Self { detector, recognizer }
+        Self {
+            detector,
+            recognizer,
+        }
     }
 
     /// Finds and loads both models (see [`crate::models`]).

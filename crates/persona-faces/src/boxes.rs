@@ -54,7 +54,11 @@ mod tests {
 
     #[test]
     fn keeps_best_of_overlapping_and_separate_boxes() {
-        let boxes = [[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [50.0, 50.0, 60.0, 60.0]];
+        let boxes = [
+            [0.0, 0.0, 10.0, 10.0],
+            [1.0, 1.0, 11.0, 11.0],
+            [50.0, 50.0, 60.0, 60.0],
+        ];
         let scores = [0.8, 0.9, 0.7];
         assert_eq!(nms(&boxes, &scores, 0.5, Overlap::Union), vec![1, 2]);
     }

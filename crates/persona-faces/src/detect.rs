@@ -36,10 +36,11 @@ impl Face {
 
 /// The face with the largest box (ties: higher score), the photo's main subject.
 pub fn largest(faces: &[Face]) -> Option<Face> {
-    faces
-        .iter()
-        .copied()
-        .max_by(|a, b| a.area().total_cmp(&b.area()).then(a.score.total_cmp(&b.score)))
+    faces.iter().copied().max_by(|a, b| {
+        a.area()
+            .total_cmp(&b.area())
+            .then(a.score.total_cmp(&b.score))
+    })
 }
 
 /// A face detector producing boxes with 5 landmarks.

@@ -18,16 +18,27 @@ pub enum FaceError {
     Io { path: PathBuf, err: std::io::Error },
     /// The file exists but is not a decodable image.
     #[error("cannot decode image {path}: {err}")]
-    Decode { path: PathBuf, err: image::ImageError },
+    Decode {
+        path: PathBuf,
+        err: image::ImageError,
+    },
     /// The image has no pixels.
     #[error("image {path} is empty ({width}x{height})")]
-    EmptyImage { path: PathBuf, width: u32, height: u32 },
+    EmptyImage {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+    },
     /// An ONNX file could not be parsed or optimised by tract.
     #[error("cannot load ONNX model {path}: {message}")]
     ModelLoad { path: PathBuf, message: String },
     /// The ONNX graph does not have the inputs/outputs this code expects.
     #[error("ONNX model {path} does not look like {expected}: {message}")]
-    ModelLayout { path: PathBuf, expected: String, message: String },
+    ModelLayout {
+        path: PathBuf,
+        expected: String,
+        message: String,
+    },
     /// Running the graph failed.
     #[error("running ONNX model {path} failed: {message}")]
     ModelRun { path: PathBuf, message: String },

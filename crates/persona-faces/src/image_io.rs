@@ -16,12 +16,23 @@ use crate::error::{FaceError, Result};
 /// Errors name the file: unreadable, undecodable, or zero-sized.
 pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
     let path = path.as_ref();
-    let io_err = |err| FaceError::Io { path: path.to_path_buf(), err };
-    let decode_err = |err| FaceError::Decode { path: path.to_path_buf(), err };
-    let reader = ImageReader::open(path).map_err(io_err)?.with_guessed_format().map_err(io_err)?;
+    let io_err = |err| FaceError::Io {
+        path: path.to_path_buf(),
+        err,
+    };
+    let decode_err = |err| FaceError::Decode {
+        path: path.to_path_buf(),
+        err,
+    };
+    let reader = ImageReader::open(path)
+        .map_err(io_err)?
+        .with_guessed_format()
+        .map_err(io_err)?;
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
     // A broken EXIF block must not make an otherwise fine photo unreadable: treat it as upright.
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
     img.apply_orientation(orientation);
     if img.width() == 0 || img.height() == 0 {
@@ -70,7 +81,11 @@ pub struct ImageF32 {
 impl ImageF32 {
     /// A black image.
     pub fn zeros(width: usize, height: usize) -> Self {
-        Self { width, height, data: vec![0.0; width * height * 3] }
+        Self {
+            width,
+            height,
+            data: vec![0.0; width * height * 3],
+        }
     }
 
     /// Copies an RGB8 image.
@@ -84,7 +99,11 @@ impl ImageF32 {
 
     /// Rounds and clamps back to RGB8.
     pub fn to_rgb(&self) -> RgbImage {
-        let raw = self.data.iter().map(|v| v.round().clamp(0.0, 255.0) as u8).collect();
+        let raw = self
+            .data
+            .iter()
+            .map(|v| v.round().clamp(0.0, 255.0) as u8)
+            .collect();
         RgbImage::from_raw(self.width as u32, self.height as u32, raw)
             .expect("buffer length is width * height * 3 by construction")
     }

@@ -18,7 +18,12 @@ use crate::recognize::{OnnxRecognizer, RecognizerKind};
 use crate::scrfd::Scrfd;
 
 /// insightface SCRFD file names, best first.
-const SCRFD_NAMES: &[&str] = &["det_10g.onnx", "scrfd_10g_bnkps.onnx", "det_2.5g.onnx", "det_500m.onnx"];
+const SCRFD_NAMES: &[&str] = &[
+    "det_10g.onnx",
+    "scrfd_10g_bnkps.onnx",
+    "det_2.5g.onnx",
+    "det_500m.onnx",
+];
 /// insightface ArcFace file names, best first.
 const ARCFACE_NAMES: &[&str] = &["glintr100.onnx", "w600k_r50.onnx", "w600k_mbf.onnx"];
 /// Packs looked at first inside a folder, best first; other sub-folders follow by name.
@@ -54,7 +59,9 @@ pub struct ModelSearch {
 }
 
 fn is_mtcnn_dir(d: &Path) -> bool {
-    ["pnet.onnx", "rnet.onnx", "onet.onnx"].iter().all(|f| d.join(f).is_file())
+    ["pnet.onnx", "rnet.onnx", "onet.onnx"]
+        .iter()
+        .all(|f| d.join(f).is_file())
 }
 
 /// `dir` itself, then its sub-folders (preferred packs first, then by name).
@@ -127,7 +134,10 @@ pub fn recognizer_in(dir: &Path) -> Option<PathBuf> {
 impl ModelSearch {
     /// A search rooted at `dir` (tests, scripts).
     pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
-        Self { models_dir: Some(dir.into()), ..Self::default() }
+        Self {
+            models_dir: Some(dir.into()),
+            ..Self::default()
+        }
     }
 
     /// The folders searched, in order (existing or not).
@@ -146,7 +156,11 @@ impl ModelSearch {
     }
 
     fn places_text(&self) -> String {
-        let dirs: Vec<String> = self.search_dirs().iter().map(|d| d.display().to_string()).collect();
+        let dirs: Vec<String> = self
+            .search_dirs()
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
         if dirs.is_empty() {
             "(no folder to search: set $PERSONA_MODELS or pass --models)".into()
         } else {
@@ -160,7 +174,9 @@ impl ModelSearch {
             if p.is_dir() {
                 return detector_in(p).ok_or_else(|| FaceError::ModelNotFound {
                     what: format!("face detector in {}", p.display()),
-                    hint: "Expected det_10g.onnx (SCRFD) or pnet.onnx, rnet.onnx, onet.onnx (MTCNN).".into(),
+                    hint:
+                        "Expected det_10g.onnx (SCRFD) or pnet.onnx, rnet.onnx, onet.onnx (MTCNN)."
+                            .into(),
                 });
             }
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -193,7 +209,8 @@ impl ModelSearch {
             let path = if p.is_dir() {
                 recognizer_in(p).ok_or_else(|| FaceError::ModelNotFound {
                     what: format!("face recogniser in {}", p.display()),
-                    hint: "Expected w600k_r50.onnx / glintr100.onnx (ArcFace) or facenet/*.onnx.".into(),
+                    hint: "Expected w600k_r50.onnx / glintr100.onnx (ArcFace) or facenet/*.onnx."
+                        .into(),
                 })?
             } else {
                 p.clone()
@@ -236,7 +253,8 @@ mod tests {
     use super::*;
 
     fn tmpdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("persona-faces-models-{tag}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("persona-faces-models-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
@@ -250,14 +268,25 @@ mod tests {
     #[test]
     fn prefers_scrfd_and_arcface_inside_a_folder_and_reads_packs() {
         let d = tmpdir("prefs");
-        for f in ["mtcnn/pnet.onnx", "mtcnn/rnet.onnx", "mtcnn/onet.onnx", "facenet/f.onnx"] {
+        for f in [
+            "mtcnn/pnet.onnx",
+            "mtcnn/rnet.onnx",
+            "mtcnn/onet.onnx",
+            "facenet/f.onnx",
+        ] {
             touch(&d.join(f));
         }
-        assert_eq!(detector_in(&d), Some(DetectorChoice::Mtcnn(d.join("mtcnn"))));
+        assert_eq!(
+            detector_in(&d),
+            Some(DetectorChoice::Mtcnn(d.join("mtcnn")))
+        );
         assert_eq!(recognizer_in(&d), Some(d.join("facenet/f.onnx")));
         touch(&d.join("buffalo_l/det_10g.onnx"));
         touch(&d.join("buffalo_l/w600k_r50.onnx"));
-        assert_eq!(detector_in(&d), Some(DetectorChoice::Scrfd(d.join("buffalo_l/det_10g.onnx"))));
+        assert_eq!(
+            detector_in(&d),
+            Some(DetectorChoice::Scrfd(d.join("buffalo_l/det_10g.onnx")))
+        );
         assert_eq!(recognizer_in(&d), Some(d.join("buffalo_l/w600k_r50.onnx")));
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -271,14 +300,28 @@ mod tests {
             recognizer: Some(d.join("r.onnx")),
             recognizer_kind: Some(RecognizerKind::FaceNet),
         };
-        assert_eq!(s.find_detector().unwrap(), DetectorChoice::Mtcnn(d.join("x")));
+        assert_eq!(
+            s.find_detector().unwrap(),
+            DetectorChoice::Mtcnn(d.join("x"))
+        );
         let r = s.find_recognizer().unwrap();
-        assert_eq!((r.path, r.kind), (d.join("r.onnx"), Some(RecognizerKind::FaceNet)));
+        assert_eq!(
+            (r.path, r.kind),
+            (d.join("r.onnx"), Some(RecognizerKind::FaceNet))
+        );
         // An empty folder (and a HOME without models) gives an error naming the files needed.
         let empty = ModelSearch::in_dir(&d);
-        if empty.search_dirs().iter().skip(1).all(|p| detector_in(p).is_none()) {
+        if empty
+            .search_dirs()
+            .iter()
+            .skip(1)
+            .all(|p| detector_in(p).is_none())
+        {
             let msg = empty.find_detector().unwrap_err().to_string();
-            assert!(msg.contains("det_10g.onnx") && msg.contains("mtcnn/pnet.onnx"), "{msg}");
+            assert!(
+                msg.contains("det_10g.onnx") && msg.contains("mtcnn/pnet.onnx"),
+                "{msg}"
+            );
             assert!(msg.contains(&d.display().to_string()), "{msg}");
         }
         let _ = std::fs::remove_dir_all(&d);

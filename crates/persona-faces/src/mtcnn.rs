@@ -90,7 +90,10 @@ fn output_with(
         .position(|(s, _)| s.last() == Some(&channels))
         .ok_or_else(|| {
             let shapes: Vec<_> = outs.iter().map(|o| &o.0).collect();
-            layout_err(model, format!("no output with {channels} channels among {shapes:?}"))
+            layout_err(
+                model,
+                format!("no output with {channels} channels among {shapes:?}"),
+            )
         })
 }
 
@@ -98,11 +101,19 @@ impl Mtcnn {
     /// Loads `pnet.onnx`, `rnet.onnx` and `onet.onnx` from `dir`.
     pub fn load_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        Self::load(dir.join("pnet.onnx"), dir.join("rnet.onnx"), dir.join("onet.onnx"))
+        Self::load(
+            dir.join("pnet.onnx"),
+            dir.join("rnet.onnx"),
+            dir.join("onet.onnx"),
+        )
     }
 
     /// Loads the three networks and checks their input layouts.
-    pub fn load(pnet: impl AsRef<Path>, rnet: impl AsRef<Path>, onet: impl AsRef<Path>) -> Result<Self> {
+    pub fn load(
+        pnet: impl AsRef<Path>,
+        rnet: impl AsRef<Path>,
+        onet: impl AsRef<Path>,
+    ) -> Result<Self> {
         let pnet = OnnxModel::load(pnet)?;
         let rnet = OnnxModel::load(rnet)?;
         let onet = OnnxModel::load(onet)?;
@@ -125,7 +136,12 @@ impl Mtcnn {
                 ));
             }
         }
-        Ok(Self { pnet, rnet, onet, config: MtcnnConfig::default() })
+        Ok(Self {
+            pnet,
+            rnet,
+            onet,
+            config: MtcnnConfig::default(),
+        })
     }
 
     /// Pyramid scales: from `12 / min_face` down while the shorter side stays ≥ 12 px.
@@ -160,7 +176,10 @@ impl Mtcnn {
             let (reg_shape, reg) = &outs[output_with(&self.pnet, &outs, 4)?];
             let (prob_shape, prob) = &outs[output_with(&self.pnet, &outs, 2)?];
             if reg_shape.len() != 4 || prob_shape[..3] != reg_shape[..3] {
-                return Err(layout_err(&self.pnet, format!("P-Net maps {reg_shape:?} / {prob_shape:?}")));
+                return Err(layout_err(
+                    &self.pnet,
+                    format!("P-Net maps {reg_shape:?} / {prob_shape:?}"),
+                ));
             }
             let (mw, mh) = (reg_shape[1], reg_shape[2]);
             let mut level_cands = Vec::new();
@@ -200,14 +219,24 @@ impl Mtcnn {
                     c.b[2] + c.reg[2] * w,
                     c.b[3] + c.reg[3] * h,
                 ];
-                Cand { b: square(b).map(f64::trunc), score: c.score, reg: [0.0; 4] }
+                Cand {
+                    b: square(b).map(f64::trunc),
+                    score: c.score,
+                    reg: [0.0; 4],
+                }
             })
             .collect())
     }
 
     /// Crops each box (1-pixel up-left shift, zero padding), resizes to `side`², runs `net` in
     /// power-of-two batches and returns per box the outputs with 4, 2 and (O-Net) 10 channels.
-    fn refine(&self, net: &OnnxModel, img: &ImageF32, cands: &[Cand], side: usize) -> Result<Vec<NetOut>> {
+    fn refine(
+        &self,
+        net: &OnnxModel,
+        img: &ImageF32,
+        cands: &[Cand],
+        side: usize,
+    ) -> Result<Vec<NetOut>> {
         let mut results = Vec::with_capacity(cands.len());
         let mut rest = cands;
         while !rest.is_empty() {
@@ -220,7 +249,12 @@ impl Mtcnn {
                 let (x1, y1) = (c.b[0] as i64, c.b[1] as i64);
                 let w = (c.b[2] as i64 - x1 + 1).max(1) as usize;
                 let h = (c.b[3] as i64 - y1 + 1).max(1) as usize;
-                let crop = resize(&img.crop_padded(x1 - 1, y1 - 1, w, h), side, side, Filter::Area);
+                let crop = resize(
+                    &img.crop_padded(x1 - 1, y1 - 1, w, h),
+                    side,
+                    side,
+                    Filter::Area,
+                );
                 let dst = &mut input[k * per..(k + 1) * per];
                 for y in 0..side {
                     for x in 0..side {
@@ -260,21 +294,34 @@ impl Mtcnn {
             .iter()
             .zip(&outs)
             .filter(|(_, o)| o.score > self.config.thresholds[1])
-            .map(|(c, o)| Cand { b: c.b, score: o.score, reg: o.reg })
+            .map(|(c, o)| Cand {
+                b: c.b,
+                score: o.score,
+                reg: o.reg,
+            })
             .collect();
         let keep = nms_cands(&passed, self.config.nms[1], Overlap::Union);
         Ok(keep
             .into_iter()
             .map(|i| {
                 let c = passed[i];
-                Cand { b: square(regress(c.b, c.reg)), score: c.score, reg: [0.0; 4] }
+                Cand {
+                    b: square(regress(c.b, c.reg)),
+                    score: c.score,
+                    reg: [0.0; 4],
+                }
             })
             .collect())
     }
 
     fn stage3(&self, img: &ImageF32, cands: Vec<Cand>) -> Result<Vec<Face>> {
-        let cands: Vec<Cand> =
-            cands.into_iter().map(|c| Cand { b: c.b.map(f64::trunc), ..c }).collect();
+        let cands: Vec<Cand> = cands
+            .into_iter()
+            .map(|c| Cand {
+                b: c.b.map(f64::trunc),
+                ..c
+            })
+            .collect();
         let outs = self.refine(&self.onet, img, &cands, 48)?;
         let mut boxes = Vec::new();
         let mut scores = Vec::new();
@@ -343,7 +390,12 @@ fn nms_cands(c: &[Cand], threshold: f64, how: Overlap) -> Vec<usize> {
 /// Box regression with inclusive widths (R-/O-Net).
 fn regress(b: [f64; 4], r: [f64; 4]) -> [f64; 4] {
     let (w, h) = (b[2] - b[0] + 1.0, b[3] - b[1] + 1.0);
-    [b[0] + r[0] * w, b[1] + r[1] * h, b[2] + r[2] * w, b[3] + r[3] * h]
+    [
+        b[0] + r[0] * w,
+        b[1] + r[1] * h,
+        b[2] + r[2] * w,
+        b[3] + r[3] * h,
+    ]
 }
 
 /// Grows the shorter side around the centre so the box is square (the nets take square crops).

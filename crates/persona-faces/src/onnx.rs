@@ -77,7 +77,11 @@ impl OnnxModel {
         let input_shape: Vec<Option<usize>> = fact
             .shape
             .dims()
-            .map(|d| d.concretize().and_then(|d| d.as_i64()).and_then(|v| usize::try_from(v).ok()))
+            .map(|d| {
+                d.concretize()
+                    .and_then(|d| d.as_i64())
+                    .and_then(|v| usize::try_from(v).ok())
+            })
             .collect();
         let output_names = model
             .output_outlets()
@@ -90,15 +94,26 @@ impl OnnxModel {
                     .unwrap_or_else(|| model.node(o.node).name.clone())
             })
             .collect();
-        let leading_nodes = model.nodes().iter().take(12).map(|n| n.name.clone()).collect();
-        let mut cache = PlanCache { base: Some(model), plans: HashMap::new() };
+        let leading_nodes = model
+            .nodes()
+            .iter()
+            .take(12)
+            .map(|n| n.name.clone())
+            .collect();
+        let mut cache = PlanCache {
+            base: Some(model),
+            plans: HashMap::new(),
+        };
         let concrete: Option<Vec<usize>> = input_shape.iter().copied().collect();
         let me = OnnxModel {
             path,
             input_shape,
             output_names,
             leading_nodes,
-            cache: Mutex::new(PlanCache { base: None, plans: HashMap::new() }),
+            cache: Mutex::new(PlanCache {
+                base: None,
+                plans: HashMap::new(),
+            }),
         };
         if let Some(shape) = concrete.filter(|s: &Vec<usize>| !s.is_empty()) {
             let base = cache.base.take().expect("set above");
@@ -143,7 +158,10 @@ impl OnnxModel {
 
     fn plan_for(&self, shape: &[usize]) -> Result<Plan> {
         let compatible = shape.len() == self.input_shape.len()
-            && shape.iter().zip(&self.input_shape).all(|(s, d)| d.is_none_or(|d| d == *s));
+            && shape
+                .iter()
+                .zip(&self.input_shape)
+                .all(|(s, d)| d.is_none_or(|d| d == *s));
         if !compatible || shape.contains(&0) {
             return Err(FaceError::ModelRun {
                 path: self.path.clone(),
@@ -185,7 +203,12 @@ impl OnnxModel {
             .iter()
             .map(|t| {
                 let t = t.cast_to::<f32>().map_err(run_err)?;
-                let data = t.to_plain_array_view::<f32>().map_err(run_err)?.iter().copied().collect();
+                let data = t
+                    .to_plain_array_view::<f32>()
+                    .map_err(run_err)?
+                    .iter()
+                    .copied()
+                    .collect();
                 Ok((t.shape().to_vec(), data))
             })
             .collect()

@@ -96,7 +96,10 @@ pub fn make_crop(img: &RgbImage, face: &Face, pre: &Preprocess) -> Result<RgbIma
             let [x1, y1, x2, y2] = face.bbox;
             let side = (x2 - x1).max(y2 - y1) * (1.0 + 2.0 * margin);
             if !(side >= 1.0) || !side.is_finite() {
-                return Err(FaceError::InvalidInput(format!("face box {:?} is empty", face.bbox)));
+                return Err(FaceError::InvalidInput(format!(
+                    "face box {:?} is empty",
+                    face.bbox
+                )));
             }
             let (cx, cy) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0);
             let s = side.round() as usize;
@@ -150,11 +153,18 @@ impl OnnxRecognizer {
             message,
         };
         if shape.len() != 4 {
-            return Err(layout_err(format!("input has rank {} ({shape:?})", shape.len())));
+            return Err(layout_err(format!(
+                "input has rank {} ({shape:?})",
+                shape.len()
+            )));
         }
         let graph_guess = match (shape[1], shape[2], shape[3]) {
-            (Some(3), Some(h), Some(w)) if h == w => Some((RecognizerKind::ArcFace, Layout::Nchw, h)),
-            (Some(h), Some(w), Some(3)) if h == w => Some((RecognizerKind::FaceNet, Layout::Nhwc, h)),
+            (Some(3), Some(h), Some(w)) if h == w => {
+                Some((RecognizerKind::ArcFace, Layout::Nchw, h))
+            }
+            (Some(h), Some(w), Some(3)) if h == w => {
+                Some((RecognizerKind::FaceNet, Layout::Nhwc, h))
+            }
             _ => None,
         };
         let (kind, layout, size) = match (kind, graph_guess) {
@@ -174,7 +184,13 @@ impl OnnxRecognizer {
                 let has = |p: &[&str]| names.iter().any(|n| p.iter().any(|p| n.starts_with(p)));
                 let in_graph = has(&["Sub", "_minus"]) && has(&["Mul", "_mul"]);
                 let (mean, std) = if in_graph { (0.0, 1.0) } else { (127.5, 127.5) };
-                Preprocess { size: size as u32, layout, mean, std, crop: CropStyle::Aligned { zoom: 1.0 } }
+                Preprocess {
+                    size: size as u32,
+                    layout,
+                    mean,
+                    std,
+                    crop: CropStyle::Aligned { zoom: 1.0 },
+                }
             }
             RecognizerKind::FaceNet => Preprocess {
                 size: size as u32,
@@ -272,8 +288,14 @@ mod tests {
 
     #[test]
     fn kind_parses_case_insensitively() {
-        assert_eq!("ArcFace".parse::<RecognizerKind>().unwrap(), RecognizerKind::ArcFace);
-        assert_eq!("facenet".parse::<RecognizerKind>().unwrap(), RecognizerKind::FaceNet);
+        assert_eq!(
+            "ArcFace".parse::<RecognizerKind>().unwrap(),
+            RecognizerKind::ArcFace
+        );
+        assert_eq!(
+            "facenet".parse::<RecognizerKind>().unwrap(),
+            RecognizerKind::FaceNet
+        );
         assert!("vgg".parse::<RecognizerKind>().is_err());
     }
 }

@@ -147,7 +147,12 @@ mod tests {
         let r = resize(&img, 3, 3, Filter::Area);
         // Area resampling preserves the image mean exactly.
         let mean = |i: &ImageF32| i.data.iter().sum::<f32>() / i.data.len() as f32;
-        assert!((mean(&img) - mean(&r)).abs() < 1e-3, "{} vs {}", mean(&img), mean(&r));
+        assert!(
+            (mean(&img) - mean(&r)).abs() < 1e-3,
+            "{} vs {}",
+            mean(&img),
+            mean(&r)
+        );
     }
 
     #[test]
@@ -165,7 +170,10 @@ mod tests {
     fn degenerate_sizes_do_not_panic() {
         let img = ramp(1, 1);
         assert_eq!(resize(&img, 5, 3, Filter::Area).data.len(), 45);
-        assert_eq!(resize(&ImageF32::zeros(0, 0), 2, 2, Filter::Area).data, vec![0.0; 12]);
+        assert_eq!(
+            resize(&ImageF32::zeros(0, 0), 2, 2, Filter::Area).data,
+            vec![0.0; 12]
+        );
         assert!(resize(&img, 0, 3, Filter::Bilinear).data.is_empty());
     }
 }

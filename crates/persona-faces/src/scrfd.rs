@@ -34,7 +34,11 @@ pub struct ScrfdConfig {
 
 impl Default for ScrfdConfig {
     fn default() -> Self {
-        Self { input_size: (640, 640), score_threshold: 0.5, nms_threshold: 0.4 }
+        Self {
+            input_size: (640, 640),
+            score_threshold: 0.5,
+            nms_threshold: 0.4,
+        }
     }
 }
 
@@ -71,7 +75,11 @@ pub fn letterbox_geometry(w: usize, h: usize, in_w: usize, in_h: usize) -> Lette
         (in_w, ((in_w as f64) * im_ratio) as usize)
     };
     let (nw, nh) = (nw.clamp(1, in_w), nh.clamp(1, in_h));
-    Letterbox { scale: nh as f64 / h as f64, width: nw, height: nh }
+    Letterbox {
+        scale: nh as f64 / h as f64,
+        width: nw,
+        height: nh,
+    }
 }
 
 /// Decodes raw SCRFD outputs (each `[N, C]` or `[1, N, C]`) for an `in_w`×`in_h` input into the
@@ -118,8 +126,14 @@ pub fn decode(
         let stride = 8usize << level;
         let (fw, fh) = (in_w / stride, in_h / stride);
         let (rows, scores) = groups[0][level];
-        if fw * fh == 0 || rows % (fw * fh) != 0 || groups[1][level].0 != rows || groups[2][level].0 != rows {
-            return Err(format!("level stride {stride}: {rows} anchors for a {fw}x{fh} map"));
+        if fw * fh == 0
+            || rows % (fw * fh) != 0
+            || groups[1][level].0 != rows
+            || groups[2][level].0 != rows
+        {
+            return Err(format!(
+                "level stride {stride}: {rows} anchors for a {fw}x{fh} map"
+            ));
         }
         let anchors = rows / (fw * fh);
         let (boxes, kps) = (groups[1][level].1, groups[2][level].1);
@@ -159,11 +173,15 @@ impl Scrfd {
         if s.len() != 4 || s[1] != Some(3) || model.output_names().len() % 3 != 0 {
             return Err(FaceError::ModelLayout {
                 path: model.path().to_path_buf(),
-                expected: "an SCRFD detector with keypoints (input [1,3,H,W], 9 or 15 outputs)".into(),
+                expected: "an SCRFD detector with keypoints (input [1,3,H,W], 9 or 15 outputs)"
+                    .into(),
                 message: format!("input {s:?}, {} outputs", model.output_names().len()),
             });
         }
-        Ok(Self { model, config: ScrfdConfig::default() })
+        Ok(Self {
+            model,
+            config: ScrfdConfig::default(),
+        })
     }
 
     /// Network input `(width, height)`: the graph's if fixed, else the configured one.

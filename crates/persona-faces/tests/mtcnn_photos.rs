@@ -35,11 +35,25 @@ fn assert_plausible(key: &str, f: &Face) {
     let [le, re, nose, lm, rm] = f.landmarks;
     let [x1, y1, x2, y2] = f.bbox;
     for p in f.landmarks {
-        assert!(p[0] >= x1 && p[0] <= x2 && p[1] >= y1 && p[1] <= y2, "{key}: {p:?} outside {:?}", f.bbox);
+        assert!(
+            p[0] >= x1 && p[0] <= x2 && p[1] >= y1 && p[1] <= y2,
+            "{key}: {p:?} outside {:?}",
+            f.bbox
+        );
     }
-    assert!(le[1].max(re[1]) < nose[1], "{key}: eyes {le:?} {re:?} not above nose {nose:?}");
-    assert!(nose[1] < lm[1].min(rm[1]), "{key}: nose {nose:?} not above mouth {lm:?} {rm:?}");
-    assert!(le[0] < re[0] && lm[0] < rm[0], "{key}: left/right swapped {:?}", f.landmarks);
+    assert!(
+        le[1].max(re[1]) < nose[1],
+        "{key}: eyes {le:?} {re:?} not above nose {nose:?}"
+    );
+    assert!(
+        nose[1] < lm[1].min(rm[1]),
+        "{key}: nose {nose:?} not above mouth {lm:?} {rm:?}"
+    );
+    assert!(
+        le[0] < re[0] && lm[0] < rm[0],
+        "{key}: left/right swapped {:?}",
+        f.landmarks
+    );
     assert!(f.score > 0.7 && f.score <= 1.0, "{key}: score {}", f.score);
 }
 
@@ -54,13 +68,24 @@ fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
 /// the box side. (The pixels differ slightly: PIL vs image-rs JPEG decoding, cv2 INTER_AREA vs
 /// ours for up-scaled crops.)
 fn assert_matches_reference(key: &str, got: &[Face], want: &[RefFace]) {
-    assert_eq!(got.len(), want.len(), "{key}: {} faces, reference {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{key}: {} faces, reference {}",
+        got.len(),
+        want.len()
+    );
     for w in want {
         let g = got
             .iter()
             .max_by(|a, b| iou(a.bbox, w.bbox).total_cmp(&iou(b.bbox, w.bbox)))
             .unwrap();
-        assert!(iou(g.bbox, w.bbox) > 0.9, "{key}: box {:?} vs reference {:?}", g.bbox, w.bbox);
+        assert!(
+            iou(g.bbox, w.bbox) > 0.9,
+            "{key}: box {:?} vs reference {:?}",
+            g.bbox,
+            w.bbox
+        );
         let side = w.bbox[2] - w.bbox[0];
         for (p, q) in g.landmarks.iter().zip(&w.landmarks) {
             let d = (p[0] - q[0]).hypot(p[1] - q[1]);
@@ -71,8 +96,14 @@ fn assert_matches_reference(key: &str, got: &[Face], want: &[RefFace]) {
 
 #[test]
 fn one_main_face_per_identity_photo_with_plausible_landmarks() {
-    let (Some(m), Some(photos)) = (mtcnn(), common::identity_photos()) else { return };
-    assert_eq!(photos.len(), 27, "19 CelebA-HQ + 8 StyleGAN3 photos expected");
+    let (Some(m), Some(photos)) = (mtcnn(), common::identity_photos()) else {
+        return;
+    };
+    assert_eq!(
+        photos.len(),
+        27,
+        "19 CelebA-HQ + 8 StyleGAN3 photos expected"
+    );
     let reference = reference();
     for (key, path) in photos {
         let img = load_rgb(&path).unwrap();
@@ -94,7 +125,12 @@ fn one_main_face_per_identity_photo_with_plausible_landmarks() {
 fn group_photo_has_six_faces_and_public_photos_match_reference() {
     let Some(m) = mtcnn() else { return };
     let reference = reference();
-    for (name, count) in [("t1.jpg", 6), ("grace_hopper.jpg", 1), ("astronaut.jpg", 1), ("Tom_Hanks_54745.png", 1)] {
+    for (name, count) in [
+        ("t1.jpg", 6),
+        ("grace_hopper.jpg", 1),
+        ("astronaut.jpg", 1),
+        ("Tom_Hanks_54745.png", 1),
+    ] {
         let key = format!("fixtures/photos/{name}");
         let img = load_rgb(common::fixture(&format!("photos/{name}"))).unwrap();
         let faces = m.detect(&img).unwrap();
@@ -129,14 +165,21 @@ fn grayscale_rgba_16bit_exif_and_tiny_images() {
         });
     rgba.save(dir.join("rgba.png")).unwrap();
     let deep: ImageBuffer<Rgb<u16>, Vec<u16>> =
-        ImageBuffer::from_fn(base.width(), base.height(), |x, y| Rgb(base.get_pixel(x, y).0.map(|v| v as u16 * 257)));
+        ImageBuffer::from_fn(base.width(), base.height(), |x, y| {
+            Rgb(base.get_pixel(x, y).0.map(|v| v as u16 * 257))
+        });
     deep.save(dir.join("rgb16.png")).unwrap();
 
     for name in ["gray.png", "rgba.png", "rgb16.png"] {
         let img = load_rgb(dir.join(name)).unwrap();
         assert_eq!(img.dimensions(), base.dimensions(), "{name}");
         let f = largest(&m.detect(&img).unwrap()).unwrap_or_else(|| panic!("{name}: no face"));
-        assert!(iou(f.bbox, want.bbox) > 0.85, "{name}: {:?} vs {:?}", f.bbox, want.bbox);
+        assert!(
+            iou(f.bbox, want.bbox) > 0.85,
+            "{name}: {:?} vs {:?}",
+            f.bbox,
+            want.bbox
+        );
     }
     // RGBA and 16-bit carry the same pixels: the same detection exactly.
     let f16 = largest(&m.detect(&load_rgb(dir.join("rgb16.png")).unwrap()).unwrap()).unwrap();
@@ -144,9 +187,17 @@ fn grayscale_rgba_16bit_exif_and_tiny_images() {
 
     // EXIF orientation 6: stored sideways, loaded upright (portrait), face found upright.
     let exif = load_rgb(common::fixture("exif_rotated.jpg")).unwrap();
-    assert!(exif.height() > exif.width(), "EXIF rotation not applied: {:?}", exif.dimensions());
+    assert!(
+        exif.height() > exif.width(),
+        "EXIF rotation not applied: {:?}",
+        exif.dimensions()
+    );
     let f = largest(&m.detect(&exif).unwrap()).expect("face in EXIF-rotated photo");
-    assert!(f.landmarks[0][1] < f.landmarks[3][1], "face not upright: {:?}", f.landmarks);
+    assert!(
+        f.landmarks[0][1] < f.landmarks[3][1],
+        "face not upright: {:?}",
+        f.landmarks
+    );
 
     // Tiny images: smaller than the minimum face, and 1x1: no face, no panic.
     for (w, h) in [(19, 19), (1, 1), (3, 40)] {
@@ -155,7 +206,10 @@ fn grayscale_rgba_16bit_exif_and_tiny_images() {
     }
     let gray_tiny: ImageBuffer<Luma<u8>, Vec<u8>> = ImageBuffer::from_pixel(5, 5, Luma([9]));
     gray_tiny.save(dir.join("tiny.png")).unwrap();
-    assert!(m.detect(&load_rgb(dir.join("tiny.png")).unwrap()).unwrap().is_empty());
+    assert!(m
+        .detect(&load_rgb(dir.join("tiny.png")).unwrap())
+        .unwrap()
+        .is_empty());
 
     // Broken input: an error naming the file, not a panic.
     std::fs::write(dir.join("broken.jpg"), b"not a jpeg").unwrap();

@@ -8,7 +8,9 @@ use std::sync::OnceLock;
 
 use image::RgbImage;
 use persona_faces::recognize::Layout;
-use persona_faces::{cosine, largest, load_rgb, Detector, Mtcnn, OnnxRecognizer, Recognizer, RecognizerKind};
+use persona_faces::{
+    cosine, largest, load_rgb, Detector, Mtcnn, OnnxRecognizer, Recognizer, RecognizerKind,
+};
 
 struct Models {
     mtcnn: Mtcnn,
@@ -21,8 +23,11 @@ fn models() -> Option<&'static Models> {
         let dir = common::models()?;
         Some(Models {
             mtcnn: Mtcnn::load_dir(dir.join("mtcnn")).unwrap_or_else(|e| panic!("{e}")),
-            facenet: OnnxRecognizer::load(dir.join("facenet/facenet_inception_resnet_v1_160.onnx"), None)
-                .unwrap_or_else(|e| panic!("{e}")),
+            facenet: OnnxRecognizer::load(
+                dir.join("facenet/facenet_inception_resnet_v1_160.onnx"),
+                None,
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
         })
     })
     .as_ref()
@@ -35,7 +40,10 @@ fn reference(name: &str) -> HashMap<String, Vec<f32>> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -43,7 +51,10 @@ fn facenet_matches_onnxruntime_on_the_same_crop() {
     let Some(m) = models() else { return };
     assert_eq!(m.facenet.kind(), RecognizerKind::FaceNet);
     let pre = m.facenet.preprocess();
-    assert_eq!((pre.size, pre.layout, pre.mean, pre.std), (160, Layout::Nhwc, 127.5, 128.0));
+    assert_eq!(
+        (pre.size, pre.layout, pre.mean, pre.std),
+        (160, Layout::Nhwc, 127.5, 128.0)
+    );
     let refs = reference("facenet.json");
     assert!(refs.len() >= 4);
     for (name, want) in refs {
@@ -71,7 +82,9 @@ fn shifted(img: &RgbImage, dx: i64, dy: i64) -> RgbImage {
 /// Same face flipped or shifted a few pixels: ≥ 0.85. Different people: ≤ 0.5 on average.
 #[test]
 fn facenet_same_person_high_different_people_low() {
-    let (Some(m), Some(photos)) = (models(), common::identity_photos()) else { return };
+    let (Some(m), Some(photos)) = (models(), common::identity_photos()) else {
+        return;
+    };
     let mut embeddings = Vec::new();
     let mut worst_same = 1.0f32;
     for (key, path) in &photos {
@@ -99,7 +112,9 @@ fn facenet_same_person_high_different_people_low() {
         }
     }
     let mean = sum / n as f32;
-    eprintln!("FaceNet: worst same-face cosine {worst_same:.3}, mean different-people cosine {mean:.3}");
+    eprintln!(
+        "FaceNet: worst same-face cosine {worst_same:.3}, mean different-people cosine {mean:.3}"
+    );
     assert!(mean <= 0.5, "mean cosine between different people {mean}");
     assert!(mean < worst_same - 0.3);
 }
@@ -110,7 +125,10 @@ fn arcface_layout_model_matches_onnxruntime_and_kind_is_recognised() {
     let r = OnnxRecognizer::load(&path, None).unwrap();
     assert_eq!(r.kind(), RecognizerKind::ArcFace);
     let pre = *r.preprocess();
-    assert_eq!((pre.size, pre.layout, pre.mean, pre.std), (112, Layout::Nchw, 127.5, 127.5));
+    assert_eq!(
+        (pre.size, pre.layout, pre.mean, pre.std),
+        (112, Layout::Nchw, 127.5, 127.5)
+    );
     for (name, want) in reference("tiny_arcface.json") {
         let crop = load_rgb(common::fixture(&format!("crops/{name}"))).unwrap();
         let got = r.embed_crop(&crop).unwrap();
@@ -120,22 +138,41 @@ fn arcface_layout_model_matches_onnxruntime_and_kind_is_recognised() {
     // Overriding the kind keeps the graph's layout and size but switches the preprocessing.
     let forced = OnnxRecognizer::load(&path, Some(RecognizerKind::FaceNet)).unwrap();
     assert_eq!(forced.kind(), RecognizerKind::FaceNet);
-    assert_eq!((forced.preprocess().layout, forced.preprocess().size, forced.preprocess().std), (Layout::Nchw, 112, 128.0));
+    assert_eq!(
+        (
+            forced.preprocess().layout,
+            forced.preprocess().size,
+            forced.preprocess().std
+        ),
+        (Layout::Nchw, 112, 128.0)
+    );
 }
 
 #[test]
 fn non_recognizer_graph_is_a_clear_error() {
-    let err = OnnxRecognizer::load(common::fixture("tiny_scrfd.onnx"), None).unwrap_err().to_string();
-    assert!(err.contains("tiny_scrfd.onnx") && err.contains("recogniser"), "{err}");
-    let err = OnnxRecognizer::load(common::fixture("does_not_exist.onnx"), None).unwrap_err().to_string();
-    assert!(err.contains("does_not_exist.onnx") && err.contains("does not exist"), "{err}");
+    let err = OnnxRecognizer::load(common::fixture("tiny_scrfd.onnx"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tiny_scrfd.onnx") && err.contains("recogniser"),
+        "{err}"
+    );
+    let err = OnnxRecognizer::load(common::fixture("does_not_exist.onnx"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("does_not_exist.onnx") && err.contains("does not exist"),
+        "{err}"
+    );
 }
 
 /// The API training and evaluation use: models found by lookup, largest face, crop, embedding.
 #[test]
 fn analyzer_from_model_lookup_end_to_end() {
     let Some(dir) = common::models() else { return };
-    let analyzer = persona_faces::FaceAnalyzer::from_search(&persona_faces::ModelSearch::in_dir(&dir)).unwrap();
+    let analyzer =
+        persona_faces::FaceAnalyzer::from_search(&persona_faces::ModelSearch::in_dir(&dir))
+            .unwrap();
     // The shared folder has MTCNN and FaceNet only.
     assert_eq!(analyzer.detector().name(), "mtcnn");
     assert_eq!(analyzer.recognizer().kind(), RecognizerKind::FaceNet);

@@ -210,19 +210,14 @@ impl<'a> Trainer<'a> {
             &inputs.timesteps,
         )?;
         let prompts: Vec<&str> = inputs.captions.iter().map(String::as_str).collect();
-        let (cond, pooled) = self
-            .method
-            .encode(self.sd, &prompts, &inputs.timesteps)?;
+        let (cond, pooled) = self.method.encode(self.sd, &prompts, &inputs.timesteps)?;
         let added = self.added_cond(inputs, pooled)?;
         let t: Vec<f32> = inputs.timesteps.iter().map(|&t| t as f32).collect();
         let t = Tensor::new(t, &self.sd.device)?;
-        let pred = self.sd.unet.forward_added(
-            &noisy,
-            &t,
-            &cond,
-            added.as_ref(),
-            self.method.control(),
-        )?;
+        let pred =
+            self.sd
+                .unet
+                .forward_added(&noisy, &t, &cond, added.as_ref(), self.method.control())?;
         let diffusion = mse_loss(&pred, &target)?;
         let reg = self.method.extra_loss()?;
         let total = match &reg {

@@ -540,7 +540,10 @@ fn sdxl_identities_export_clip_l_and_clip_g() {
     let text = err_text(again.check_family(false, None));
     assert!(text.contains("SDXL") && !text.contains('\n'), "{text}");
     let text = err_text(tiny_identity().check_family(true, Some(48)));
-    assert!(text.contains("SD 1.x/2.x") && !text.contains('\n'), "{text}");
+    assert!(
+        text.contains("SD 1.x/2.x") && !text.contains('\n'),
+        "{text}"
+    );
 }
 
 fn safetensors_keys(path: &std::path::Path) -> Vec<String> {

@@ -94,7 +94,11 @@ fn sdxl_one_step_matches_pytorch() {
                 &case.timesteps,
             )
             .unwrap();
-        check(&format!("{p} condition"), &cond.key, &r[&format!("{p}.cond")]);
+        check(
+            &format!("{p} condition"),
+            &cond.key,
+            &r[&format!("{p}.cond")],
+        );
         check(
             &format!("{p} pooled"),
             &pooled.unwrap(),
@@ -236,7 +240,10 @@ fn sdxl_identity_trains_generates_and_exports() {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("not yet on SDXL") && !err.contains('\n'), "{err}");
+        assert!(
+            err.contains("not yet on SDXL") && !err.contains('\n'),
+            "{err}"
+        );
     }
     let identity = recipe::train(
         &sd,

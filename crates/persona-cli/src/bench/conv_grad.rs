@@ -32,13 +32,19 @@ pub fn run(a: &ConvGradArgs) -> Result<()> {
     for (channels, side) in [(320, a.size), (640, a.size / 2), (1280, a.size / 4)] {
         let w = (Tensor::randn(0f32, 0.02, (channels, channels, 3, 3), dev)?).to_dtype(dtype)?;
         let x = Tensor::zeros((a.batch, channels, side, side), dtype, dev)?;
-        let g = Tensor::randn(0f32, 1.0, (a.batch, channels, side / 2, side / 2), dev)?.to_dtype(dtype)?;
+        let g = Tensor::randn(0f32, 1.0, (a.batch, channels, side / 2, side / 2), dev)?
+            .to_dtype(dtype)?;
         let grad = |m| conv_input_grad_with(m, &g, &x, &w, 2, 1);
         let dilated = time(dev, a.runs, || Ok(grad(StridedGrad::Dilated).map(drop)?))?;
         // An error (a dtype without a kernel on this device) is reported, not fatal.
         let transposed = time(dev, a.runs, || Ok(grad(StridedGrad::Transposed).map(drop)?));
         let diff = match (grad(StridedGrad::Dilated), grad(StridedGrad::Transposed)) {
-            (Ok(a), Ok(b)) => Some((a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?.abs()?.max_all()?.to_scalar::<f32>()?),
+            (Ok(a), Ok(b)) => Some(
+                (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+                    .abs()?
+                    .max_all()?
+                    .to_scalar::<f32>()?,
+            ),
             _ => None,
         };
         let fields = serde_json::json!({

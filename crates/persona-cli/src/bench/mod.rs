@@ -103,18 +103,30 @@ impl Arch {
             (Arch::Tiny, _) => {
                 include_str!("../../../../fixtures/sd2-tiny/text_encoder/config.json")
             }
-            (Arch::Sdxl, "unet") => include_str!("../../../../fixtures/manifests/sdxl-base/unet/config.json"),
-            (Arch::Sdxl, "vae") => include_str!("../../../../fixtures/manifests/sdxl-base/vae/config.json"),
+            (Arch::Sdxl, "unet") => {
+                include_str!("../../../../fixtures/manifests/sdxl-base/unet/config.json")
+            }
+            (Arch::Sdxl, "vae") => {
+                include_str!("../../../../fixtures/manifests/sdxl-base/vae/config.json")
+            }
             (Arch::Sdxl, "text_encoder_2") => {
                 include_str!("../../../../fixtures/manifests/sdxl-base/text_encoder_2/config.json")
             }
-            (Arch::Sdxl, _) => include_str!("../../../../fixtures/manifests/sdxl-base/text_encoder/config.json"),
-            (Arch::SdxlTiny, "unet") => include_str!("../../../../fixtures/sdxl-tiny/unet/config.json"),
-            (Arch::SdxlTiny, "vae") => include_str!("../../../../fixtures/sdxl-tiny/vae/config.json"),
+            (Arch::Sdxl, _) => {
+                include_str!("../../../../fixtures/manifests/sdxl-base/text_encoder/config.json")
+            }
+            (Arch::SdxlTiny, "unet") => {
+                include_str!("../../../../fixtures/sdxl-tiny/unet/config.json")
+            }
+            (Arch::SdxlTiny, "vae") => {
+                include_str!("../../../../fixtures/sdxl-tiny/vae/config.json")
+            }
             (Arch::SdxlTiny, "text_encoder_2") => {
                 include_str!("../../../../fixtures/sdxl-tiny/text_encoder_2/config.json")
             }
-            (Arch::SdxlTiny, _) => include_str!("../../../../fixtures/sdxl-tiny/text_encoder/config.json"),
+            (Arch::SdxlTiny, _) => {
+                include_str!("../../../../fixtures/sdxl-tiny/text_encoder/config.json")
+            }
         }
     }
 
@@ -134,7 +146,10 @@ impl Arch {
     /// SD 2.x's (`!` padding) for sd21-base and tiny, SD 1.x's for sd15.
     pub fn companion(self) -> Result<PathBuf> {
         if self.is_sdxl() {
-            bail!("--arch {}: only `bench unet`, `text-encoder` and `train-step` build SDXL", self.name());
+            bail!(
+                "--arch {}: only `bench unet`, `text-encoder` and `train-step` build SDXL",
+                self.name()
+            );
         }
         Ok(fixtures_dir()?.join(if self == Arch::Sd15 {
             "sd1-tiny"

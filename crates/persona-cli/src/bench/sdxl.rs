@@ -23,7 +23,8 @@ impl Encoders {
     fn load(w: &Weights, arch: Arch) -> Result<Self> {
         let first = ClipTextModel::load(&w.pp("te"), &arch.text_config()?)?;
         let text = arch.config_text("text_encoder_2");
-        let (c2, p2): (clip_text::Config, ProjectionConfig) = (serde_json::from_str(text)?, serde_json::from_str(text)?);
+        let (c2, p2): (clip_text::Config, ProjectionConfig) =
+            (serde_json::from_str(text)?, serde_json::from_str(text)?);
         let second = ClipTextModelWithProjection::load(&w.pp("te2"), &c2, &p2)?;
         Ok(Self { first, second })
     }
@@ -33,7 +34,9 @@ impl Encoders {
         let (h1, _) = self.first.forward_embeds_hidden(e1, 1, false)?;
         let (h2, last) = self.second.model.forward_embeds_hidden(e2, 1, true)?;
         let last = last.ok_or_else(|| anyhow::anyhow!("no final state"))?;
-        let pooled = self.second.project(&last, &self.second.pool_positions(ids)?)?;
+        let pooled = self
+            .second
+            .project(&last, &self.second.pool_positions(ids)?)?;
         Ok((Tensor::cat(&[&h1, &h2], 2)?, pooled))
     }
 }
@@ -41,11 +44,15 @@ impl Encoders {
 /// Time ids of a square `size`-latent image, neither cropped nor resized (original = target).
 fn time_ids(batch: usize, size: usize, dev: &Device) -> Result<Tensor> {
     let px = (size * 8) as f32;
-    Ok(Tensor::new(&[px, px, 0., 0., px, px], dev)?.unsqueeze(0)?.repeat((batch, 1))?)
+    Ok(Tensor::new(&[px, px, 0., 0., px, px], dev)?
+        .unsqueeze(0)?
+        .repeat((batch, 1))?)
 }
 
 pub fn run(which: Which, a: &ModelArgs, w: &Weights, dev: &Device) -> Result<Timing> {
-    let ids = Tensor::arange(0u32, 77, dev)?.unsqueeze(0)?.repeat((a.batch, 1))?;
+    let ids = Tensor::arange(0u32, 77, dev)?
+        .unsqueeze(0)?
+        .repeat((a.batch, 1))?;
     match which {
         Which::TextEncoder => {
             let te = Encoders::load(w, a.arch)?;
@@ -56,11 +63,25 @@ pub fn run(which: Which, a: &ModelArgs, w: &Weights, dev: &Device) -> Result<Tim
             let c = a.arch.unet_config()?;
             let unet = UNet2DConditionModel::load(w, &c)?;
             let x = Tensor::randn(0f32, 1., (a.batch, c.in_channels, a.size, a.size), dev)?;
-            let cond = Condition::new(Tensor::randn(0f32, 1., (a.batch, 77, c.cross_attention_dim), dev)?);
-            let pooled_dim = Encoders::load(&Weights::recorder(), a.arch)?.second.projection_dim();
-            let added = AddedCond { text_embeds: Tensor::randn(0f32, 1., (a.batch, pooled_dim), dev)?, time_ids: time_ids(a.batch, a.size, dev)? };
+            let cond = Condition::new(Tensor::randn(
+                0f32,
+                1.,
+                (a.batch, 77, c.cross_attention_dim),
+                dev,
+            )?);
+            let pooled_dim = Encoders::load(&Weights::recorder(), a.arch)?
+                .second
+                .projection_dim();
+            let added = AddedCond {
+                text_embeds: Tensor::randn(0f32, 1., (a.batch, pooled_dim), dev)?,
+                time_ids: time_ids(a.batch, a.size, dev)?,
+            };
             let t = Tensor::new(&[500f32], dev)?;
-            time(dev, a.runs, || Ok(unet.forward_added(&x, &t, &cond, Some(&added), None).map(drop)?))
+            time(dev, a.runs, || {
+                Ok(unet
+                    .forward_added(&x, &t, &cond, Some(&added), None)
+                    .map(drop)?)
+            })
         }
         Which::TrainStep => train_step(a, w, dev, &ids),
     }
@@ -75,11 +96,15 @@ fn train_step(a: &ModelArgs, w: &Weights, dev: &Device, ids: &Tensor) -> Result<
     let te = Encoders::load(w, a.arch)?;
     let uc = a.arch.unet_config()?;
     let unet = UNet2DConditionModel::load(&w.pp("unet"), &uc)?;
-    let (d1, d2) = (te.first.config().hidden_size, te.second.model.config().hidden_size);
+    let (d1, d2) = (
+        te.first.config().hidden_size,
+        te.second.model.config().hidden_size,
+    );
     let rows1 = Var::from_tensor(&Tensor::randn(0f32, 1., (2, d1), dev)?)?;
     let rows2 = Var::from_tensor(&Tensor::randn(0f32, 1., (2, d2), dev)?)?;
     let (base1, base2) = (te.first.embed(ids)?, te.second.model.embed(ids)?);
-    let positions: Vec<(usize, usize, usize)> = (0..a.batch).flat_map(|b| [(b, 6, 0), (b, 7, 1)]).collect();
+    let positions: Vec<(usize, usize, usize)> =
+        (0..a.batch).flat_map(|b| [(b, 6, 0), (b, 7, 1)]).collect();
     let x = Tensor::randn(0f32, 1., (a.batch, uc.in_channels, a.size, a.size), dev)?;
     let target = Tensor::randn(0f32, 1., (a.batch, uc.out_channels, a.size, a.size), dev)?;
     let t = Tensor::new(&[500f32], dev)?;
@@ -89,10 +114,17 @@ fn train_step(a: &ModelArgs, w: &Weights, dev: &Device, ids: &Tensor) -> Result<
         let e1 = place_rows(&base1, rows1.as_tensor(), &positions)?;
         let e2 = place_rows(&base2, rows2.as_tensor(), &positions)?;
         let (cond, pooled) = te.encode(&e1, &e2, ids)?;
-        let added = AddedCond { text_embeds: pooled, time_ids: time_ids.clone() };
+        let added = AddedCond {
+            text_embeds: pooled,
+            time_ids: time_ids.clone(),
+        };
         let pred = unet.forward_added(&x, &t, &Condition::new(cond), Some(&added), None)?;
         let grads = mse_loss(&pred, &target)?.backward()?;
-        let (g1, g2, n) = (grads.get(rows1.as_tensor()).is_some(), grads.get(rows2.as_tensor()).is_some(), grad_count(&grads));
+        let (g1, g2, n) = (
+            grads.get(rows1.as_tensor()).is_some(),
+            grads.get(rows2.as_tensor()).is_some(),
+            grad_count(&grads),
+        );
         if !(g1 && g2 && n == 2) {
             bail!("the gradient must reach both learned tables and nothing else (table 1: {g1}, table 2: {g2}, {n} gradients)");
         }

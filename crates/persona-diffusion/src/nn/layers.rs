@@ -165,8 +165,21 @@ impl StridedGrad {
 /// Gradient of a convolution's input from the output gradient `g`: a transposed convolution with the same
 /// kernel. Stride 1 is a plain convolution with the flipped, channel-transposed kernel (candle's im2col path,
 /// much faster than its direct transposed convolution); larger strides as [`StridedGrad::for_device`] says.
-pub fn conv_input_grad(g: &Tensor, x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
-    conv_input_grad_with(StridedGrad::for_device(g.device()), g, x, w, stride, padding)
+pub fn conv_input_grad(
+    g: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    conv_input_grad_with(
+        StridedGrad::for_device(g.device()),
+        g,
+        x,
+        w,
+        stride,
+        padding,
+    )
 }
 
 /// [`conv_input_grad`] with the strided method chosen (benchmarks and tests compare the two).
@@ -185,10 +198,17 @@ pub fn conv_input_grad_with(
         // value for both dimensions, so pad by the larger and trim.
         let reach = |out: usize| (out - 1) * stride + k - 2 * padding;
         let out_padding = (h - reach(g.dim(2)?)).max(wd - reach(g.dim(3)?));
-        return g.conv_transpose2d(w, padding, out_padding, stride, 1)?.narrow(2, 0, h)?.narrow(3, 0, wd);
+        return g
+            .conv_transpose2d(w, padding, out_padding, stride, 1)?
+            .narrow(2, 0, h)?
+            .narrow(3, 0, wd);
     }
     let rev = Tensor::new((0..k as u32).rev().collect::<Vec<_>>(), w.device())?;
-    let flipped = w.index_select(&rev, 2)?.index_select(&rev, 3)?.transpose(0, 1)?.contiguous()?;
+    let flipped = w
+        .index_select(&rev, 2)?
+        .index_select(&rev, 3)?
+        .transpose(0, 1)?
+        .contiguous()?;
     if stride == 1 {
         return conv2d(g, &flipped, k - 1 - padding, 1);
     }
@@ -198,8 +218,12 @@ pub fn conv_input_grad_with(
     let lo = k - 1 - padding;
     let extra = |out: usize, size: usize| (size + k - 1).saturating_sub(out + 2 * lo);
     let (eh, ew) = (extra(g.dim(2)?, h), extra(g.dim(3)?, wd));
-    let padded = g.pad_with_zeros(2, lo, lo + eh)?.pad_with_zeros(3, lo, lo + ew)?;
-    conv2d(&padded, &flipped, 0, 1)?.narrow(2, 0, h)?.narrow(3, 0, wd)
+    let padded = g
+        .pad_with_zeros(2, lo, lo + eh)?
+        .pad_with_zeros(3, lo, lo + ew)?;
+    conv2d(&padded, &flipped, 0, 1)?
+        .narrow(2, 0, h)?
+        .narrow(3, 0, wd)
 }
 
 /// candle's convolution, widened to f32 for bf16 on the CPU, whose im2col path has no bf16 matrix product

@@ -102,7 +102,9 @@ impl StableDiffusion {
             return self.encode_prompts(prompts, output);
         }
         if self.is_sdxl() {
-            return Ok(self.encode_text_with_tokens(prompts, learned, output)?.embeds);
+            return Ok(self
+                .encode_text_with_tokens(prompts, learned, output)?
+                .embeds);
         }
         let names = Self::check_tokens(learned, false)?;
         let rows = Tensor::cat(
@@ -141,9 +143,10 @@ impl StableDiffusion {
         let rows = cat(&|l| l.rows.clone())?;
         let rows_2 = cat(&|l| l.rows_2.clone().expect("checked"))?;
         let from_end = layers_from_end(output);
-        let (_, e1) =
-            embed_with_rows(&self.tokenizer, &self.text_encoder, prompts, &names, &rows)?;
-        let (h1, _) = self.text_encoder.forward_embeds_hidden(&e1, from_end, false)?;
+        let (_, e1) = embed_with_rows(&self.tokenizer, &self.text_encoder, prompts, &names, &rows)?;
+        let (h1, _) = self
+            .text_encoder
+            .forward_embeds_hidden(&e1, from_end, false)?;
         let model_2 = &x.text_encoder_2.model;
         let (ids_2, e2) = embed_with_rows(&x.tokenizer_2, model_2, prompts, &names, &rows_2)?;
         let (h2, last) = model_2.forward_embeds_hidden(&e2, from_end, true)?;

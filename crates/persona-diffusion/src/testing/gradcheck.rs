@@ -13,7 +13,10 @@ use rand_distr::Distribution;
 use super::grad_count;
 use crate::nn::grad::{add, cat2, matmul, mse_loss, place_rows, softmax_last_dim};
 use crate::nn::sdpa::sdpa_blocked;
-use crate::nn::{conv_input_grad_with, upsample_nearest, Activation, Conv2d, GroupNorm, LayerNorm, Linear, StridedGrad, Weights};
+use crate::nn::{
+    conv_input_grad_with, upsample_nearest, Activation, Conv2d, GroupNorm, LayerNorm, Linear,
+    StridedGrad, Weights,
+};
 use crate::Result;
 
 /// One check's result: `error` must stay within `limit`.
@@ -198,7 +201,11 @@ fn strided_methods_agree(device: &Device) -> Result<Vec<Outcome>> {
         let a = conv_input_grad_with(StridedGrad::Transposed, &g, &x, &w, 2, 1)?;
         let b = conv_input_grad_with(StridedGrad::Dilated, &g, &x, &w, 2, 1)?;
         let name = format!("stride-2 input gradient, transposed = dilated ({name})");
-        out.push(Outcome { name, error: norm_error(&b, &a)?, limit: 1e-12 });
+        out.push(Outcome {
+            name,
+            error: norm_error(&b, &a)?,
+            limit: 1e-12,
+        });
     }
     Ok(out)
 }

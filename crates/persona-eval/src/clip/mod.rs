@@ -134,8 +134,8 @@ impl Config {
                 }
             }
         }
-        let config: Self =
-            serde_json::from_value(json).map_err(|e| Error::file(path, format!("invalid config: {e}")))?;
+        let config: Self = serde_json::from_value(json)
+            .map_err(|e| Error::file(path, format!("invalid config: {e}")))?;
         config.check().map_err(|msg| Error::file(path, msg))?;
         Ok(config)
     }
@@ -156,7 +156,10 @@ impl Config {
             ));
         }
         if v.patch_size == 0 || v.patch_size > v.image_size {
-            return Err(format!("patch_size {} does not fit image_size {}", v.patch_size, v.image_size));
+            return Err(format!(
+                "patch_size {} does not fit image_size {}",
+                v.patch_size, v.image_size
+            ));
         }
         Ok(())
     }
@@ -186,7 +189,11 @@ impl ClipModel {
     /// Builds from a weight source holding `CLIPModel`'s state dict (hub names; `position_ids` buffers tolerated).
     pub fn from_weights(w: &Weights, config: &Config) -> Result<Self> {
         w.ignore_suffix("position_ids");
-        let (t, v, p) = (&config.text_config, &config.vision_config, config.projection_dim);
+        let (t, v, p) = (
+            &config.text_config,
+            &config.vision_config,
+            config.projection_dim,
+        );
         let logit_scale = w.get((), "logit_scale")?;
         Ok(Self {
             text: ClipTextModel::load(&w.pp("text_model"), &t.encoder())?,
@@ -210,7 +217,9 @@ impl ClipModel {
     /// transformers' `get_image_features`: projected, not normalised, `[B, projection_dim]`.
     pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
         let pixels = pixels.to_dtype(DType::F32)?;
-        Ok(self.visual_projection.forward(&self.vision.forward(&pixels)?)?)
+        Ok(self
+            .visual_projection
+            .forward(&self.vision.forward(&pixels)?)?)
     }
 
     /// transformers' `get_text_features` for token ids `[B, L]` (u32 or i64): projected, not normalised.
@@ -222,7 +231,11 @@ impl ClipModel {
         self.check_ids(&rows)?;
         let hidden = self.text.forward(&ids, Output::Last)?; // [B, L, H]
         let (b, l, h) = hidden.dims3()?;
-        let picks: Vec<u32> = rows.iter().enumerate().map(|(i, r)| (i * l + self.pooling_position(r)) as u32).collect();
+        let picks: Vec<u32> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i * l + self.pooling_position(r)) as u32)
+            .collect();
         let picks = Tensor::from_vec(picks, b, hidden.device())?;
         let pooled = hidden.reshape((b * l, h))?.index_select(&picks, 0)?;
         Ok(self.text_projection.forward(&pooled)?)
@@ -233,7 +246,10 @@ impl ClipModel {
     /// unless the row holds added tokens. Otherwise it takes the first `eos_token_id` (position 0 if none).
     pub fn pooling_position(&self, ids: &[u32]) -> usize {
         match self.config.text_config.eos_token_id {
-            2 => ids.iter().enumerate().fold(0, |best, (i, &t)| if t > ids[best] { i } else { best }),
+            2 => ids
+                .iter()
+                .enumerate()
+                .fold(0, |best, (i, &t)| if t > ids[best] { i } else { best }),
             eos => ids.iter().position(|&t| t == eos).unwrap_or(0),
         }
     }
@@ -249,8 +265,15 @@ impl ClipModel {
                 rows.len()
             )));
         }
-        match rows.iter().flatten().find(|&&id| id as usize >= t.vocab_size) {
-            Some(id) => Err(Error::Msg(format!("token id {id} is outside the vocabulary ({} ids)", t.vocab_size))),
+        match rows
+            .iter()
+            .flatten()
+            .find(|&&id| id as usize >= t.vocab_size)
+        {
+            Some(id) => Err(Error::Msg(format!(
+                "token id {id} is outside the vocabulary ({} ids)",
+                t.vocab_size
+            ))),
             None => Ok(()),
         }
     }

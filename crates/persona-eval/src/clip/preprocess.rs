@@ -56,17 +56,27 @@ impl Preprocessor {
             return Ok(Self::openai(image_size));
         }
         let file: ProcessorFile = read_json(&path)?;
-        file.into_preprocessor(image_size).map_err(|msg| Error::file(&path, msg))
+        file.into_preprocessor(image_size)
+            .map_err(|msg| Error::file(&path, msg))
     }
 
     /// Resize and centre crop: the 8-bit image the model's input is made from (`crop` sized).
     pub fn resize_and_crop(&self, image: &RgbImage) -> Result<RgbImage> {
         let (w, h) = image.dimensions();
         if w == 0 || h == 0 || self.shortest_edge == 0 {
-            return Err(Error::Msg(format!("cannot preprocess a {w}×{h} image to {}", self.shortest_edge)));
+            return Err(Error::Msg(format!(
+                "cannot preprocess a {w}×{h} image to {}",
+                self.shortest_edge
+            )));
         }
         let (new_w, new_h) = shortest_edge_size(w, h, self.shortest_edge);
-        let resized = resize_bicubic(image.as_raw(), w as usize, h as usize, new_w as usize, new_h as usize);
+        let resized = resize_bicubic(
+            image.as_raw(),
+            w as usize,
+            h as usize,
+            new_w as usize,
+            new_h as usize,
+        );
         Ok(self.center_crop(&resized, new_w, new_h))
     }
 
@@ -108,7 +118,10 @@ impl Preprocessor {
 
     /// The model input of several images: `[B, 3, crop_h, crop_w]`.
     pub fn batch(&self, images: &[RgbImage], device: &Device) -> Result<Tensor> {
-        let each = images.iter().map(|im| self.pixel_values(im, device)).collect::<Result<Vec<_>>>()?;
+        let each = images
+            .iter()
+            .map(|im| self.pixel_values(im, device))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::stack(&each, 0)?)
     }
 }
@@ -145,12 +158,21 @@ struct ProcessorFile {
 #[serde(untagged)]
 enum Size {
     Square(u32),
-    Dict { shortest_edge: Option<u32>, height: Option<u32>, width: Option<u32> },
+    Dict {
+        shortest_edge: Option<u32>,
+        height: Option<u32>,
+        width: Option<u32>,
+    },
 }
 
 impl ProcessorFile {
     fn into_preprocessor(self, image_size: u32) -> std::result::Result<Preprocessor, String> {
-        let steps = [self.do_resize, self.do_center_crop, self.do_rescale, self.do_normalize];
+        let steps = [
+            self.do_resize,
+            self.do_center_crop,
+            self.do_rescale,
+            self.do_normalize,
+        ];
         if steps.contains(&Some(false)) {
             return Err(
                 "disabled preprocessing steps (do_resize/do_center_crop/do_rescale/do_normalize) are not supported"
@@ -158,24 +180,38 @@ impl ProcessorFile {
             );
         }
         if let Some(r) = self.resample.filter(|r| *r != PIL_BICUBIC) {
-            return Err(format!("resample {r} is not supported (only {PIL_BICUBIC}, bicubic)"));
+            return Err(format!(
+                "resample {r} is not supported (only {PIL_BICUBIC}, bicubic)"
+            ));
         }
         let defaults = Preprocessor::openai(image_size);
         let shortest_edge = match self.size {
             None => defaults.shortest_edge,
-            Some(Size::Square(n)) | Some(Size::Dict { shortest_edge: Some(n), .. }) => n,
-            Some(Size::Dict { .. }) => return Err("`size` without `shortest_edge` is not supported".into()),
+            Some(Size::Square(n))
+            | Some(Size::Dict {
+                shortest_edge: Some(n),
+                ..
+            }) => n,
+            Some(Size::Dict { .. }) => {
+                return Err("`size` without `shortest_edge` is not supported".into())
+            }
         };
         let crop = match self.crop_size {
             None => defaults.crop,
             Some(Size::Square(n)) => (n, n),
-            Some(Size::Dict { height: Some(h), width: Some(w), .. }) => (h, w),
+            Some(Size::Dict {
+                height: Some(h),
+                width: Some(w),
+                ..
+            }) => (h, w),
             Some(Size::Dict { .. }) => return Err("`crop_size` needs `height` and `width`".into()),
         };
         Ok(Preprocessor {
             shortest_edge,
             crop,
-            mean: self.image_mean.map_or(defaults.mean, |m| m.map(|v| v as f32)),
+            mean: self
+                .image_mean
+                .map_or(defaults.mean, |m| m.map(|v| v as f32)),
             std: self.image_std.map_or(defaults.std, |s| s.map(|v| v as f32)),
             rescale_factor: self.rescale_factor.unwrap_or(defaults.rescale_factor),
         })
@@ -202,14 +238,23 @@ mod tests {
                 "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224}"#,
         )
         .unwrap();
-        assert_eq!(old.into_preprocessor(224).unwrap(), Preprocessor::openai(224));
+        assert_eq!(
+            old.into_preprocessor(224).unwrap(),
+            Preprocessor::openai(224)
+        );
         let new: ProcessorFile = serde_json::from_str(
             r#"{"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}, "resample": 3,
                 "rescale_factor": 0.00392156862745098, "do_convert_rgb": true}"#,
         )
         .unwrap();
-        assert_eq!(new.into_preprocessor(224).unwrap(), Preprocessor::openai(336));
+        assert_eq!(
+            new.into_preprocessor(224).unwrap(),
+            Preprocessor::openai(336)
+        );
         let lanczos: ProcessorFile = serde_json::from_str(r#"{"resample": 1}"#).unwrap();
-        assert!(lanczos.into_preprocessor(224).unwrap_err().contains("resample 1"));
+        assert!(lanczos
+            .into_preprocessor(224)
+            .unwrap_err()
+            .contains("resample 1"));
     }
 }

@@ -39,7 +39,9 @@ fn taps(in_size: usize, out_size: usize) -> Vec<Taps> {
             let center = (xx as f64 + 0.5) * scale;
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let raw: Vec<f64> = (xmin..xmax).map(|x| bicubic((x as f64 - center + 0.5) / filterscale)).collect();
+            let raw: Vec<f64> = (xmin..xmax)
+                .map(|x| bicubic((x as f64 - center + 0.5) / filterscale))
+                .collect();
             let total: f64 = raw.iter().sum();
             let weights = raw
                 .iter()
@@ -49,7 +51,10 @@ fn taps(in_size: usize, out_size: usize) -> Vec<Taps> {
                     (if w < 0.0 { fixed - 0.5 } else { fixed + 0.5 }) as i32
                 })
                 .collect();
-            Taps { start: xmin, weights }
+            Taps {
+                start: xmin,
+                weights,
+            }
         })
         .collect()
 }
@@ -99,7 +104,13 @@ fn vertical(src: &[u8], width: usize, in_height: usize, out_height: usize) -> Ve
 /// `image.resize((out_width, out_height), Image.BICUBIC)` of Pillow for an RGB image given as packed 8-bit RGB
 /// rows (`in_width × in_height`); returns the packed result. An axis whose size does not change is not resampled,
 /// as in Pillow (its taps would be the identity anyway).
-pub fn resize_bicubic(src: &[u8], in_width: usize, in_height: usize, out_width: usize, out_height: usize) -> Vec<u8> {
+pub fn resize_bicubic(
+    src: &[u8],
+    in_width: usize,
+    in_height: usize,
+    out_width: usize,
+    out_height: usize,
+) -> Vec<u8> {
     let mut data = src.to_vec();
     if out_width != in_width {
         data = horizontal(&data, in_width, in_height, out_width);
@@ -118,7 +129,9 @@ mod tests {
     /// Same-size resampling is the identity: the taps are exactly 1.0 at the pixel and 0 elsewhere.
     #[test]
     fn unchanged_axis_is_identity() {
-        let img = RgbImage::from_fn(7, 5, |x, y| image::Rgb([(x * 30) as u8, (y * 50) as u8, ((x + y) * 20) as u8]));
+        let img = RgbImage::from_fn(7, 5, |x, y| {
+            image::Rgb([(x * 30) as u8, (y * 50) as u8, ((x + y) * 20) as u8])
+        });
         let out = vertical(img.as_raw(), 7, 5, 5);
         assert_eq!(out, img.as_raw().as_slice());
     }
@@ -128,7 +141,10 @@ mod tests {
     fn weights_are_normalised() {
         for t in taps(256, 224).iter().chain(&taps(100, 224)) {
             let sum: i32 = t.weights.iter().sum();
-            assert!((sum - (1 << PRECISION_BITS)).abs() <= t.weights.len() as i32, "{sum}");
+            assert!(
+                (sum - (1 << PRECISION_BITS)).abs() <= t.weights.len() as i32,
+                "{sum}"
+            );
         }
     }
 }

@@ -61,12 +61,17 @@ impl ClipVisionModel {
         }
         let patches = pixels.conv2d(&self.patch_embedding, 0, c.patch_size, 1, 1)?; // [B, H, g, g]
         let patches = patches.flatten_from(2)?.transpose(1, 2)?; // [B, g², H]
-        let class = self.class_embedding.reshape((1, 1, c.hidden_size))?.broadcast_as((b, 1, c.hidden_size))?;
+        let class = self
+            .class_embedding
+            .reshape((1, 1, c.hidden_size))?
+            .broadcast_as((b, 1, c.hidden_size))?;
         let x = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?;
         let mut x = self.pre_layrnorm.forward(&x)?;
         for layer in &self.layers {
             x = layer.forward(&x, None)?;
         }
-        Ok(self.post_layernorm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?)?)
+        Ok(self
+            .post_layernorm
+            .forward(&x.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?)?)
     }
 }

@@ -90,7 +90,17 @@ pub struct TrainSettings {
 
 impl Default for TrainSettings {
     fn default() -> Self {
-        Self { steps: None, batch_size: 8, lr: None, num_tokens: None, resolution: 512, seed: 0, save_every: 50, repeats: 100, no_face_crop: false }
+        Self {
+            steps: None,
+            batch_size: 8,
+            lr: None,
+            num_tokens: None,
+            resolution: 512,
+            seed: 0,
+            save_every: 50,
+            repeats: 100,
+            no_face_crop: false,
+        }
     }
 }
 
@@ -132,10 +142,21 @@ impl<'de> Deserialize<'de> for MethodEntry {
         use serde::de::Error;
         let all = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
         let head_keys = ["name", "method", "lr", "steps", "files"];
-        let (head, rest): (serde_json::Map<_, _>, serde_json::Map<_, _>) = all.into_iter().partition(|(k, _)| head_keys.contains(&k.as_str()));
-        let h = EntryHead::deserialize(serde_json::Value::Object(head)).map_err(D::Error::custom)?;
-        let options = MethodOptions::deserialize(serde_json::Value::Object(rest)).map_err(|e| D::Error::custom(format!("method {}: {e}", h.name)))?;
-        Ok(Self { name: h.name, method: h.method, lr: h.lr, steps: h.steps, files: h.files, options })
+        let (head, rest): (serde_json::Map<_, _>, serde_json::Map<_, _>) = all
+            .into_iter()
+            .partition(|(k, _)| head_keys.contains(&k.as_str()));
+        let h =
+            EntryHead::deserialize(serde_json::Value::Object(head)).map_err(D::Error::custom)?;
+        let options = MethodOptions::deserialize(serde_json::Value::Object(rest))
+            .map_err(|e| D::Error::custom(format!("method {}: {e}", h.name)))?;
+        Ok(Self {
+            name: h.name,
+            method: h.method,
+            lr: h.lr,
+            steps: h.steps,
+            files: h.files,
+            options,
+        })
     }
 }
 
@@ -151,7 +172,10 @@ impl MethodEntry {
 
     /// Optimizer steps: the entry's, the shared setting's, or the method's default.
     pub fn steps(&self, t: &TrainSettings) -> usize {
-        let default = self.method_name().map(MethodName::default_steps).unwrap_or(0);
+        let default = self
+            .method_name()
+            .map(MethodName::default_steps)
+            .unwrap_or(0);
         self.steps.or(t.steps).unwrap_or(default)
     }
 }
@@ -180,8 +204,10 @@ impl IdentityEntry {
 impl Manifest {
     /// Reads and checks a manifest, making its relative paths absolute against its folder.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut m: Manifest = toml::from_str(&text).with_context(|| format!("{}: not a valid manifest", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut m: Manifest = toml::from_str(&text)
+            .with_context(|| format!("{}: not a valid manifest", path.display()))?;
         m.as_written = serde_json::to_value(&m)?;
         let base = path.parent().unwrap_or(Path::new("."));
         m.resolve(base);
@@ -203,7 +229,10 @@ impl Manifest {
                 *s = base.join(&*s).to_string_lossy().into_owned();
             }
         }
-        self.clip.iter_mut().chain(self.face_models.iter_mut()).for_each(fix);
+        self.clip
+            .iter_mut()
+            .chain(self.face_models.iter_mut())
+            .for_each(fix);
         for i in &mut self.identities {
             fix(&mut i.photos);
             i.references.iter_mut().for_each(fix);
@@ -216,8 +245,18 @@ impl Manifest {
 
     /// The manifest's `device` and `dtype`, parsed.
     pub fn placement(&self) -> Result<(Option<DeviceRequest>, Option<Precision>)> {
-        let device = self.device.as_deref().map(str::parse::<DeviceRequest>).transpose().map_err(|e| anyhow::anyhow!("device: {e}"))?;
-        let dtype = self.dtype.as_deref().map(str::parse::<Precision>).transpose().map_err(|e| anyhow::anyhow!("dtype: {e}"))?;
+        let device = self
+            .device
+            .as_deref()
+            .map(str::parse::<DeviceRequest>)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("device: {e}"))?;
+        let dtype = self
+            .dtype
+            .as_deref()
+            .map(str::parse::<Precision>)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("dtype: {e}"))?;
         Ok((device, dtype))
     }
 
@@ -235,16 +274,34 @@ impl Manifest {
             }
             Ok(())
         };
-        unique(self.methods.iter().map(|m| m.name.as_str()).collect(), "method")?;
-        unique(self.identities.iter().map(|i| i.name.as_str()).collect(), "identity")?;
+        unique(
+            self.methods.iter().map(|m| m.name.as_str()).collect(),
+            "method",
+        )?;
+        unique(
+            self.identities.iter().map(|i| i.name.as_str()).collect(),
+            "identity",
+        )?;
         for m in &self.methods {
-            if self.identities.iter().any(|i| !m.files.contains_key(&i.name)) {
+            if self
+                .identities
+                .iter()
+                .any(|i| !m.files.contains_key(&i.name))
+            {
                 m.method_name()?;
             }
         }
         for i in &self.identities {
-            if i.name.is_empty() || !i.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                bail!("identity name {:?}: use letters, digits, - and _ only", i.name);
+            if i.name.is_empty()
+                || !i
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                bail!(
+                    "identity name {:?}: use letters, digits, - and _ only",
+                    i.name
+                );
             }
         }
         Ok(())

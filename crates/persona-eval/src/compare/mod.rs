@@ -14,8 +14,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
-use persona_diffusion::pipeline::image::write_atomic;
 use persona_diffusion::device::{DeviceRequest, Precision};
+use persona_diffusion::pipeline::image::write_atomic;
 use persona_diffusion::pipeline::{LoadOptions, StableDiffusion};
 use persona_faces::ModelSearch;
 use persona_train::identity::Identity;
@@ -39,7 +39,10 @@ impl std::str::FromStr for Shard {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let bad = || format!("--shard {s}: expected k/n with 1 ≤ k ≤ n (e.g. 2/8)");
         let (k, n) = s.split_once('/').ok_or_else(bad)?;
-        let (k, n) = (k.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        let (k, n) = (
+            k.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
         if k == 0 || n == 0 || k > n {
             return Err(bad());
         }
@@ -60,14 +63,24 @@ impl Shard {
 
 /// Every unit of the manifest, in the canonical order.
 pub fn plan(m: &Manifest) -> Result<Vec<Unit>> {
-    let sets = m.prompt_sets.iter().map(|s| PromptSet::resolve(s)).collect::<persona_diffusion::Result<Vec<_>>>()?;
+    let sets = m
+        .prompt_sets
+        .iter()
+        .map(|s| PromptSet::resolve(s))
+        .collect::<persona_diffusion::Result<Vec<_>>>()?;
     let mut units = Vec::new();
     for method in &m.methods {
         for identity in 0..m.identities.len() {
             for set in &sets {
                 for (prompt_index, template) in set.prompts.iter().enumerate() {
                     let class = set.name.clone();
-                    units.push(Unit { method: method.name.clone(), identity, class, prompt_index, template: template.clone() });
+                    units.push(Unit {
+                        method: method.name.clone(),
+                        identity,
+                        class,
+                        prompt_index,
+                        template: template.clone(),
+                    });
                 }
             }
         }
@@ -77,25 +90,45 @@ pub fn plan(m: &Manifest) -> Result<Vec<Unit>> {
 
 /// The face-model search of a manifest.
 fn face_search(m: &Manifest) -> ModelSearch {
-    ModelSearch { models_dir: m.face_models.clone(), ..Default::default() }
+    ModelSearch {
+        models_dir: m.face_models.clone(),
+        ..Default::default()
+    }
 }
 
 /// What results.json records, and (per method) the key a unit's stored records must carry to be reused.
 fn settings_of(m: &Manifest, scorer: &Scorer) -> serde_json::Value {
-    let mut s = settings(m.as_written["model"].as_str(), Some(&m.sampling), scorer, m.jpeg75);
+    let mut s = settings(
+        m.as_written["model"].as_str(),
+        Some(&m.sampling),
+        scorer,
+        m.jpeg75,
+    );
     s["train"] = serde_json::to_value(&m.train).expect("plain data");
-    s["prompt_sets"] = serde_json::json!(m.prompt_sets.iter().map(|p| PromptSet::resolve(p).map(|s| s.name)).collect::<persona_diffusion::Result<Vec<_>>>().ok());
+    s["prompt_sets"] = serde_json::json!(m
+        .prompt_sets
+        .iter()
+        .map(|p| PromptSet::resolve(p).map(|s| s.name))
+        .collect::<persona_diffusion::Result<Vec<_>>>()
+        .ok());
     s
 }
 
 fn unit_key(settings: &serde_json::Value, m: &Manifest, method: &str) -> String {
-    let entry = m.as_written["methods"].as_array().and_then(|all| all.iter().find(|e| e["name"] == method));
+    let entry = m.as_written["methods"]
+        .as_array()
+        .and_then(|all| all.iter().find(|e| e["name"] == method));
     serde_json::json!({"settings": settings, "method": entry, "identities": m.as_written["identities"]}).to_string()
 }
 
 /// Runs this shard's units (all of them without a shard) and, unsharded, merges; on the manifest's device
 /// and dtype.
-pub fn run(manifest: &Path, out: &Path, shard: Option<Shard>, bar: &ProgressBar) -> Result<Option<Results>> {
+pub fn run(
+    manifest: &Path,
+    out: &Path,
+    shard: Option<Shard>,
+    bar: &ProgressBar,
+) -> Result<Option<Results>> {
     run_on(manifest, out, shard, (None, None), bar)
 }
 
@@ -120,14 +153,31 @@ pub fn run_on(
         Some(s) => all[s.range(all.len())].to_vec(),
         None => all.clone(),
     };
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the output folder", out.display()))?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("{}: cannot create the output folder", out.display()))?;
     let scorer = Scorer::load(&face_search(&m), m.clip.as_deref(), m.jpeg75)?;
-    let sd = StableDiffusion::load(&m.model, &LoadOptions { variant: m.variant.clone(), device, dtype })?;
+    let sd = StableDiffusion::load(
+        &m.model,
+        &LoadOptions {
+            variant: m.variant.clone(),
+            device,
+            dtype,
+        },
+    )?;
     let names: Vec<String> = m.identities.iter().map(|i| i.token()).collect();
-    let references = m.identities.iter().map(|i| scorer.reference(i.references())).collect::<Result<Vec<_>>>()?;
+    let references = m
+        .identities
+        .iter()
+        .map(|i| scorer.reference(i.references()))
+        .collect::<Result<Vec<_>>>()?;
     let settings = settings_of(&m, &scorer);
     let needed = needed_identities(&m, &mine);
-    let train_ticks: usize = m.methods.iter().zip(&needed).map(|(e, n)| n.iter().filter(|&&b| b).count() * e.steps(&m.train)).sum();
+    let train_ticks: usize = m
+        .methods
+        .iter()
+        .zip(&needed)
+        .map(|(e, n)| n.iter().filter(|&&b| b).count() * e.steps(&m.train))
+        .sum();
     bar.set_length(train_ticks as u64 + mine.len() as u64 * m.sampling.unit_ticks());
     let tag = shard.map_or("all".to_string(), Shard::tag);
     for (method, need) in m.methods.iter().zip(&needed) {
@@ -138,11 +188,24 @@ pub fn run_on(
         let identities = need
             .iter()
             .zip(&m.identities)
-            .map(|(&n, e)| n.then(|| train::ensure_identity(&sd, &m, method, e, out, &tag, bar)).transpose())
+            .map(|(&n, e)| {
+                n.then(|| train::ensure_identity(&sd, &m, method, e, out, &tag, bar))
+                    .transpose()
+            })
             .collect::<Result<Vec<Option<Identity>>>>()?;
         bar.set_message(format!("generating and scoring {}", method.name));
         let key = unit_key(&settings, &m, &method.name);
-        let cx = UnitContext { sd: &sd, sampling: &m.sampling, scorer: &scorer, names: &names, identities: &identities, references: &references, out, key: &key, bar };
+        let cx = UnitContext {
+            sd: &sd,
+            sampling: &m.sampling,
+            scorer: &scorer,
+            names: &names,
+            identities: &identities,
+            references: &references,
+            out,
+            key: &key,
+            bar,
+        };
         for u in units {
             run_unit(&cx, u)?;
         }
@@ -163,7 +226,9 @@ fn needed_identities(m: &Manifest, units: &[Unit]) -> Vec<Vec<bool>> {
         .map(|method| {
             let mut need = vec![false; m.identities.len()];
             for u in units.iter().filter(|u| u.method == method.name) {
-                u.identities(need.len()).into_iter().for_each(|i| need[i] = true);
+                u.identities(need.len())
+                    .into_iter()
+                    .for_each(|i| need[i] = true);
             }
             need
         })
@@ -196,7 +261,10 @@ fn merge_with(m: &Manifest, scorer: &Scorer, out: &Path) -> Result<Results> {
     let results = Results::summarise(settings, records, m.sampling.seed);
     results.write(out)?;
     let costs = train::costs(m, out);
-    write_atomic(&out.join("training.json"), serde_json::to_string_pretty(&costs)?.as_bytes())?;
+    write_atomic(
+        &out.join("training.json"),
+        serde_json::to_string_pretty(&costs)?.as_bytes(),
+    )?;
     crate::report::write(&results, &costs, out)?;
     Ok(results)
 }
@@ -213,6 +281,10 @@ mod tests {
             let covered: Vec<usize> = (1..=n).flat_map(|k| Shard { k, n }.range(11)).collect();
             assert_eq!(covered, (0..11).collect::<Vec<_>>());
         }
-        assert!("0/2".parse::<Shard>().is_err() && "3/2".parse::<Shard>().is_err() && "x".parse::<Shard>().is_err());
+        assert!(
+            "0/2".parse::<Shard>().is_err()
+                && "3/2".parse::<Shard>().is_err()
+                && "x".parse::<Shard>().is_err()
+        );
     }
 }

@@ -15,8 +15,8 @@ use persona_train::recipe::{self, Recipe};
 use persona_train::trainer::TrainConfig;
 
 use super::face_search;
-use crate::results::TrainingCost;
 use super::manifest::{IdentityEntry, Manifest, MethodEntry};
+use crate::results::TrainingCost;
 
 fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("{e}")
@@ -24,28 +24,62 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
 
 /// `identities/<method>/<identity>.safetensors` under the output folder.
 pub fn identity_path(out: &Path, method: &MethodEntry, identity: &IdentityEntry) -> PathBuf {
-    out.join("identities").join(&method.name).join(format!("{}.safetensors", identity.name))
+    out.join("identities")
+        .join(&method.name)
+        .join(format!("{}.safetensors", identity.name))
 }
 
 /// The identity to evaluate: a file the manifest names, one trained before, or a new one.
-pub fn ensure_identity(sd: &StableDiffusion, m: &Manifest, method: &MethodEntry, identity: &IdentityEntry, out: &Path, shard: &str, bar: &ProgressBar) -> Result<Identity> {
+pub fn ensure_identity(
+    sd: &StableDiffusion,
+    m: &Manifest,
+    method: &MethodEntry,
+    identity: &IdentityEntry,
+    out: &Path,
+    shard: &str,
+    bar: &ProgressBar,
+) -> Result<Identity> {
     let path = identity_path(out, method, identity);
-    if let Some(file) = method.files.get(&identity.name).or(Some(&path).filter(|p| p.is_file())) {
+    if let Some(file) = method
+        .files
+        .get(&identity.name)
+        .or(Some(&path).filter(|p| p.is_file()))
+    {
         bar.inc(method.steps(&m.train) as u64);
-        let mut loaded = persona_train::output::load_identities(sd, std::slice::from_ref(file), false).map_err(err)?;
+        let mut loaded =
+            persona_train::output::load_identities(sd, std::slice::from_ref(file), false)
+                .map_err(err)?;
         return Ok(loaded.remove(0));
     }
     bar.set_message(format!("training {} {}", method.name, identity.name));
-    let work = out.join("train").join(&method.name).join(&identity.name).join(shard).join("identity.safetensors");
-    std::fs::create_dir_all(work.parent().expect("has a parent")).with_context(|| format!("creating {}", work.display()))?;
+    let work = out
+        .join("train")
+        .join(&method.name)
+        .join(&identity.name)
+        .join(shard)
+        .join("identity.safetensors");
+    std::fs::create_dir_all(work.parent().expect("has a parent"))
+        .with_context(|| format!("creating {}", work.display()))?;
     let trained = train(sd, m, method, identity, &work, bar)?;
-    std::fs::create_dir_all(path.parent().expect("has a parent")).with_context(|| format!("creating {}", path.display()))?;
-    trained.save(&work).map_err(err).with_context(|| format!("writing {}", work.display()))?;
-    std::fs::rename(&work, &path).with_context(|| format!("moving {} to {}", work.display(), path.display()))?;
+    std::fs::create_dir_all(path.parent().expect("has a parent"))
+        .with_context(|| format!("creating {}", path.display()))?;
+    trained
+        .save(&work)
+        .map_err(err)
+        .with_context(|| format!("writing {}", work.display()))?;
+    std::fs::rename(&work, &path)
+        .with_context(|| format!("moving {} to {}", work.display(), path.display()))?;
     Ok(trained)
 }
 
-fn train(sd: &StableDiffusion, m: &Manifest, method: &MethodEntry, identity: &IdentityEntry, work: &Path, bar: &ProgressBar) -> Result<Identity> {
+fn train(
+    sd: &StableDiffusion,
+    m: &Manifest,
+    method: &MethodEntry,
+    identity: &IdentityEntry,
+    work: &Path,
+    bar: &ProgressBar,
+) -> Result<Identity> {
     let name = method.method_name()?;
     let t = &m.train;
     let mut options = method.options.clone();
@@ -68,7 +102,10 @@ fn train(sd: &StableDiffusion, m: &Manifest, method: &MethodEntry, identity: &Id
         scale_lr: false,
         schedule: Schedule::Constant,
         warmup: 0,
-        adam: AdamWConfig { eps: name.default_adam_eps(), ..Default::default() },
+        adam: AdamWConfig {
+            eps: name.default_adam_eps(),
+            ..Default::default()
+        },
         seed: t.seed,
         save_every: t.save_every,
         resolution: t.resolution,
@@ -90,8 +127,15 @@ pub fn costs(m: &Manifest, out: &Path) -> Vec<TrainingCost> {
     let mut all = Vec::new();
     for method in &m.methods {
         for identity in &m.identities {
-            let path = method.files.get(&identity.name).cloned().unwrap_or_else(|| identity_path(out, method, identity));
-            let cost = Identity::load(&path).ok().map(|i| i.meta.hyper["method"]["cost"].clone()).unwrap_or_default();
+            let path = method
+                .files
+                .get(&identity.name)
+                .cloned()
+                .unwrap_or_else(|| identity_path(out, method, identity));
+            let cost = Identity::load(&path)
+                .ok()
+                .map(|i| i.meta.hyper["method"]["cost"].clone())
+                .unwrap_or_default();
             all.push(TrainingCost {
                 method: method.name.clone(),
                 identity: identity.name.clone(),

@@ -29,14 +29,19 @@ pub fn write(results: &Results, costs: &[TrainingCost], dir: &Path) -> Result<()
 pub fn html(results: &Results, costs: &[TrainingCost]) -> String {
     let mut h = String::new();
     h.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>persona evaluation</title>");
-    let _ = write!(h, "<style>{STYLE}</style></head><body><h1>persona evaluation</h1>");
+    let _ = write!(
+        h,
+        "<style>{STYLE}</style></head><body><h1>persona evaluation</h1>"
+    );
     settings(&mut h, &results.settings);
     method_table(&mut h, results);
     cost_table(&mut h, costs);
     h.push_str("<h2>Identity vs prompt</h2>");
     match scatter::svg(&scatter::points(results)) {
         Some(svg) => h.push_str(&svg),
-        None => h.push_str("<p class=\"muted\">No point to plot: prompt scores or ID scores are missing.</p>"),
+        None => h.push_str(
+            "<p class=\"muted\">No point to plot: prompt scores or ID scores are missing.</p>",
+        ),
     }
     grids(&mut h, results);
     h.push_str("</body></html>\n");
@@ -45,7 +50,11 @@ pub fn html(results: &Results, costs: &[TrainingCost]) -> String {
 
 /// Escapes text for HTML content and attribute values.
 pub fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 fn settings(h: &mut String, s: &serde_json::Value) {
@@ -54,7 +63,11 @@ fn settings(h: &mut String, s: &serde_json::Value) {
     if let Some(map) = s.as_object() {
         for (k, v) in map {
             match v.as_object() {
-                Some(inner) => rows.extend(inner.iter().map(|(k2, v2)| (format!("{k}.{k2}"), plain(v2, "default")))),
+                Some(inner) => rows.extend(
+                    inner
+                        .iter()
+                        .map(|(k2, v2)| (format!("{k}.{k2}"), plain(v2, "default"))),
+                ),
                 None => rows.push((k.clone(), plain(v, "– (images made elsewhere)"))),
             }
         }
@@ -76,7 +89,10 @@ fn plain(v: &serde_json::Value, null: &str) -> String {
 
 fn interval(i: &Option<Interval>) -> String {
     match i {
-        Some(i) => format!("{:.3} <span class=\"muted\">[{:.3}, {:.3}]</span>", i.mean, i.lo, i.hi),
+        Some(i) => format!(
+            "{:.3} <span class=\"muted\">[{:.3}, {:.3}]</span>",
+            i.mean, i.lo, i.hi
+        ),
         None => "<span class=\"muted\">missing</span>".into(),
     }
 }
@@ -98,9 +114,19 @@ fn method_table(h: &mut String, results: &Results) {
     h.push_str("<h2>Methods</h2><p class=\"muted\">Means over (identity, prompt) groups with 95 % bootstrap intervals; ID over images with a face; diversity: mean pairwise 1 − cos of the face embeddings within a prompt.</p>");
     h.push_str("<table><tr><th>method</th><th>prompts</th><th>images</th><th>detection rate</th><th>ID</th><th>prompt score</th><th>diversity</th></tr>");
     for m in &results.methods {
-        let _ = write!(h, "<tr><th>{}</th><td>all</td>{}</tr>", esc(&m.method), stats_cells(&m.overall));
+        let _ = write!(
+            h,
+            "<tr><th>{}</th><td>all</td>{}</tr>",
+            esc(&m.method),
+            stats_cells(&m.overall)
+        );
         for (class, s) in &m.classes {
-            let _ = write!(h, "<tr><td></td><td>{}</td>{}</tr>", esc(class), stats_cells(s));
+            let _ = write!(
+                h,
+                "<tr><td></td><td>{}</td>{}</tr>",
+                esc(class),
+                stats_cells(s)
+            );
         }
     }
     h.push_str("</table>");
@@ -113,9 +139,13 @@ fn cost_table(h: &mut String, costs: &[TrainingCost]) {
     }
     h.push_str("<h2>Training cost</h2><p class=\"muted\">As each identity file records it: wall time and steps of the run that trained it, and the peak resident memory of that process.</p>");
     h.push_str("<table><tr><th>method</th><th>identity</th><th>steps</th><th>time</th><th>s / step</th><th>peak memory</th></tr>");
-    let opt = |v: Option<String>| v.unwrap_or_else(|| "<span class=\"muted\">not recorded</span>".into());
+    let opt =
+        |v: Option<String>| v.unwrap_or_else(|| "<span class=\"muted\">not recorded</span>".into());
     for c in costs {
-        let per_step = c.seconds.zip(c.steps.filter(|&n| n > 0)).map(|(s, n)| format!("{:.2}", s / n as f64));
+        let per_step = c
+            .seconds
+            .zip(c.steps.filter(|&n| n > 0))
+            .map(|(s, n)| format!("{:.2}", s / n as f64));
         let _ = write!(
             h,
             "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -135,7 +165,14 @@ fn score(v: Option<f64>) -> String {
 }
 
 fn figure(h: &mut String, r: &ImageRecord) {
-    let (class, mark) = if r.faces == 0 { (" class=\"noface\"", "<span class=\"mark\">✗ no face</span><br>") } else { ("", "") };
+    let (class, mark) = if r.faces == 0 {
+        (
+            " class=\"noface\"",
+            "<span class=\"mark\">✗ no face</span><br>",
+        )
+    } else {
+        ("", "")
+    };
     let alt = format!("{} {} #{}", r.identity, r.prompt, r.index);
     let _ = write!(
         h,
@@ -152,7 +189,10 @@ fn grids(h: &mut String, results: &Results) {
     h.push_str("<h2>Images</h2>");
     let mut by_prompt: BTreeMap<(&str, &str, usize), Vec<&ImageRecord>> = BTreeMap::new();
     for r in &results.images {
-        by_prompt.entry((&r.method, &r.class, r.prompt_index)).or_default().push(r);
+        by_prompt
+            .entry((&r.method, &r.class, r.prompt_index))
+            .or_default()
+            .push(r);
     }
     for p in &results.prompts {
         let _ = write!(
@@ -166,7 +206,11 @@ fn grids(h: &mut String, results: &Results) {
             interval(&p.stats.prompt_score),
             interval(&p.stats.diversity)
         );
-        for r in by_prompt.get(&(p.method.as_str(), p.class.as_str(), p.prompt_index)).into_iter().flatten() {
+        for r in by_prompt
+            .get(&(p.method.as_str(), p.class.as_str(), p.prompt_index))
+            .into_iter()
+            .flatten()
+        {
             figure(h, r);
         }
         h.push_str("</div>");
@@ -177,6 +221,9 @@ fn grids(h: &mut String, results: &Results) {
 mod tests {
     #[test]
     fn escapes() {
-        assert_eq!(super::esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            super::esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 }

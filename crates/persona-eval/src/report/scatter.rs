@@ -23,7 +23,9 @@ pub fn points(results: &Results) -> Vec<Point> {
 
 /// `(lo, hi)` of the values, widened so that a single value still spans an axis.
 fn range(v: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = v.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));
+    let (lo, hi) = v.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+        (lo.min(x), hi.max(x))
+    });
     let pad = ((hi - lo) * 0.15).max(0.02);
     (lo - pad, hi + pad)
 }
@@ -38,7 +40,10 @@ pub fn svg(points: &[Point]) -> Option<String> {
     Some(out)
 }
 
-fn draw<'a>(points: &[Point], out: &'a mut String) -> Result<(), DrawingAreaErrorKind<<SVGBackend<'a> as DrawingBackend>::ErrorType>> {
+fn draw<'a>(
+    points: &[Point],
+    out: &'a mut String,
+) -> Result<(), DrawingAreaErrorKind<<SVGBackend<'a> as DrawingBackend>::ErrorType>> {
     let root = SVGBackend::with_string(out, (640, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let x = range(points.iter().map(|p| p.2));
@@ -49,7 +54,12 @@ fn draw<'a>(points: &[Point], out: &'a mut String) -> Result<(), DrawingAreaErro
         .y_label_area_size(56)
         .caption("Identity vs prompt similarity", ("sans-serif", 18))
         .build_cartesian_2d(x.0..x.1, y.0..y.1)?;
-    chart.configure_mesh().x_desc("prompt score (CLIP)").y_desc("identity similarity").light_line_style(WHITE.mix(0.0)).draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("prompt score (CLIP)")
+        .y_desc("identity similarity")
+        .light_line_style(WHITE.mix(0.0))
+        .draw()?;
     let mut methods: Vec<&str> = points.iter().map(|p| p.0.as_str()).collect();
     methods.dedup();
     for (k, method) in methods.iter().enumerate() {
@@ -64,7 +74,12 @@ fn draw<'a>(points: &[Point], out: &'a mut String) -> Result<(), DrawingAreaErro
             .label(method.to_string())
             .legend(move |(x, y)| Circle::new((x, y), 5, color.filled()));
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
     root.present()?;
     Ok(())
 }

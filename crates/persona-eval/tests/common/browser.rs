@@ -13,7 +13,11 @@ use serde_json::{json, Value};
 /// The Chromium binary, or `None` (a failure under CI=true, see `super::missing`).
 pub fn chromium() -> Option<PathBuf> {
     for name in ["chromium", "chromium-browser", "google-chrome"] {
-        if let Some(p) = std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file())) {
+        if let Some(p) = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        }) {
             return Some(p);
         }
     }
@@ -40,7 +44,13 @@ impl Browser {
             chromium.display(),
             profile.path().display()
         );
-        let mut child = Command::new("bash").arg("-c").arg(cmd).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut child = Command::new("bash")
+            .arg("-c")
+            .arg(cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, events) = channel();
@@ -53,7 +63,13 @@ impl Browser {
                 }
             }
         });
-        Browser { child, stdin, events, next_id: 0, _profile: profile }
+        Browser {
+            child,
+            stdin,
+            events,
+            next_id: 0,
+            _profile: profile,
+        }
     }
 
     fn send(&mut self, session: Option<&str>, method: &str, params: Value) -> u64 {
@@ -69,10 +85,20 @@ impl Browser {
     }
 
     /// Waits for the message `done` accepts, passing every message to `seen`.
-    fn until(&mut self, deadline: Instant, seen: &mut Vec<Value>, done: impl Fn(&Value) -> bool) -> Value {
+    fn until(
+        &mut self,
+        deadline: Instant,
+        seen: &mut Vec<Value>,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         loop {
-            let left = deadline.checked_duration_since(Instant::now()).expect("Chromium did not answer in time");
-            let msg = self.events.recv_timeout(left).expect("Chromium did not answer in time (or exited)");
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .expect("Chromium did not answer in time");
+            let msg = self
+                .events
+                .recv_timeout(left)
+                .expect("Chromium did not answer in time (or exited)");
             seen.push(msg.clone());
             if done(&msg) {
                 return msg;
@@ -80,7 +106,14 @@ impl Browser {
         }
     }
 
-    fn call(&mut self, session: Option<&str>, method: &str, params: Value, deadline: Instant, seen: &mut Vec<Value>) -> Value {
+    fn call(
+        &mut self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+        deadline: Instant,
+        seen: &mut Vec<Value>,
+    ) -> Value {
         let id = self.send(session, method, params);
         let reply = self.until(deadline, seen, |m| m["id"] == json!(id));
         assert!(reply.get("error").is_none(), "{method}: {reply}");
@@ -100,24 +133,62 @@ pub fn page_problems(chromium: &Path, page: &Path) -> Vec<String> {
     let mut b = Browser::start(chromium);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = Vec::new();
-    let target = b.call(None, "Target.createTarget", json!({"url": "about:blank"}), deadline, &mut seen);
-    let attached = b.call(None, "Target.attachToTarget", json!({"targetId": target["targetId"], "flatten": true}), deadline, &mut seen);
+    let target = b.call(
+        None,
+        "Target.createTarget",
+        json!({"url": "about:blank"}),
+        deadline,
+        &mut seen,
+    );
+    let attached = b.call(
+        None,
+        "Target.attachToTarget",
+        json!({"targetId": target["targetId"], "flatten": true}),
+        deadline,
+        &mut seen,
+    );
     let session = attached["sessionId"].as_str().unwrap().to_string();
-    for domain in ["Runtime.enable", "Log.enable", "Page.enable", "Network.enable"] {
+    for domain in [
+        "Runtime.enable",
+        "Log.enable",
+        "Page.enable",
+        "Network.enable",
+    ] {
         b.call(Some(&session), domain, json!({}), deadline, &mut seen);
     }
     let url = format!("file://{}", page.canonicalize().unwrap().display());
-    b.call(Some(&session), "Page.navigate", json!({"url": url}), deadline, &mut seen);
-    b.until(deadline, &mut seen, |m| m["method"] == "Page.loadEventFired");
+    b.call(
+        Some(&session),
+        "Page.navigate",
+        json!({"url": url}),
+        deadline,
+        &mut seen,
+    );
+    b.until(deadline, &mut seen, |m| {
+        m["method"] == "Page.loadEventFired"
+    });
     let check = "JSON.stringify([...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src))";
-    let broken = b.call(Some(&session), "Runtime.evaluate", json!({"expression": check, "returnByValue": true}), deadline, &mut seen);
-    let count = b.call(Some(&session), "Runtime.evaluate", json!({"expression": "document.images.length", "returnByValue": true}), deadline, &mut seen);
+    let broken = b.call(
+        Some(&session),
+        "Runtime.evaluate",
+        json!({"expression": check, "returnByValue": true}),
+        deadline,
+        &mut seen,
+    );
+    let count = b.call(
+        Some(&session),
+        "Runtime.evaluate",
+        json!({"expression": "document.images.length", "returnByValue": true}),
+        deadline,
+        &mut seen,
+    );
     eprintln!("{}: {} images", page.display(), count["result"]["value"]);
-    let mut problems: Vec<String> = serde_json::from_str::<Vec<String>>(broken["result"]["value"].as_str().unwrap())
-        .unwrap()
-        .into_iter()
-        .map(|src| format!("image not shown: {src}"))
-        .collect();
+    let mut problems: Vec<String> =
+        serde_json::from_str::<Vec<String>>(broken["result"]["value"].as_str().unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|src| format!("image not shown: {src}"))
+            .collect();
     problems.extend(seen.iter().filter_map(problem));
     problems
 }
@@ -126,8 +197,12 @@ fn problem(m: &Value) -> Option<String> {
     let p = &m["params"];
     match m["method"].as_str()? {
         "Runtime.exceptionThrown" => Some(format!("exception: {}", p["exceptionDetails"])),
-        "Runtime.consoleAPICalled" if p["type"] == "error" || p["type"] == "assert" => Some(format!("console.{}: {}", p["type"], p["args"])),
-        "Log.entryAdded" if p["entry"]["level"] == "error" => Some(format!("log: {} {}", p["entry"]["text"], p["entry"]["url"])),
+        "Runtime.consoleAPICalled" if p["type"] == "error" || p["type"] == "assert" => {
+            Some(format!("console.{}: {}", p["type"], p["args"]))
+        }
+        "Log.entryAdded" if p["entry"]["level"] == "error" => {
+            Some(format!("log: {} {}", p["entry"]["text"], p["entry"]["url"]))
+        }
         "Network.loadingFailed" => Some(format!("load failed: {}", p["errorText"])),
         _ => None,
     }

@@ -31,7 +31,11 @@ pub fn shared(rel: &str) -> Option<PathBuf> {
 /// The shared photos of one set, sorted.
 pub fn photos(set: &str) -> Option<Vec<PathBuf>> {
     let dir = shared(&format!("data/faces/{set}"))?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "jpg")).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
     files.sort();
     Some(files)
 }

@@ -21,9 +21,15 @@ pub fn shared(rel: &str) -> Option<PathBuf> {
         return Some(p);
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{} is missing; CI must provide ../shared beside the clone", p.display());
+        panic!(
+            "{} is missing; CI must provide ../shared beside the clone",
+            p.display()
+        );
     }
-    eprintln!("SKIPPED: {} not found (models/photos live in ../shared beside the project)", p.display());
+    eprintln!(
+        "SKIPPED: {} not found (models/photos live in ../shared beside the project)",
+        p.display()
+    );
     None
 }
 
@@ -44,7 +50,10 @@ pub fn identity_photos() -> Option<Vec<(String, PathBuf)>> {
             .collect();
         files.sort();
         for f in files {
-            out.push((format!("shared/{set}/{}", f.file_name().unwrap().to_str().unwrap()), f));
+            out.push((
+                format!("shared/{set}/{}", f.file_name().unwrap().to_str().unwrap()),
+                f,
+            ));
         }
     }
     Some(out)

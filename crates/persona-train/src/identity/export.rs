@@ -65,7 +65,10 @@ pub fn export_a1111(identity: &Identity, out: impl AsRef<Path>) -> Result<()> {
     require_safetensors_name(out)?;
     let tensors = match identity.rows_2() {
         Some(clip_g) => BTreeMap::from([
-            ("clip_l".to_string(), identity.embeddings.to_dtype(DType::F32)?),
+            (
+                "clip_l".to_string(),
+                identity.embeddings.to_dtype(DType::F32)?,
+            ),
             ("clip_g".to_string(), clip_g.to_dtype(DType::F32)?),
         ]),
         None => BTreeMap::from([(

@@ -44,7 +44,9 @@ impl fmt::Display for EmbeddingFormat {
             EmbeddingFormat::A1111Pt => "AUTOMATIC1111 .pt (string_to_param)",
             EmbeddingFormat::A1111Safetensors => "AUTOMATIC1111 safetensors (emb_params)",
             EmbeddingFormat::A1111Sdxl => "AUTOMATIC1111 SDXL safetensors (clip_l / clip_g)",
-            EmbeddingFormat::DiffusersSdxl => "diffusers SDXL pair ({token: vectors} per text encoder)",
+            EmbeddingFormat::DiffusersSdxl => {
+                "diffusers SDXL pair ({token: vectors} per text encoder)"
+            }
             EmbeddingFormat::BareTensor => "bare torch tensor",
         })
     }

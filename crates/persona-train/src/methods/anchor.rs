@@ -73,11 +73,7 @@ pub fn column_means(
 }
 
 /// [`column_means`] in one token table.
-pub fn column_means_in(
-    t: Table,
-    names: &[String],
-    n: usize,
-) -> Result<(Tensor, Vec<usize>)> {
+pub fn column_means_in(t: Table, names: &[String], n: usize) -> Result<(Tensor, Vec<usize>)> {
     let table = t.encoder.token_embedding();
     let mut cols = Vec::with_capacity(n);
     let mut counts = Vec::with_capacity(n);
