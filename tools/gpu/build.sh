@@ -6,7 +6,7 @@
 # Installs (once) a build-only CUDA 13.0 toolchain from PyPI wheels (tools/gpu/cuda-toolchain.sh; CUDA_COMPUTE_CAP
 # defaults to 90 = H100/H200), builds `cargo build --release -p persona-cli --features cuda` into target/cuda
 # (apart from the plain build, so neither rebuilds the other), strips it and compresses it with `xz -9`
-# (≈ 5 MB). Run it on the GPU machine with tools/gpu/check.sh (or tools/gpu/gpu-run.sh BINARY …).
+# (≈ 13 MB). Run it on the GPU machine with tools/gpu/check.sh (or tools/gpu/gpu-run.sh BINARY …).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
