@@ -18,7 +18,10 @@ use crate::trainer::{StepInputs, Trainer};
 use crate::{Error, Result};
 
 /// The method as `persona train` builds it with default options; ID-EA on a seeded synthetic face
-/// embedding (no face models needed).
+/// embedding (no face models needed) and without its Mahalanobis regulariser: at the first step the learned
+/// rows sit on the anchor, where that distance's gradient is set by its floor, so two devices' anchors that
+/// differ in the 7th digit give first-step gradients far apart — a comparison of rounding, not of the model.
+/// The regulariser is f32 arithmetic on the learned rows alone, the same on every device.
 pub fn method<'a>(sd: &StableDiffusion, name: MethodName) -> Result<Box<dyn Method + 'a>> {
     let token = "<probe>";
     if name == MethodName::Idea {
@@ -34,7 +37,10 @@ pub fn method<'a>(sd: &StableDiffusion, name: MethodName) -> Result<Box<dyn Meth
         return Ok(Box::new(Idea::new(
             sd,
             token,
-            IdeaConfig::new(init, 0),
+            IdeaConfig {
+                reg_weight: 0.0,
+                ..IdeaConfig::new(init, 0)
+            },
             face,
             "synthetic",
         )?));
