@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::values;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use persona_diffusion::models::clip_text::Output;
@@ -34,25 +35,27 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "")]
     negative_prompt: String,
     /// Denoising steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = values::positive)]
     steps: usize,
-    /// Classifier-free guidance scale; 1 or less disables guidance.
-    #[arg(long, default_value_t = 7.5)]
+    /// Classifier-free guidance scale (finite, ≥ 0); 1 or less disables guidance.
+    #[arg(long, default_value_t = 7.5, value_parser = values::non_negative)]
     guidance: f64,
     /// Sampler (default: the model's own scheduler; PNDM configs sample with DDIM).
     #[arg(long, value_parser = parse_scheduler)]
     scheduler: Option<SchedulerKind>,
-    /// Image height in pixels (default: the UNet's sample_size × the VAE factor).
-    #[arg(long)]
+    /// Image height in pixels (default: the UNet's sample_size × the VAE factor; at most 8192).
+    #[arg(long, value_parser = values::image_side)]
     height: Option<usize>,
-    #[arg(long)]
+    /// Image width in pixels (as --height).
+    #[arg(long, value_parser = values::image_side)]
     width: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value_t = 1)]
+    /// How many images (image i uses seed + i).
+    #[arg(long, default_value_t = 1, value_parser = values::positive)]
     num_images: usize,
     /// Images denoised together.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = values::positive)]
     batch_size: usize,
     /// A safetensors file with one tensor `latents` [N, 4, H/f, W/f] used instead of drawn noise (scaled by
     /// the scheduler's init_noise_sigma like drawn noise), to reproduce another implementation exactly.

@@ -12,6 +12,7 @@ mod generate;
 mod identity_cmd;
 mod progress;
 mod train;
+mod values;
 
 use clap::{Parser, Subcommand};
 

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::values;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use persona_diffusion::pipeline::StableDiffusion;
@@ -57,12 +58,12 @@ pub struct TrainArgs {
     #[arg(long)]
     num_tokens: Option<usize>,
     /// Optimizer steps (default 320; sefi: 600).
-    #[arg(long)]
+    #[arg(long, value_parser = values::positive)]
     steps: Option<usize>,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = values::positive)]
     batch_size: usize,
     /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = values::positive)]
     grad_accum: usize,
     /// Learning rate (default: the paper's effective value, 0.005, for ti / cross-init; sefi: 1e-4 × batch
     /// size × accumulation, ProSpect's).
@@ -132,7 +133,7 @@ pub struct TrainArgs {
     resolution: Option<u32>,
     /// Photos per epoch = photos × repeats, drawn in a seeded shuffled order so that every photo is seen
     /// equally often (diffusers' --repeats).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = values::positive)]
     repeats: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,

@@ -350,3 +350,47 @@ fn bench_runs_sdxl_parts() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("only --method tokens"));
 }
+
+/// Values no run can use are refused by name before anything loads, and nothing is written.
+#[test]
+fn unusable_numbers_are_refused_by_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    let model = tiny();
+    for (flag, value) in [
+        ("--num-images", "0"),
+        ("--batch-size", "0"),
+        ("--steps", "0"),
+        ("--guidance", "nan"),
+        ("--guidance", "-1"),
+        ("--height", "4000000"),
+        ("--width", "0"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let o = persona(&[
+            "generate", "--model", &model, "--prompt", "x", "--out", out, &arg,
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+        assert!(
+            !std::path::Path::new(out).exists(),
+            "{flag} {value}: an output folder was made"
+        );
+    }
+    for (flag, value) in [
+        ("--batch-size", "0"),
+        ("--grad-accum", "0"),
+        ("--repeats", "0"),
+        ("--steps", "0"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let o = persona(&[
+            "train", "--model", &model, "--images", "x", "--token", "<a>", "--out", out, &arg,
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "train {flag} {value}: {err}");
+        assert!(err.contains(flag), "train {flag} {value}: {err}");
+    }
+}
