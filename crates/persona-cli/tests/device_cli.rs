@@ -2,24 +2,9 @@
 //! flags; `cuda` on a build without CUDA is a one-line usage error; `auto` runs on the CPU with a note;
 //! `bench equality --devices cpu,cpu` passes; `bench make-model` writes a pipeline that loads.
 
-use std::process::Command;
+use crate::common::{persona, tiny};
 
 use persona_diffusion::pipeline::{LoadOptions, StableDiffusion};
-use persona_diffusion::testing::fixtures_dir;
-
-fn persona(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_persona"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn tiny() -> String {
-    fixtures_dir()
-        .join("sd2-tiny")
-        .to_string_lossy()
-        .into_owned()
-}
 
 fn stdout_json(o: &std::process::Output) -> serde_json::Value {
     let out = String::from_utf8_lossy(&o.stdout);

@@ -1,25 +1,11 @@
 //! `persona generate` as a user runs it: images with their parameters, exact reproduction of diffusers from a
 //! latents file, and broken models refused with a one-line error and a non-zero exit code.
 
+use crate::common::{persona, tiny};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use persona_diffusion::pipeline::image::read_png_text;
-use persona_diffusion::testing::{fixtures_dir, load_reference};
-
-fn persona(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_persona"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn tiny() -> String {
-    fixtures_dir()
-        .join("sd2-tiny")
-        .to_string_lossy()
-        .into_owned()
-}
+use persona_diffusion::testing::load_reference;
 
 #[test]
 fn writes_pngs_with_parameters_and_params_json() {

@@ -2,17 +2,10 @@
 //! tensors, `persona generate` uses it next to a plain identity, and `persona attention` writes one heat-map
 //! overlay per cross-attention resolution (16×16 and 8×8 on the tiny pipeline).
 
+use crate::common::persona;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use persona_diffusion::testing::fixtures_dir;
-
-fn persona(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_persona"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn ok(o: std::process::Output) -> std::process::Output {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
