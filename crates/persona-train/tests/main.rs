@@ -5,6 +5,7 @@ mod idea_grad;
 mod idea_parity;
 mod idea_train;
 mod identity;
+mod identity_io;
 mod mixed_precision;
 mod sdxl_train;
 mod sefi_step;
