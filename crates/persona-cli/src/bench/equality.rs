@@ -22,6 +22,7 @@ use persona_diffusion::device::{self, DeviceRequest};
 use persona_diffusion::models::clip_text::Output;
 use persona_diffusion::pipeline::{seeded_normal, GenerateParams, LoadOptions, StableDiffusion};
 use persona_diffusion::schedulers::SchedulerKind;
+use persona_diffusion::testing::gradcheck::norm_error;
 use persona_train::probe;
 use persona_train::recipe::MethodName;
 use rand::SeedableRng;
@@ -103,23 +104,9 @@ fn cpu_f32(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?)
 }
 
-/// ‖a − b‖ / ‖b‖ (0 when both are 0).
+/// ‖a − b‖ / ‖b‖ of tensors on any two devices (`gradcheck::norm_error` on CPU copies).
 fn rel_l2(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let (a, b) = (
-        cpu_f32(a)?.to_dtype(DType::F64)?,
-        cpu_f32(b)?.to_dtype(DType::F64)?,
-    );
-    let diff = (&a - &b)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
-    let norm = b.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
-    Ok(if norm == 0.0 {
-        if diff == 0.0 {
-            0.0
-        } else {
-            f64::INFINITY
-        }
-    } else {
-        diff / norm
-    })
+    Ok(norm_error(&cpu_f32(a)?, &cpu_f32(b)?)?)
 }
 
 fn abs_diff(a: &Tensor, b: &Tensor) -> Result<(f64, f64)> {
