@@ -22,7 +22,8 @@ use persona_train::optim::{AdamW, AdamWConfig, Schedule};
 use persona_train::output::{learned_tokens, to_identity};
 use persona_train::trainer::{Plan, TrainConfig, Trainer};
 
-fn shared(rel: &str) -> Option<PathBuf> {
+/// A file of `shared/` beside the checkout; skipped with a message outside CI, a failure under `CI`.
+pub(crate) fn shared(rel: &str) -> Option<PathBuf> {
     let p = fixtures_dir().join("../../shared").join(rel);
     if p.exists() {
         return Some(p);

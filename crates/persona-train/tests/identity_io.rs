@@ -19,11 +19,11 @@ const CROSS_INIT_FILES: [(&str, [f32; 2], f32); 2] = [
 #[test]
 fn imports_the_official_cross_init_files() {
     for (name, norms, cos) in CROSS_INIT_FILES {
-        let path = Path::new("/work/shared/data/embeddings/crossinit").join(format!("{name}.bin"));
-        if !path.exists() {
-            eprintln!("skipping: {} is not available here", path.display());
+        let Some(path) =
+            crate::idea_train::shared(&format!("data/embeddings/crossinit/{name}.bin"))
+        else {
             return;
-        }
+        };
         let imported = import(&path).unwrap();
         assert_eq!(imported.format, EmbeddingFormat::TokenMap);
         assert_eq!(imported.token.as_deref(), Some(name));
