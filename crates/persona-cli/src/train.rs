@@ -38,7 +38,7 @@ enum Method {
     after_help = "Example (the paper settings on SD 2.1-base, a GPU-sized job):\n  \
 persona train --model stabilityai/stable-diffusion-2-1-base --images photos/alice --token '<alice>' \\\n    \
 --method cross-init --out alice.safetensors\n\
-SDXL (ti or cross-init; both token tables are learned, docs/sdxl.md):\n  \
+SDXL (every method; both token tables are learned, docs/sdxl.md):\n  \
 persona train --model stabilityai/stable-diffusion-xl-base-1.0 --images photos/alice --token '<alice>' --method ti --out alice-xl.safetensors\n\
 Then: persona generate --model … --identity alice.safetensors --prompt '{} wearing an oversized sweater' --out out/"
 )]

@@ -173,3 +173,94 @@ fn train_generate_and_heat_maps() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("does not occur in the prompt"));
 }
+
+/// The same on SDXL (`fixtures/sdxl-tiny`, whose tokenizers have "man" as one token): SeFi-IDE with its
+/// attention loss and Cross Init with `--attn-loss` train, generate side by side, draw heat maps, and the SeFi
+/// identity exports to the SDXL A1111 layout.
+#[test]
+fn sdxl_train_generate_and_heat_maps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures_dir().join("sdxl-tiny");
+    let model = model.to_str().unwrap();
+    let photos = photos(tmp.path());
+    let (sefi, cross) = (
+        tmp.path().join("s.safetensors"),
+        tmp.path().join("c.safetensors"),
+    );
+    let common = [
+        "--model",
+        model,
+        "--images",
+        photos.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--resolution",
+        "16",
+        "--no-face-crop",
+        "--class-word",
+        "man",
+        "--attn-layers",
+        "all",
+    ];
+    let train = |method: &str, token: &str, out: &Path, extra: &[&str]| {
+        let head = ["train", "--method", method, "--token", token, "--out"];
+        ok(persona(
+            &[&head[..], &[out.to_str().unwrap()], &common[..], extra].concat(),
+        ));
+    };
+    train("sefi", "<s>", &sefi, &["--stages", "3"]);
+    train("cross-init", "<c>", &cross, &["--attn-loss", "0.01"]);
+    let tensors = candle_core::safetensors::load(&sefi, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(tensors["stages.keys"].dims(), [3, 1, 32]);
+    assert_eq!(tensors["stages.values_2"].dims(), [3, 1, 48]);
+
+    let ids = [
+        "--identity",
+        sefi.to_str().unwrap(),
+        "--identity",
+        cross.to_str().unwrap(),
+    ];
+    let out = tmp.path().join("gen");
+    let head = [
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "{0} next to {1} man",
+    ];
+    let tail = ["--steps", "3", "--height", "16", "--width", "24", "--out"];
+    ok(persona(
+        &[&head[..], &tail[..], &[out.to_str().unwrap()], &ids[..]].concat(),
+    ));
+    assert!(out.join("0000.png").is_file());
+
+    let maps = tmp.path().join("maps");
+    let head = [
+        "attention",
+        "--model",
+        model,
+        "--prompt",
+        "a photo of {0} next to {1} man",
+    ];
+    let tail = ["--token", "<s>", "--steps", "3", "--size", "32", "--out"];
+    ok(persona(
+        &[&head[..], &tail[..], &[maps.to_str().unwrap()], &ids[..]].concat(),
+    ));
+    assert!(maps.join("attention_8x8.png").is_file() && maps.join("attention_4x4.png").is_file());
+
+    let a1111 = tmp.path().join("s-a1111.safetensors");
+    let export = ["export", "--format", "a1111"];
+    ok(persona(
+        &[
+            &export[..],
+            &[sefi.to_str().unwrap(), a1111.to_str().unwrap()],
+        ]
+        .concat(),
+    ));
+    let tensors = candle_core::safetensors::load(&a1111, &candle_core::Device::Cpu).unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    assert_eq!(names, ["clip_g", "clip_l"]);
+}

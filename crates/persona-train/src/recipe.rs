@@ -256,16 +256,6 @@ pub fn build<'a>(
     seed: u64,
 ) -> Result<Built<'a>> {
     let o = &r.options;
-    if sd.is_sdxl() {
-        match r.method {
-            MethodName::Sefi => bail!("sefi (SeFi-IDE) is not yet on SDXL; use ti or cross-init"),
-            MethodName::Idea => bail!("idea (ID-EA) is not yet on SDXL; use ti or cross-init"),
-            _ if o.attn_loss.is_some_and(|w| w != 0.0) => {
-                bail!("the attention loss (--attn-loss) is not yet on SDXL")
-            }
-            _ => {}
-        }
-    }
     let latent_side = resolution as usize / sd.vae_scale();
     let layers = LayerSelect::parse(&o.attn_layers, latent_side)?;
     let attn_hyper = |weight: f64| serde_json::json!({"attn_loss": weight, "class_word": o.class_word, "attn_layers": o.attn_layers});

@@ -7,6 +7,7 @@ mod idea_train;
 mod identity;
 mod identity_io;
 mod mixed_precision;
+mod sdxl_methods;
 mod sdxl_train;
 mod sefi_step;
 mod sefi_train;

@@ -91,7 +91,7 @@ pub fn run(which: Which, a: &ModelArgs, w: &Weights, dev: &Device) -> Result<Tim
 /// UNet with the pooled embedding and time ids, MSE, backward to both rows.
 fn train_step(a: &ModelArgs, w: &Weights, dev: &Device, ids: &Tensor) -> Result<Timing> {
     if a.method != BenchMethod::Tokens {
-        bail!("--arch sdxl: only --method tokens (ID-EA is not yet on SDXL)");
+        bail!("--arch sdxl times --method tokens only (the added ID-EA modules are timed by the SD 2.x bench)");
     }
     let te = Encoders::load(w, a.arch)?;
     let uc = a.arch.unet_config()?;

@@ -103,14 +103,6 @@ impl StableDiffusion {
                     .into(),
             ));
         }
-        if self.is_sdxl() {
-            if let Some(t) = p.tokens.iter().find(|t| t.rows.rank() != 2) {
-                return Err(Error::Msg(format!(
-                    "tokens {} are per-stage key/value tokens (SeFi-IDE), not yet supported on SDXL",
-                    t.phrase()
-                )));
-            }
-        }
         let f = self.vae_scale();
         if !p.height.is_multiple_of(f)
             || !p.width.is_multiple_of(f)
@@ -223,29 +215,10 @@ impl StableDiffusion {
             let stages = self.stages_at(&p.tokens, t);
             if !batched.contains_key(&stages) {
                 if !encoded.contains_key(&stages) {
-                    let pair = if self.is_sdxl() {
-                        let enc = |e: super::TextEncoding| (Condition::new(e.embeds), e.pooled);
-                        (
-                            enc(self.encode_negative_with_tokens(
-                                &[&p.negative_prompt],
-                                &p.tokens,
-                                p.text_output,
-                            )?),
-                            enc(self.encode_text_with_tokens(
-                                &[&p.prompt],
-                                &p.tokens,
-                                p.text_output,
-                            )?),
-                        )
-                    } else {
-                        let enc = |prompt: &str| -> Result<Encoded> {
-                            Ok((
-                                self.encode_staged(&[prompt], &p.tokens, t, p.text_output)?,
-                                None,
-                            ))
-                        };
-                        (enc(&p.negative_prompt)?, enc(&p.prompt)?)
+                    let enc = |prompt: &str, negative: bool| {
+                        self.encode_at(&[prompt], &p.tokens, t, p.text_output, negative)
                     };
+                    let pair = (enc(&p.negative_prompt, true)?, enc(&p.prompt, false)?);
                     encoded.insert(stages.clone(), pair);
                 }
                 let ((u, u_pooled), (c, c_pooled)) = &encoded[&stages];

@@ -164,17 +164,10 @@ impl StableDiffusion {
     fn check_tokens(learned: &[LearnedTokens], sdxl: bool) -> Result<Vec<String>> {
         for l in learned {
             if l.rows.rank() != 2 {
-                return Err(Error::Msg(if sdxl {
-                    format!(
-                        "tokens {} are per-stage key/value tokens (SeFi-IDE), not yet supported on SDXL",
-                        l.phrase()
-                    )
-                } else {
-                    format!(
-                        "tokens {} are per-stage key/value tokens: encode them with encode_staged",
-                        l.phrase()
-                    )
-                }));
+                return Err(Error::Msg(format!(
+                    "tokens {} are per-stage key/value tokens: encode them with encode_at",
+                    l.phrase()
+                )));
             }
             match (&l.rows_2, sdxl) {
                 (None, true) => {

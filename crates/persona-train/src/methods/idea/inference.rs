@@ -104,12 +104,9 @@ fn load_adapter(id: &Identity) -> Result<(Adapter, Tensor)> {
         .modules
         .get(FUSED)
         .ok_or_else(|| Error::Msg(format!("adapter tensors but no `{FUSED}` tensor")))?;
-    let adapter = Adapter::new(
-        &mut Source::Saved(&id.modules),
-        id.width(),
-        heads as usize,
-        beta,
-    )?;
+    // The adapter is as wide as the condition: on SDXL both token tables' widths together.
+    let width = id.width() + id.rows_2().map_or(Ok(0), |r| r.dim(1))?;
+    let adapter = Adapter::new(&mut Source::Saved(&id.modules), width, heads as usize, beta)?;
     Ok((adapter, fused.to_dtype(candle_core::DType::F32)?))
 }
 

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
+use persona_diffusion::models::unet::AddedCond;
 use persona_diffusion::models::UNet2DConditionModel;
 use persona_diffusion::nn::{AttentionControl, Condition, LayerId};
 use persona_diffusion::pipeline::StableDiffusion;
@@ -81,7 +82,23 @@ pub fn unet_cross_attention_layers(
     let cond = Tensor::zeros((1, 1, cfg.cross_attention_dim), DType::F32, device)?;
     let t = Tensor::new(&[0f32], device)?;
     let recorder = LayerRecorder::default();
-    unet.forward(&latents, &t, &Condition::new(cond), Some(&recorder))?;
+    // SDXL's UNet also takes pooled text embeddings and time ids; zeros serve to walk its layers.
+    let added = unet
+        .added_text_dim()
+        .map(|dim| -> Result<AddedCond> {
+            Ok(AddedCond {
+                text_embeds: Tensor::zeros((1, dim), DType::F32, device)?,
+                time_ids: Tensor::zeros((1, 6), DType::F32, device)?,
+            })
+        })
+        .transpose()?;
+    unet.forward_added(
+        &latents,
+        &t,
+        &Condition::new(cond),
+        added.as_ref(),
+        Some(&recorder),
+    )?;
     let layers = recorder
         .0
         .into_inner()

@@ -4,6 +4,14 @@
 //! deltas on the cross-attention keys and values. As the paper describes it, not as the released code runs:
 //! the Enhancer is trained, the face embedding is the person's (aligned, averaged), and the adapter is saved
 //! and applied at inference (see `docs/idea.md`).
+//!
+//! On SDXL the pseudo-tokens have a row in each token table (Cross Init's anchor in each), the anchor the
+//! Enhancer reads is the two tables' anchors side by side (`[n, d1 + d2]`, the width of the condition), and
+//! the Adapter adapts the 2048-wide condition the UNet's cross-attention reads. The pooled embedding (the
+//! added conditioning's text part) is not adapted: the Adapter is defined on the token sequence the
+//! cross-attention reads, and the identity already reaches the pooled embedding through the learned
+//! `text_encoder_2` rows (it is pooled at a pseudo-token's position, as diffusers pools after
+//! `load_textual_inversion`). See `docs/sdxl.md`.
 
 pub mod adapter;
 pub mod enhancer;
@@ -94,8 +102,8 @@ pub struct Idea {
     enhancer: Enhancer,
     adapter: Adapter,
     kv: Option<KvDeltas>,
-    /// `C⁺` of the Mahalanobis regulariser.
-    precision: Option<Tensor>,
+    /// `C⁺` of the Mahalanobis regulariser, per token table.
+    precision: Option<(Tensor, Option<Tensor>)>,
     module_vars: Named,
     config: IdeaConfig,
 }
@@ -128,7 +136,7 @@ impl Idea {
         face: Tensor,
         face_model: impl Into<String>,
     ) -> Result<Self> {
-        let d = sd.text_encoder.config().hidden_size;
+        let d = anchor(&tokens)?.dim(1)?;
         let face = face.to_dtype(DType::F32)?.to_device(&sd.device)?;
         if face.rank() != 1 || face.dim(0)? == 0 {
             return Err(Error::Msg(format!(
@@ -159,7 +167,10 @@ impl Idea {
             None => None,
         };
         let precision = match config.reg {
-            Regularizer::Mahalanobis => Some(reg::precision(&tokens.init)?),
+            Regularizer::Mahalanobis => Some((
+                reg::precision(&tokens.init)?,
+                tokens.init_2.as_ref().map(reg::precision).transpose()?,
+            )),
             Regularizer::L2 => None,
         };
         Ok(Self {
@@ -177,7 +188,7 @@ impl Idea {
 
     /// The identity-enhanced embedding `[n, 2d]` of the current Enhancer.
     pub fn fused(&self) -> Result<Tensor> {
-        self.enhancer.forward(&self.face, &self.tokens.init)
+        self.enhancer.forward(&self.face, &anchor(&self.tokens)?)
     }
 
     /// The adapter's gate γ.
@@ -196,6 +207,14 @@ impl Idea {
         serde_json::json!({"num_tokens": c.init.num_tokens, "init_words": c.init.init_words, "heads": c.heads,
             "beta": c.beta, "reg": c.reg, "reg_weight": c.reg_weight, "kv_rank": c.kv_rank, "face_model": self.face_model})
     }
+}
+
+/// The textual anchor the Enhancer reads: Cross Init's anchor `[n, d]`, on SDXL both tables' side by side.
+fn anchor(tokens: &TokenMethod) -> Result<Tensor> {
+    Ok(match &tokens.init_2 {
+        Some(init_2) => Tensor::cat(&[&tokens.init, init_2], 1)?,
+        None => tokens.init.clone(),
+    })
 }
 
 impl Method for Idea {
@@ -217,10 +236,20 @@ impl Method for Idea {
         &self,
         sd: &StableDiffusion,
         captions: &[&str],
-        _timesteps: &[usize],
+        timesteps: &[usize],
     ) -> Result<Condition> {
-        let y = sd.encode_with_tokens(captions, &[self.tokens.tokens()], Output::Last)?;
-        Ok(Condition::new(self.adapter.forward(&y, &self.fused()?)?))
+        Ok(self.encode(sd, captions, timesteps)?.0)
+    }
+
+    fn encode(
+        &self,
+        sd: &StableDiffusion,
+        captions: &[&str],
+        _timesteps: &[usize],
+    ) -> Result<(Condition, Option<Tensor>)> {
+        let y = sd.encode_text_with_tokens(captions, &[self.tokens.tokens()], Output::Last)?;
+        let adapted = self.adapter.forward(&y.embeds, &self.fused()?)?;
+        Ok((Condition::new(adapted), y.pooled))
     }
 
     fn control(&self) -> Option<&dyn AttentionControl> {
@@ -228,15 +257,15 @@ impl Method for Idea {
     }
 
     fn extra_loss(&self) -> Result<Option<Tensor>> {
-        match &self.precision {
-            Some(p) => Ok(Some(reg::mahalanobis(
-                self.tokens.rows.as_tensor(),
-                &self.tokens.init,
-                p,
-                self.config.reg_weight,
-            )?)),
-            None => self.tokens.regularizer(),
+        let Some((p, p_2)) = &self.precision else {
+            return self.tokens.regularizer();
+        };
+        let w = self.config.reg_weight;
+        let mut reg = reg::mahalanobis(self.tokens.rows.as_tensor(), &self.tokens.init, p, w)?;
+        if let (Some(rows), Some(init), Some(p)) = (&self.tokens.rows_2, &self.tokens.init_2, p_2) {
+            reg = (reg + reg::mahalanobis(rows.as_tensor(), init, p, w)?)?;
         }
+        Ok(Some(reg))
     }
 
     fn extra_tensors(&self) -> BTreeMap<String, Tensor> {
@@ -246,7 +275,9 @@ impl Method for Idea {
     }
 
     fn identity_parts(&self) -> (Vec<String>, Tensor, BTreeMap<String, Tensor>) {
-        let mut modules = self.extra_tensors();
+        // The tokens' parts: names, rows, anchors and (SDXL) the second table's rows.
+        let (names, rows, mut modules) = self.tokens.identity_parts();
+        modules.insert(FACE_EMBEDDING.into(), self.face.clone());
         for (name, var) in &self.module_vars {
             modules.insert(name.clone(), var.as_tensor().detach());
         }
@@ -254,10 +285,6 @@ impl Method for Idea {
         if let Ok(fused) = self.fused() {
             modules.insert(FUSED.into(), fused.detach());
         }
-        (
-            self.tokens.names.clone(),
-            self.tokens.rows.as_tensor().detach(),
-            modules,
-        )
+        (names, rows, modules)
     }
 }

@@ -159,7 +159,9 @@ impl SubjectAttention {
                     .encode_unpadded(&to_reference(&caption[..at]))?
                     .len()
                     - 1;
-                if ids.get(j) != Some(&self.class_id) {
+                if ids.get(j) != Some(&self.class_id)
+                    || !second_aligned(sd, &reference, &self.class_word, j)?
+                {
                     return Err(Error::Msg(format!("caption {caption:?}: pseudo-token {name} does not align with {:?} in the reference (truncated?)", self.class_word)));
                 }
                 onehot[(b * l + j) * n + k] = 1.0;
@@ -167,7 +169,8 @@ impl SubjectAttention {
             references.push(reference);
         }
         let refs: Vec<&str> = references.iter().map(String::as_str).collect();
-        let reference = sd.encode_prompts(&refs, Output::Last)?.detach();
+        // SDXL: both encoders' states side by side, as the trained caption's condition.
+        let reference = sd.encode_text(&refs, Output::Last)?.embeds.detach();
         let columns = Tensor::from_vec(onehot, (captions.len(), 1, l, n), &sd.device)?
             .to_dtype(reference.dtype())?;
         *self.state.borrow_mut() = StepState {
@@ -225,6 +228,22 @@ impl SubjectAttention {
     pub fn loss(&self) -> Result<Tensor> {
         Ok((self.unweighted()? * self.weight)?)
     }
+}
+
+/// SDXL: whether `tokenizer_2` also has `class_word`, as one token, at position `j` of `reference` (the
+/// condition joins the two encoders' states position by position, so both must agree). Always true for
+/// SD 1.x/2.x.
+fn second_aligned(
+    sd: &StableDiffusion,
+    reference: &str,
+    class_word: &str,
+    j: usize,
+) -> Result<bool> {
+    let Some(x) = &sd.sdxl else {
+        return Ok(true);
+    };
+    let word = x.tokenizer_2.encode_unpadded(class_word)?;
+    Ok(word.len() == 3 && x.tokenizer_2.encode(reference)?.get(j) == Some(&word[1]))
 }
 
 impl AttentionControl for SubjectAttention {

@@ -5,6 +5,12 @@
 //! pseudo-token. A caption is encoded twice by the frozen text encoder (keys in the placeholder slots, then
 //! values) and every cross-attention layer takes its keys from the first encoding and its values from the
 //! second ([`LearnedTokens::staged`], shared with generation). A training sample uses the stage of its own timestep.
+//!
+//! On SDXL every vector has a part in each token table: the method learns `[S, n, d1 + d2]` tensors (the
+//! two tables' rows side by side, which is also the width of the condition they produce) and splits them at
+//! `d1` for the two encoders; identity files store the parts separately (`stages.keys` / `stages.values` and
+//! `stages.keys_2` / `stages.values_2`). The pooled embeddings come from the value encoding (see
+//! `persona_diffusion::pipeline`'s staged tokens).
 
 pub mod attention_loss;
 pub mod generator;
@@ -20,13 +26,17 @@ pub use attention_loss::{LayerSelect, SubjectAttention};
 pub use generator::Generator;
 
 use super::{anchor, Method, TokenMethod};
-use crate::identity::Identity;
+use crate::identity::{Identity, SDXL_CLIP_G};
 use crate::{Error, Result};
 
 /// Identity-file tensor of the per-stage key embeddings `[S, n, d]`.
 pub const KEYS: &str = "stages.keys";
 /// Identity-file tensor of the per-stage value embeddings `[S, n, d]`.
 pub const VALUES: &str = "stages.values";
+/// SDXL: identity-file tensor of the per-stage key embeddings of `text_encoder_2` `[S, n, d2]`.
+pub const KEYS_2: &str = "stages.keys_2";
+/// SDXL: identity-file tensor of the per-stage value embeddings of `text_encoder_2` `[S, n, d2]`.
+pub const VALUES_2: &str = "stages.values_2";
 
 /// How the 2·S·n vectors are parameterised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +70,8 @@ enum Params {
 pub struct SefiMethod {
     names: Vec<String>,
     stages: usize,
+    /// SDXL: the width of the first table's part (`d1`); the rest of each vector is the second table's.
+    split: Option<usize>,
     params: Params,
     train_steps: usize,
     attention: Option<SubjectAttention>,
@@ -71,11 +83,16 @@ impl SefiMethod {
             return Err(Error::Msg("--stages must be at least 1".into()));
         }
         let names = TokenMethod::token_names(sd, token, o.num_tokens)?;
-        let init = anchor::word_rows(
-            sd,
-            o.init_word.as_deref().unwrap_or(&o.class_word),
-            o.num_tokens,
-        )?;
+        let word = o.init_word.as_deref().unwrap_or(&o.class_word);
+        let first = anchor::word_rows_in(anchor::Table::first(sd), word, o.num_tokens)?;
+        let second = anchor::Table::second(sd)
+            .map(|t| anchor::word_rows_in(t, word, o.num_tokens))
+            .transpose()?;
+        let split = second.as_ref().map(|_| first.dim(1)).transpose()?;
+        let init = match &second {
+            Some(second) => Tensor::cat(&[&first, second], 1)?,
+            None => first,
+        };
         let params = match o.parameterisation {
             Parameterisation::Direct => {
                 let all = init.unsqueeze(0)?.repeat((o.stages, 1, 1))?;
@@ -95,6 +112,7 @@ impl SefiMethod {
         Ok(Self {
             names,
             stages: o.stages,
+            split,
             params,
             train_steps,
             attention,
@@ -114,7 +132,38 @@ impl SefiMethod {
     /// The pseudo-tokens as staged tokens (graph kept).
     pub fn staged(&self) -> Result<LearnedTokens> {
         let (keys, values) = self.keys_values()?;
-        LearnedTokens::staged(self.names.clone(), &keys, &values)
+        Ok(match self.split_tables(&keys, &values)? {
+            (first, Some(second)) => LearnedTokens::staged_sdxl(
+                self.names.clone(),
+                (&first.0, &first.1),
+                (&second.0, &second.1),
+            )?,
+            ((k, v), None) => LearnedTokens::staged(self.names.clone(), &k, &v)?,
+        })
+    }
+
+    /// Keys and values `[S, n, d1 + d2]` as the first table's part and (SDXL) the second's.
+    #[allow(clippy::type_complexity)]
+    fn split_tables(
+        &self,
+        keys: &Tensor,
+        values: &Tensor,
+    ) -> Result<((Tensor, Tensor), Option<(Tensor, Tensor)>)> {
+        let Some(d1) = self.split else {
+            return Ok(((keys.clone(), values.clone()), None));
+        };
+        let part = |t: &Tensor, first: bool| -> Result<Tensor> {
+            let d = t.dim(2)?;
+            Ok(if first {
+                t.narrow(2, 0, d1)?
+            } else {
+                t.narrow(2, d1, d - d1)?
+            })
+        };
+        Ok((
+            (part(keys, true)?, part(values, true)?),
+            Some((part(keys, false)?, part(values, false)?)),
+        ))
     }
 
     pub fn attention(&self) -> Option<&SubjectAttention> {
@@ -140,14 +189,23 @@ impl Method for SefiMethod {
         }
     }
 
-    /// Samples are grouped by stage; each group is encoded with its stage's keys and values, and the rows are
-    /// put back in batch order.
     fn condition(
         &self,
         sd: &StableDiffusion,
         captions: &[&str],
         timesteps: &[usize],
     ) -> Result<Condition> {
+        Ok(self.encode(sd, captions, timesteps)?.0)
+    }
+
+    /// Samples are grouped by stage; each group is encoded with its stage's keys and values (SDXL: pooled
+    /// embeddings from the values), and the rows are put back in batch order.
+    fn encode(
+        &self,
+        sd: &StableDiffusion,
+        captions: &[&str],
+        timesteps: &[usize],
+    ) -> Result<(Condition, Option<Tensor>)> {
         if captions.len() != timesteps.len() {
             return Err(Error::Msg(format!(
                 "{} captions for {} timesteps",
@@ -158,7 +216,7 @@ impl Method for SefiMethod {
         let staged = self.staged()?;
         let stage = |t: usize| stage_of(t as f64, self.stages, self.train_steps);
         let mut order = Vec::new();
-        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        let (mut keys, mut values, mut pooled) = (Vec::new(), Vec::new(), Vec::new());
         let mut stages: Vec<usize> = timesteps.iter().map(|&t| stage(t)).collect();
         stages.sort_unstable();
         stages.dedup();
@@ -167,16 +225,13 @@ impl Method for SefiMethod {
                 .filter(|&i| stage(timesteps[i]) == s)
                 .collect();
             let prompts: Vec<&str> = group.iter().map(|&i| captions[i]).collect();
-            keys.push(sd.encode_with_tokens(
-                &prompts,
-                &[staged.at_stage(s, false)?],
-                Output::Last,
-            )?);
-            values.push(sd.encode_with_tokens(
-                &prompts,
-                &[staged.at_stage(s, true)?],
-                Output::Last,
-            )?);
+            let encode = |value: bool| {
+                sd.encode_text_with_tokens(&prompts, &[staged.at_stage(s, value)?], Output::Last)
+            };
+            keys.push(encode(false)?.embeds);
+            let v = encode(true)?;
+            values.push(v.embeds);
+            pooled.extend(v.pooled);
             order.extend(group);
         }
         if let Some(a) = &self.attention {
@@ -199,7 +254,8 @@ impl Method for SefiMethod {
                 all.index_select(&back, 0)?
             })
         };
-        Ok(Condition::split(regroup(keys)?, regroup(values)?))
+        let pooled = (!pooled.is_empty()).then(|| regroup(pooled)).transpose()?;
+        Ok((Condition::split(regroup(keys)?, regroup(values)?), pooled))
     }
 
     fn control(&self) -> Option<&dyn AttentionControl> {
@@ -213,22 +269,32 @@ impl Method for SefiMethod {
             .transpose()
     }
 
-    /// The identity stores the per-stage tensors (`stages.keys`, `stages.values`, detached generator output
-    /// for the generator option) and, as its `[n, d]` embeddings, their mean over stages and K/V: the best
-    /// single vector for tools that know no stages (exports).
+    /// The identity stores the per-stage tensors (`stages.keys`, `stages.values`, on SDXL also `stages.keys_2`,
+    /// `stages.values_2`; detached generator output for the generator option) and, as its `[n, d]` embeddings
+    /// (SDXL: and `sdxl.clip_g`), their mean over stages and K/V: the best single vector for tools that know no
+    /// stages (exports).
     fn identity_parts(&self) -> (Vec<String>, Tensor, BTreeMap<String, Tensor>) {
         let (keys, values) = self
             .keys_values()
             .expect("the generator's shapes are fixed at construction");
-        let (keys, values) = (keys.detach(), values.detach());
-        let mean = Tensor::cat(&[&keys, &values], 0)
-            .and_then(|kv| kv.mean(0))
-            .expect("[2S, n, d] tensors");
-        (
-            self.names.clone(),
-            mean,
-            BTreeMap::from([(KEYS.to_string(), keys), (VALUES.to_string(), values)]),
-        )
+        let (first, second) = self
+            .split_tables(&keys.detach(), &values.detach())
+            .expect("[S, n, d1 + d2] tensors");
+        let mean = |(k, v): &(Tensor, Tensor)| {
+            Tensor::cat(&[k, v], 0)
+                .and_then(|kv| kv.mean(0))
+                .expect("[2S, n, d] tensors")
+        };
+        let mut modules = BTreeMap::from([
+            (KEYS.to_string(), first.0.clone()),
+            (VALUES.to_string(), first.1.clone()),
+        ]);
+        if let Some(second) = second {
+            modules.insert(SDXL_CLIP_G.to_string(), mean(&second));
+            modules.insert(KEYS_2.to_string(), second.0);
+            modules.insert(VALUES_2.to_string(), second.1);
+        }
+        (self.names.clone(), mean(&first), modules)
     }
 }
 
@@ -272,8 +338,16 @@ impl<M: Method> Method for WithAttentionLoss<M> {
         captions: &[&str],
         timesteps: &[usize],
     ) -> Result<Condition> {
+        Ok(self.encode(sd, captions, timesteps)?.0)
+    }
+    fn encode(
+        &self,
+        sd: &StableDiffusion,
+        captions: &[&str],
+        timesteps: &[usize],
+    ) -> Result<(Condition, Option<Tensor>)> {
         self.attention.prepare(sd, captions, &self.names)?;
-        self.inner.condition(sd, captions, timesteps)
+        self.inner.encode(sd, captions, timesteps)
     }
     fn control(&self) -> Option<&dyn AttentionControl> {
         Some(&self.attention)
@@ -296,14 +370,34 @@ impl<M: Method> Method for WithAttentionLoss<M> {
 /// The per-stage tokens of a SeFi identity (`None` for a plain token identity); an error naming the identity
 /// when its stage tensors are inconsistent.
 pub fn staged_tokens(identity: &Identity) -> Result<Option<LearnedTokens>> {
-    match (identity.modules.get(KEYS), identity.modules.get(VALUES)) {
-        (None, None) => Ok(None),
-        (Some(k), Some(v)) => LearnedTokens::staged(identity.tokens.clone(), k, v)
-            .map(Some)
-            .map_err(|e| Error::Msg(format!("identity {}: {e}", identity.token))),
+    let m = &identity.modules;
+    let named =
+        |e: persona_diffusion::Error| Error::Msg(format!("identity {}: {e}", identity.token));
+    let names = identity.tokens.clone();
+    match (
+        m.get(KEYS),
+        m.get(VALUES),
+        m.get(KEYS_2),
+        m.get(VALUES_2),
+        identity.is_sdxl(),
+    ) {
+        (None, None, None, None, _) => Ok(None),
+        (Some(k), Some(v), None, None, false) => {
+            LearnedTokens::staged(names, k, v).map(Some).map_err(named)
+        }
+        (Some(k), Some(v), Some(k2), Some(v2), true) => {
+            LearnedTokens::staged_sdxl(names, (k, v), (k2, v2))
+                .map(Some)
+                .map_err(named)
+        }
         _ => Err(Error::Msg(format!(
-            "identity {} has only one of {KEYS} / {VALUES}",
-            identity.token
+            "identity {} has an incomplete set of stage tensors ({KEYS}, {VALUES}{})",
+            identity.token,
+            if identity.is_sdxl() {
+                format!(", {KEYS_2}, {VALUES_2}")
+            } else {
+                String::new()
+            }
         ))),
     }
 }
