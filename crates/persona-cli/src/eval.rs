@@ -68,9 +68,22 @@ pub struct EvalArgs {
     /// Folder with face models (also $PERSONA_MODELS, ~/.cache/persona/models, ~/.insightface/models).
     #[arg(long)]
     models: Option<PathBuf>,
+    /// Face detector: an SCRFD .onnx, one of MTCNN's pnet/rnet/onet.onnx, or a folder (default: found like
+    /// every face model); or `none`: no detector, the whole image is the face (its centred square, resized to
+    /// the recogniser's input), so the detection rate is 1 by construction. `none` is a keyword even if a
+    /// file of that name exists (write ./none for the file).
+    #[arg(long, value_name = "PATH|none")]
+    detector: Option<PathBuf>,
+    /// Face recogniser (.onnx: ArcFace or FaceNet); default: found like every face model.
+    #[arg(long, value_name = "PATH")]
+    recognizer: Option<PathBuf>,
     /// Round-trip images through JPEG quality 75 before scoring (as Celeb Basis did).
     #[arg(long)]
     jpeg75: bool,
+    /// Also draw every prompt with its placeholders replaced by this phrase (e.g. "a person") and score it as
+    /// method `baseline`: what the model draws without the identity, for comparison.
+    #[arg(long, value_name = "PHRASE")]
+    baseline: Option<String>,
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
@@ -111,10 +124,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
         clip: a.clip,
         faces: ModelSearch {
             models_dir: a.models,
+            detector: a.detector,
+            recognizer: a.recognizer,
             ..Default::default()
         },
         jpeg: a.jpeg75,
         out: a.out.clone(),
+        baseline: a.baseline,
     };
     let bar = crate::progress::bar(0, "evaluating");
     let results = run_on(&cfg, &place, &bar)?;

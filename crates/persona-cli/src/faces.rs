@@ -2,8 +2,8 @@
 //!
 //! Exit status: when an input image has no face, the command still handles the other inputs
 //! (except `embed`, which writes all or nothing), prints a message and `run` returns an error
-//! wrapping [`NoFaceFound`]. Returned from `main`, that error exits with status 1
-//! ([`EXIT_NO_FACE`]); callers can tell it from other failures with
+//! wrapping [`NoFaceFound`]. Returned to `main`, that error exits with status 1
+//! ([`EXIT_NO_FACE`]; every other failure exits 2); callers can tell it from other failures with
 //! `err.downcast_ref::<NoFaceFound>()`. All files are written atomically (temporary file in the
 //! destination folder, then rename), so an interrupted run never leaves a half-written output.
 
@@ -17,8 +17,7 @@ use persona_faces::{
     cosine, largest, load_rgb, Detector, Face, ModelSearch, Recognizer, RecognizerKind,
 };
 
-/// Exit status for "an input image has no face" (what returning [`NoFaceFound`] from `main` gives).
-#[allow(dead_code)] // for main.rs, which may map errors to exit codes itself
+/// Exit status for "an input image has no face" (`main` maps [`NoFaceFound`] to it; other failures exit 2).
 pub const EXIT_NO_FACE: i32 = 1;
 
 /// The error `run` returns when some inputs contain no face.
@@ -55,8 +54,11 @@ pub struct ModelFlags {
     /// Models folder searched first (then $PERSONA_MODELS, ~/.cache/persona/models, ~/.insightface/models).
     #[arg(long, global = true, value_name = "DIR")]
     pub models: Option<PathBuf>,
-    /// Detector: an SCRFD .onnx (det_10g.onnx), one of MTCNN's pnet/rnet/onet.onnx, or a folder.
-    #[arg(long, global = true, value_name = "PATH")]
+    /// Detector: an SCRFD .onnx (det_10g.onnx), one of MTCNN's pnet/rnet/onet.onnx, or a folder; or
+    /// `none`: no detector, the whole image is the face (its centred square, resized to the recogniser's
+    /// input; for drawn faces and non-face subjects). `none` is a keyword even if a file of that name
+    /// exists (write ./none for the file).
+    #[arg(long, global = true, value_name = "PATH|none")]
     pub detector: Option<PathBuf>,
     /// Recogniser .onnx (ArcFace w600k_r50.onnx, FaceNet …_160.onnx).
     #[arg(long, global = true, value_name = "PATH")]
@@ -84,7 +86,8 @@ pub enum FacesCommand {
         #[arg(long, value_name = "OUT")]
         draw: Option<PathBuf>,
     },
-    /// Write the ArcFace-aligned crop of each image's largest face to DIR/<name>.png.
+    /// Write the ArcFace-aligned crop of each image's largest face to DIR/<name>.png (with --detector none:
+    /// the image's centred square, resized).
     Align {
         #[arg(required = true)]
         images: Vec<PathBuf>,
@@ -313,7 +316,11 @@ fn align(search: &ModelSearch, images: &[PathBuf], out: &Path, size: u32) -> Res
             missing.push(path.clone());
             continue;
         };
-        let crop = persona_faces::aligned_crop(&img, &face.landmarks, size)?;
+        let crop = if detector.whole_image() {
+            persona_faces::WholeImage::crop(&img, size)?
+        } else {
+            persona_faces::aligned_crop(&img, &face.landmarks, size)?
+        };
         let target = unique_name(out, path, "", &mut used);
         save_image_atomic(&crop, &target)?;
         println!("{} -> {}", path.display(), target.display());
@@ -324,8 +331,12 @@ fn align(search: &ModelSearch, images: &[PathBuf], out: &Path, size: u32) -> Res
 /// A face and its embedding.
 type Embedded = (Face, Vec<f32>);
 
-/// Largest face and embedding of every image, and the recogniser's name; `Err(NoFaceFound)` if any has none.
-fn embed_all(search: &ModelSearch, images: &[PathBuf]) -> Result<(Vec<Embedded>, String)> {
+/// Largest face and embedding of every image, the recogniser's and the detector's names; `Err(NoFaceFound)`
+/// if any has none.
+fn embed_all(
+    search: &ModelSearch,
+    images: &[PathBuf],
+) -> Result<(Vec<Embedded>, String, &'static str)> {
     let detector = load_detector(search)?;
     let recognizer = load_recognizer(search)?;
     let mut found = Vec::new();
@@ -339,12 +350,12 @@ fn embed_all(search: &ModelSearch, images: &[PathBuf]) -> Result<(Vec<Embedded>,
     }
     no_face(missing)?;
     let model = format!("{:?}:{}", recognizer.kind(), recognizer.path().display()).to_lowercase();
-    Ok((found, model))
+    Ok((found, model, detector.name()))
 }
 
 fn embed(search: &ModelSearch, images: &[PathBuf], out: &Path) -> Result<()> {
     use safetensors::tensor::{Dtype, TensorView};
-    let (found, model) = embed_all(search, images)?;
+    let (found, model, detector) = embed_all(search, images)?;
     let dim = found[0].1.len();
     let flat =
         |it: &mut dyn Iterator<Item = f32>| -> Vec<u8> { it.flat_map(f32::to_le_bytes).collect() };
@@ -372,6 +383,7 @@ fn embed(search: &ModelSearch, images: &[PathBuf], out: &Path) -> Result<()> {
     let mut meta = std::collections::HashMap::new();
     meta.insert("images".to_string(), serde_json::to_string(images)?);
     meta.insert("recognizer".to_string(), model);
+    meta.insert("detector".to_string(), detector.to_string());
     let bytes = safetensors::serialize(tensors, Some(meta))?;
     write_atomic(out, &bytes)?;
     println!("{n} embedding(s) of size {dim} -> {}", out.display());
@@ -379,7 +391,7 @@ fn embed(search: &ModelSearch, images: &[PathBuf], out: &Path) -> Result<()> {
 }
 
 fn compare(search: &ModelSearch, images: &[PathBuf], json: bool) -> Result<()> {
-    let (found, _) = embed_all(search, images)?;
+    let (found, ..) = embed_all(search, images)?;
     let n = found.len();
     let m: Vec<Vec<f32>> = (0..n)
         .map(|i| (0..n).map(|j| cosine(&found[i].1, &found[j].1)).collect())

@@ -5,6 +5,7 @@
 mod attention;
 mod bench;
 mod compare;
+mod demo;
 mod device_flags;
 mod eval;
 mod faces;
@@ -25,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Learn a person of the trained world (world/) and draw them in new scenes: the whole job in minutes on a CPU.
+    Demo(demo::DemoArgs),
     /// Generate images from a prompt with a Stable Diffusion model (diffusers folder or cached hub id).
     Generate(generate::GenerateArgs),
     /// Learn an identity (pseudo-tokens) from photos of a person.
@@ -57,6 +60,7 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(a) => demo::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Train(a) => train::run(a),
         Command::Faces(a) => faces::run(a),
@@ -69,6 +73,10 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
+        // `persona faces`: an input without a face is status 1 (docs/faces.md), other failures 2.
+        if e.downcast_ref::<faces::NoFaceFound>().is_some() {
+            std::process::exit(faces::EXIT_NO_FACE);
+        }
         std::process::exit(2);
     }
 }

@@ -29,9 +29,9 @@ enum Method {
 }
 
 /// Learns pseudo-tokens for the person in IMAGES (every jpg/png/webp in the folder). Each photo is cropped to
-/// a square around the detected face (centre crop when no face or no detector is found; never stretched),
-/// resized to --resolution and flipped at random. Checkpoints (identity + optimizer state) go to
-/// OUT.ckpt.safetensors every --save-every steps; --resume continues from it to the same result an
+/// a square around the detected face (centre crop when no face or no detector is found, or with --detector
+/// none; never stretched), resized to --resolution and flipped at random. Checkpoints (identity + optimizer
+/// state) go to OUT.ckpt.safetensors every --save-every steps; --resume continues from it to the same result an
 /// uninterrupted run gives. The loss of every step is logged to OUT.loss.jsonl.
 #[derive(Args, Debug)]
 #[command(
@@ -146,6 +146,13 @@ pub struct TrainArgs {
     /// Do not look for a face detector; centre-crop every photo.
     #[arg(long)]
     no_face_crop: bool,
+    /// Face detector for the crop (and ID-EA's face embedding): an SCRFD .onnx, one of MTCNN's
+    /// pnet/rnet/onet.onnx, or a folder (default: found like every face model); or `none`: no detector,
+    /// the whole photo is the face — photos are centre-cropped and ID-EA embeds the whole photo (its
+    /// centred square, resized to the recogniser's input). `none` is a keyword even if a file of that name
+    /// exists (write ./none for the file).
+    #[arg(long, value_name = "PATH|none")]
+    detector: Option<PathBuf>,
     /// Folder with face models (also $PERSONA_MODELS, ~/.cache/persona/models, ~/.insightface/models).
     #[arg(long)]
     models: Option<PathBuf>,
@@ -260,6 +267,7 @@ fn recipe_of(a: &TrainArgs) -> Recipe {
         options,
         faces: ModelSearch {
             models_dir: a.models.clone(),
+            detector: a.detector.clone(),
             recognizer: a.recognizer.clone(),
             ..Default::default()
         },

@@ -333,7 +333,7 @@ fn bench_runs_sdxl_parts() {
         "cpu",
     ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("only --method tokens"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--method tokens only"));
 }
 
 /// Values no run can use are refused by name before anything loads, and nothing is written.

@@ -3,6 +3,7 @@
 
 mod common;
 mod device_cli;
+mod faces_cli;
 mod generate_cli;
 mod idea_cli;
 mod sefi_cli;

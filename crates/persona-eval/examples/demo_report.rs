@@ -78,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         faces: ModelSearch::in_dir(models),
         jpeg: false,
         out: out.join("eval"),
+        baseline: None,
     };
     run(&cfg, &indicatif::ProgressBar::hidden())?;
     println!("{}", out.join("eval/report.html").display());

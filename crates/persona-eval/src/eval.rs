@@ -34,6 +34,9 @@ pub struct EvalConfig {
     pub faces: ModelSearch,
     pub jpeg: bool,
     pub out: PathBuf,
+    /// Also generate every prompt with its placeholders replaced by this phrase (`"a person"`): the same prompts
+    /// without the identity, reported as method `baseline`.
+    pub baseline: Option<String>,
 }
 
 /// Where the generating models run and in which dtype (the face models and the CLIP scorer stay on the CPU).
@@ -113,19 +116,35 @@ fn generate_and_score(
     let names: Vec<String> = identities.iter().map(|i| i.token.clone()).collect();
     let references = reference_embeddings(scorer, &cfg.references, &names)?;
     let method = method_label(&identities);
-    let units: Vec<Unit> = (0..names.len())
-        .flat_map(|i| set.prompts.iter().enumerate().map(move |(p, t)| (i, p, t)))
-        .map(|(identity, prompt_index, t)| Unit {
-            method: method.clone(),
-            identity,
-            class: set.name.clone(),
-            prompt_index,
-            template: t.clone(),
+    let runs = std::iter::once((method.clone(), None)).chain(
+        cfg.baseline
+            .iter()
+            .map(|b| (crate::protocol::BASELINE.to_string(), Some(b.clone()))),
+    );
+    let units: Vec<Unit> = runs
+        .flat_map(|(method, baseline)| {
+            (0..names.len()).flat_map(move |identity| {
+                let (method, baseline) = (method.clone(), baseline.clone());
+                set.prompts
+                    .iter()
+                    .enumerate()
+                    .map(move |(prompt_index, t)| Unit {
+                        method: method.clone(),
+                        identity,
+                        class: set.name.clone(),
+                        prompt_index,
+                        template: t.clone(),
+                        baseline: baseline.clone(),
+                    })
+            })
         })
         .collect();
     bar.set_length(units.len() as u64 * cfg.sampling.unit_ticks());
     bar.set_message("generating and scoring");
-    let settings = settings(Some(model), Some(&cfg.sampling), scorer, cfg.jpeg);
+    let mut settings = settings(Some(model), Some(&cfg.sampling), scorer, cfg.jpeg);
+    if let Some(b) = &cfg.baseline {
+        settings["baseline"] = b.as_str().into();
+    }
     let key = settings.to_string();
     let loaded: Vec<Option<Identity>> = identities.into_iter().map(Some).collect();
     let cx = UnitContext {
@@ -324,6 +343,7 @@ fn score_prompt_folder(
         class: "images".into(),
         prompt_index,
         template: template.clone(),
+        baseline: None,
     };
     let order = unit.identities(names.len());
     let refs: Vec<&[f32]> = order.iter().map(|&i| references[i].as_slice()).collect();

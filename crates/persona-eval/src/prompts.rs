@@ -22,6 +22,23 @@ const BUNDLED: &[(&str, &str)] = &[
         "idea_examples",
         include_str!("../../../data/prompts/idea_examples.txt"),
     ),
+    // The world's sets (tools/world, docs/world.md): only words its captions use.
+    (
+        "world_single",
+        include_str!("../../../data/prompts/world_single.txt"),
+    ),
+    (
+        "world_expression",
+        include_str!("../../../data/prompts/world_expression.txt"),
+    ),
+    (
+        "world_with_celeb",
+        include_str!("../../../data/prompts/world_with_celeb.txt"),
+    ),
+    (
+        "world_double",
+        include_str!("../../../data/prompts/world_double.txt"),
+    ),
 ];
 
 /// A named list of prompt templates; the name is the prompt class of the report's scatter plot.

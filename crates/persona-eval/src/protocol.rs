@@ -101,7 +101,13 @@ pub struct Unit {
     pub class: String,
     pub prompt_index: usize,
     pub template: String,
+    /// A comparison unit without identities: placeholders become this phrase (`--baseline "a person"`), so the
+    /// same prompts show what the model draws without the identity.
+    pub baseline: Option<String>,
 }
+
+/// The method label of baseline units.
+pub const BASELINE: &str = "baseline";
 
 impl Unit {
     /// `images/<method>/<identity>/<class>/<prompt index>`, relative to the output folder.
@@ -252,15 +258,24 @@ fn generate_missing(cx: &UnitContext, unit: &Unit, order: &[usize], dir: &Path) 
         .collect();
     cx.bar
         .inc(((s.images_per_prompt - missing.len()) * s.steps) as u64);
-    let chosen = order
-        .iter()
-        .map(|&i| {
-            cx.identities[i]
-                .clone()
-                .with_context(|| format!("identity {} is not loaded", cx.names[i]))
-        })
-        .collect::<Result<Vec<Identity>>>()?;
-    let (tokens, names) = persona_train::output::learned_tokens(&chosen);
+    let chosen = match &unit.baseline {
+        Some(_) => Vec::new(),
+        None => order
+            .iter()
+            .map(|&i| {
+                cx.identities[i]
+                    .clone()
+                    .with_context(|| format!("identity {} is not loaded", cx.names[i]))
+            })
+            .collect::<Result<Vec<Identity>>>()?,
+    };
+    let (tokens, mut names) = persona_train::output::learned_tokens(&chosen);
+    if let Some(phrase) = &unit.baseline {
+        names = order
+            .iter()
+            .map(|&i| (cx.names[i].clone(), phrase.clone()))
+            .collect();
+    }
     let prompt = expand_prompt(&unit.template, &names)?;
     // ID-EA identities carry adapters; generation applies them as `persona generate` does.
     let control = IdentityControl::new(cx.sd, &chosen, AdapterUse::Apply, s.guidance > 1.0)?;
@@ -343,6 +358,7 @@ mod tests {
             class: "double".into(),
             prompt_index: 0,
             template: template.into(),
+            baseline: None,
         };
         assert_eq!(
             unit(2, "a {} person and a {1} person").identities(3),

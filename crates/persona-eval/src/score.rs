@@ -224,11 +224,13 @@ pub fn jpeg_round_trip(img: &RgbImage) -> Result<RgbImage> {
     Ok(image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)?.to_rgb8())
 }
 
-/// `mtcnn + facenet_inception_resnet_v1_160.onnx`: file names only, so results from different machines match.
+/// `mtcnn + facenet_inception_resnet_v1_160.onnx`: file names only, so results from different machines match;
+/// `none (whole image) + …` with `--detector none`.
 fn describe_face_models(search: &ModelSearch) -> Result<String> {
     let det = match search.find_detector().map_err(|e| anyhow::anyhow!("{e}"))? {
         DetectorChoice::Scrfd(p) => file_name(&p),
         DetectorChoice::Mtcnn(_) => "mtcnn".to_string(),
+        DetectorChoice::WholeImage => persona_faces::WholeImage::NAME.to_string(),
     };
     let rec = search
         .find_recognizer()

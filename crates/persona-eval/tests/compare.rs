@@ -144,6 +144,7 @@ fn sharded_compare_equals_one_run_resumes_and_its_report_loads() {
         faces: ModelSearch::in_dir(&models),
         jpeg: false,
         out: tmp.path().join("eval"),
+        baseline: None,
     };
     let evaluated = persona_eval::eval::run(&cfg, &bar).unwrap();
     let ti: Vec<_> = results

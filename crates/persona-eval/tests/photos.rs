@@ -102,6 +102,7 @@ fn id_ranks_same_person_first_and_detection_separates_faces_from_noise() {
         faces: ModelSearch::in_dir(&s.models),
         jpeg: false,
         out: s.root.join("out"),
+        baseline: None,
     };
     let results = run(&cfg, &ProgressBar::hidden()).unwrap();
     let photo = results

@@ -6,7 +6,7 @@ use crate::align::aligned_crop;
 use crate::detect::{largest, Detector, Face};
 use crate::error::Result;
 use crate::models::ModelSearch;
-use crate::recognize::Recognizer;
+use crate::recognize::{box_crop, Recognizer};
 
 /// A detector plus a recogniser, loaded once and reused for every image (thread-safe).
 pub struct FaceAnalyzer {
@@ -59,8 +59,13 @@ impl FaceAnalyzer {
         Ok(largest(&self.detector.detect(img)?))
     }
 
-    /// The `size`×`size` ArcFace-aligned crop of `face` (what training crops use).
+    /// The `size`×`size` ArcFace-aligned crop of `face`; with the whole-image detector
+    /// (`--detector none`) the face's box resized instead, i.e. the plain resize of the image's
+    /// centred square (see [`crate::whole`] for why not the alignment).
     pub fn aligned_crop(&self, img: &RgbImage, face: &Face, size: u32) -> Result<RgbImage> {
+        if self.detector.whole_image() {
+            return box_crop(img, face.bbox, 0.0, size);
+        }
         aligned_crop(img, &face.landmarks, size)
     }
 
@@ -88,5 +93,6 @@ mod tests {
         check::<crate::Mtcnn>();
         check::<crate::Scrfd>();
         check::<crate::OnnxRecognizer>();
+        check::<crate::WholeImage>();
     }
 }

@@ -45,8 +45,13 @@ pub fn largest(faces: &[Face]) -> Option<Face> {
 
 /// A face detector producing boxes with 5 landmarks.
 pub trait Detector: Send + Sync {
-    /// Short name for logs and reports ("mtcnn", "scrfd").
+    /// Short name for logs and reports ("mtcnn", "scrfd", "none (whole image)").
     fn name(&self) -> &'static str;
     /// All faces found, best score first. An image with no face gives an empty list.
     fn detect(&self, img: &RgbImage) -> Result<Vec<Face>>;
+    /// `true` for [`crate::WholeImage`] (`--detector none`): the one "face" is the image's centred
+    /// square, cropped by resizing rather than by alignment.
+    fn whole_image(&self) -> bool {
+        false
+    }
 }

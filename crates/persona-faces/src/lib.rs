@@ -1,11 +1,12 @@
-//! Faces: detection (MTCNN, SCRFD), 5-point alignment and recognition (ArcFace, FaceNet).
+//! Faces: detection (MTCNN, SCRFD, or the whole image), 5-point alignment and recognition (ArcFace, FaceNet).
 //!
 //! Everything runs on the CPU through `tract-onnx` with the original ONNX graphs, so the same
 //! model files users have for insightface / facenet work unchanged. The pieces:
 //!
 //! * [`image_io`] loads any photo (grayscale, RGBA, 16-bit, EXIF-rotated) as 8-bit RGB;
 //! * [`onnx::OnnxModel`] parses a graph once and keeps one optimised tract plan per input shape;
-//! * [`Mtcnn`] and [`Scrfd`] find faces with 5 landmarks ([`Face`]);
+//! * [`Mtcnn`] and [`Scrfd`] find faces with 5 landmarks ([`Face`]); [`WholeImage`]
+//!   (`--detector none`) takes the image itself as the face, for drawn faces and other subjects;
 //! * [`align`] warps a face onto the ArcFace 5-point template;
 //! * [`Recognizer`] turns a crop into an L2-normalised embedding;
 //! * [`models`] finds model files; [`FaceAnalyzer`] bundles a detector and a recogniser and is
@@ -28,13 +29,15 @@ pub mod onnx;
 pub mod recognize;
 pub mod resize;
 pub mod scrfd;
+pub mod whole;
 
 pub use align::{aligned_crop, arcface_template, Similarity, ARCFACE_TEMPLATE_112};
 pub use analyzer::FaceAnalyzer;
 pub use detect::{largest, Detector, Face};
 pub use error::{FaceError, Result};
 pub use image_io::{load_rgb, to_rgb};
-pub use models::{DetectorChoice, ModelSearch, RecognizerChoice};
+pub use models::{DetectorChoice, ModelSearch, RecognizerChoice, NO_DETECTOR};
 pub use mtcnn::{Mtcnn, MtcnnConfig};
 pub use recognize::{cosine, CropStyle, OnnxRecognizer, Recognizer, RecognizerKind};
 pub use scrfd::{Scrfd, ScrfdConfig};
+pub use whole::WholeImage;

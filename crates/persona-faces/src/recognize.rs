@@ -92,24 +92,31 @@ pub trait Recognizer: Send + Sync {
 pub fn make_crop(img: &RgbImage, face: &Face, pre: &Preprocess) -> Result<RgbImage> {
     match pre.crop {
         CropStyle::Aligned { zoom } => aligned_crop_scaled(img, &face.landmarks, pre.size, zoom),
-        CropStyle::BoxMargin { margin } => {
-            let [x1, y1, x2, y2] = face.bbox;
-            let side = (x2 - x1).max(y2 - y1) * (1.0 + 2.0 * margin);
-            if !(side >= 1.0) || !side.is_finite() {
-                return Err(FaceError::InvalidInput(format!(
-                    "face box {:?} is empty",
-                    face.bbox
-                )));
-            }
-            let (cx, cy) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0);
-            let s = side.round() as usize;
-            let x0 = (cx - side / 2.0).round() as i64;
-            let y0 = (cy - side / 2.0).round() as i64;
-            let crop = ImageF32::from_rgb(img).crop_padded(x0, y0, s, s);
-            let n = pre.size as usize;
-            Ok(resize(&crop, n, n, Filter::Area).to_rgb())
-        }
+        CropStyle::BoxMargin { margin } => box_crop(img, face.bbox, margin, pre.size),
     }
+}
+
+/// The square around `bbox` (side: the box's larger side enlarged by `margin` of it on every side),
+/// zero-padded at the border and resized to `size`×`size` with [`Filter::Area`]. With no margin and a
+/// square box on whole pixels this is the plain resize of that square.
+pub fn box_crop(img: &RgbImage, bbox: [f32; 4], margin: f32, size: u32) -> Result<RgbImage> {
+    let [x1, y1, x2, y2] = bbox;
+    let side = (x2 - x1).max(y2 - y1) * (1.0 + 2.0 * margin);
+    if !(side >= 1.0) || !side.is_finite() {
+        return Err(FaceError::InvalidInput(format!(
+            "face box {bbox:?} is empty"
+        )));
+    }
+    if size == 0 {
+        return Err(FaceError::InvalidInput("crop size 0".into()));
+    }
+    let (cx, cy) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0);
+    let s = side.round() as usize;
+    let x0 = (cx - side / 2.0).round() as i64;
+    let y0 = (cy - side / 2.0).round() as i64;
+    let crop = ImageF32::from_rgb(img).crop_padded(x0, y0, s, s);
+    let n = size as usize;
+    Ok(resize(&crop, n, n, Filter::Area).to_rgb())
 }
 
 /// Cosine similarity; 0 when either vector is zero or the lengths differ.

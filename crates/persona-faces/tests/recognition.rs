@@ -191,3 +191,43 @@ fn analyzer_from_model_lookup_end_to_end() {
     assert!(analyzer.largest_face(&coffee).unwrap().is_none());
     assert!(analyzer.embed_largest(&coffee).unwrap().is_none());
 }
+
+/// Whole-image mode (`--detector none`) through the model lookup: one face per image, and the
+/// embedding is the recogniser's embedding of the plain resize of the image (its centred square).
+#[test]
+fn whole_image_mode_embeds_the_resized_image() {
+    use persona_faces::{FaceAnalyzer, ModelSearch, WholeImage};
+    let search = ModelSearch {
+        detector: Some("none".into()),
+        recognizer: Some(common::fixture("tiny_arcface.onnx")),
+        ..ModelSearch::default()
+    };
+    let analyzer = FaceAnalyzer::from_search(&search).unwrap();
+    assert_eq!(analyzer.detector().name(), "none (whole image)");
+    assert_eq!(analyzer.recognizer().kind(), RecognizerKind::ArcFace);
+    for (w, h) in [(64, 64), (96, 64)] {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 4) as u8, ((x ^ y) * 8) as u8])
+        });
+        let faces = analyzer.detect(&img).unwrap();
+        assert_eq!(faces.len(), 1);
+        let (face, e) = analyzer
+            .embed_largest(&img)
+            .unwrap()
+            .expect("always a face");
+        assert_eq!(face, faces[0]);
+        let resized = WholeImage::crop(&img, 112).unwrap();
+        assert_eq!(analyzer.aligned_crop(&img, &face, 112).unwrap(), resized);
+        let want = analyzer.recognizer().embed_crop(&resized).unwrap();
+        assert!(max_abs_diff(&e, &want) <= 1e-6, "{w}x{h}");
+    }
+    // A recogniser loaded outside whole-image mode keeps its aligned crop.
+    let normal = ModelSearch {
+        recognizer: search.recognizer.clone(),
+        ..ModelSearch::default()
+    };
+    assert_eq!(
+        normal.load_recognizer().unwrap().preprocess().crop,
+        persona_faces::CropStyle::Aligned { zoom: 1.0 }
+    );
+}

@@ -153,7 +153,8 @@ pub struct Recipe {
     pub options: MethodOptions,
     /// Where the face detector (for the crop) and the recogniser (for ID-EA) are found.
     pub faces: ModelSearch,
-    /// Crop around the detected face; otherwise (or without a detector) a centre crop.
+    /// Crop around the detected face; otherwise (or without a detector, or with the whole-image
+    /// "detector" `none`) a centre crop.
     pub face_crop: bool,
     /// Caption templates file (default: the bundled textual-inversion list).
     pub templates: Option<PathBuf>,
@@ -214,9 +215,10 @@ pub fn train(
 
 pub use persona_diffusion::device::peak_rss_gb;
 
-/// The training photos, cropped around the largest detected face when a detector is found.
+/// The training photos, cropped around the largest detected face when a detector is found. In whole-image
+/// mode (`--detector none`) the photo is the face: centre-cropped, as without a detector.
 pub fn photos(sd: &StableDiffusion, r: &Recipe, resolution: u32) -> Result<Vec<Sample>> {
-    let detector = if r.face_crop {
+    let detector = if r.face_crop && !r.faces.whole_image() {
         find_detector(&r.faces)
     } else {
         None
@@ -325,7 +327,11 @@ fn build_idea<'a>(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let face_model = format!("{:?} ({name})", analyzer.recognizer().kind()).to_lowercase();
+    let mut face_model = format!("{:?} ({name})", analyzer.recognizer().kind()).to_lowercase();
+    if r.faces.whole_image() {
+        // `--detector none`: each photo's embedding is of the whole photo (its centred square).
+        face_model.push_str(", whole image");
+    }
     let embed = |img: &image::RgbImage| {
         analyzer
             .embed_largest(img)

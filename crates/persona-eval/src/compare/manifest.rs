@@ -5,6 +5,8 @@
 //! model = "stabilityai/stable-diffusion-2-1-base"
 //! prompt_sets = ["style", "single", "with_celeb", "double"]
 //! clip = "models/clip-vit-base-patch32"      # optional
+//! face_models = "models"                      # optional; also face_detector, face_recognizer
+//! face_detector = "none"                      # optional: the whole image is the face (drawn faces, pets)
 //! jpeg75 = false
 //! [sampling]                                  # see Sampling
 //! scheduler = "ddim"
@@ -56,8 +58,19 @@ pub struct Manifest {
     /// Face models folder (default: the usual places).
     #[serde(default)]
     pub face_models: Option<PathBuf>,
+    /// Face detector file or folder (`persona train/eval --detector`); `"none"`: no detector, the whole image
+    /// is the face (photos centre-cropped, detection rate 1 by construction).
+    #[serde(default)]
+    pub face_detector: Option<PathBuf>,
+    /// Face recogniser `.onnx` (`--recognizer`), for ID-EA's face embedding and the ID score.
+    #[serde(default)]
+    pub face_recognizer: Option<PathBuf>,
     #[serde(default)]
     pub jpeg75: bool,
+    /// Also every prompt with its placeholders replaced by this phrase (`"a person"`): the model without any
+    /// identity, reported as method `baseline`.
+    #[serde(default)]
+    pub baseline: Option<String>,
     #[serde(default)]
     pub sampling: Sampling,
     #[serde(default)]
@@ -232,6 +245,12 @@ impl Manifest {
         self.clip
             .iter_mut()
             .chain(self.face_models.iter_mut())
+            .chain(self.face_recognizer.iter_mut())
+            .chain(
+                self.face_detector
+                    .iter_mut()
+                    .filter(|d| d.as_os_str() != persona_faces::NO_DETECTOR),
+            )
             .for_each(fix);
         for i in &mut self.identities {
             fix(&mut i.photos);
@@ -305,5 +324,29 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `face_detector = "none"` stays the keyword; face model paths resolve against the manifest.
+    #[test]
+    fn face_detector_none_is_not_a_path() {
+        let text = |det: &str| {
+            format!(
+                "model = \"m\"\nprompt_sets = [\"single\"]\nface_detector = \"{det}\"\n\
+                 face_recognizer = \"models/world.onnx\"\nmethods = []\nidentities = []\n"
+            )
+        };
+        let base = Path::new("/runs/cmp");
+        let mut m: Manifest = toml::from_str(&text("none")).unwrap();
+        m.resolve(base);
+        assert_eq!(m.face_detector, Some(PathBuf::from("none")));
+        assert_eq!(m.face_recognizer, Some(base.join("models/world.onnx")));
+        let mut m: Manifest = toml::from_str(&text("models/det_10g.onnx")).unwrap();
+        m.resolve(base);
+        assert_eq!(m.face_detector, Some(base.join("models/det_10g.onnx")));
     }
 }

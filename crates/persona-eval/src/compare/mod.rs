@@ -22,7 +22,7 @@ use persona_train::identity::Identity;
 
 use crate::eval::settings;
 use crate::prompts::PromptSet;
-use crate::protocol::{run_unit, stored_records, Unit, UnitContext};
+use crate::protocol::{run_unit, stored_records, Unit, UnitContext, BASELINE};
 use crate::results::Results;
 use crate::score::Scorer;
 pub use manifest::Manifest;
@@ -80,6 +80,23 @@ pub fn plan(m: &Manifest) -> Result<Vec<Unit>> {
                         class,
                         prompt_index,
                         template: template.clone(),
+                        baseline: None,
+                    });
+                }
+            }
+        }
+    }
+    if let Some(phrase) = &m.baseline {
+        for identity in 0..m.identities.len() {
+            for set in &sets {
+                for (prompt_index, template) in set.prompts.iter().enumerate() {
+                    units.push(Unit {
+                        method: BASELINE.into(),
+                        identity,
+                        class: set.name.clone(),
+                        prompt_index,
+                        template: template.clone(),
+                        baseline: Some(phrase.clone()),
                     });
                 }
             }
@@ -92,6 +109,8 @@ pub fn plan(m: &Manifest) -> Result<Vec<Unit>> {
 fn face_search(m: &Manifest) -> ModelSearch {
     ModelSearch {
         models_dir: m.face_models.clone(),
+        detector: m.face_detector.clone(),
+        recognizer: m.face_recognizer.clone(),
         ..Default::default()
     }
 }
@@ -105,6 +124,9 @@ fn settings_of(m: &Manifest, scorer: &Scorer) -> serde_json::Value {
         m.jpeg75,
     );
     s["train"] = serde_json::to_value(&m.train).expect("plain data");
+    if let Some(b) = &m.baseline {
+        s["baseline"] = b.as_str().into();
+    }
     s["prompt_sets"] = serde_json::json!(m
         .prompt_sets
         .iter()
@@ -207,6 +229,26 @@ pub fn run_on(
             bar,
         };
         for u in units {
+            run_unit(&cx, u)?;
+        }
+    }
+    let baseline: Vec<&Unit> = mine.iter().filter(|u| u.baseline.is_some()).collect();
+    if !baseline.is_empty() {
+        bar.set_message("generating and scoring the baseline");
+        let none = vec![None; names.len()];
+        let key = unit_key(&settings, &m, BASELINE);
+        let cx = UnitContext {
+            sd: &sd,
+            sampling: &m.sampling,
+            scorer: &scorer,
+            names: &names,
+            identities: &none,
+            references: &references,
+            out,
+            key: &key,
+            bar,
+        };
+        for u in baseline {
             run_unit(&cx, u)?;
         }
     }

@@ -111,7 +111,11 @@ fn stats_cells(s: &Stats) -> String {
 }
 
 fn method_table(h: &mut String, results: &Results) {
-    h.push_str("<h2>Methods</h2><p class=\"muted\">Means over (identity, prompt) groups with 95 % bootstrap intervals; ID over images with a face; diversity: mean pairwise 1 − cos of the face embeddings within a prompt.</p>");
+    h.push_str("<h2>Methods</h2><p class=\"muted\">Means over (identity, prompt) groups with 95 % bootstrap intervals; ID over images with a face; diversity: mean pairwise 1 − cos of the face embeddings within a prompt.");
+    if whole_image(results) {
+        h.push_str(" No face detector (<code>--detector none</code>): every whole image counts as the face, so the detection rate is 1 by construction.");
+    }
+    h.push_str("</p>");
     h.push_str("<table><tr><th>method</th><th>prompts</th><th>images</th><th>detection rate</th><th>ID</th><th>prompt score</th><th>diversity</th></tr>");
     for m in &results.methods {
         let _ = write!(
@@ -130,6 +134,13 @@ fn method_table(h: &mut String, results: &Results) {
         }
     }
     h.push_str("</table>");
+}
+
+/// Scored in whole-image mode (`--detector none`): the recogniser setting names the whole-image "detector".
+fn whole_image(results: &Results) -> bool {
+    results.settings["recognizer"]
+        .as_str()
+        .is_some_and(|r| r.starts_with(persona_faces::WholeImage::NAME))
 }
 
 /// Time per identity and peak memory of training, per method (the spec's optional costs).
@@ -225,5 +236,20 @@ mod tests {
             super::esc("<a href=\"x\">&'"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
+    }
+
+    /// Scored with `--detector none`, the page says why every image has a face.
+    #[test]
+    fn whole_image_mode_explains_the_detection_rate() {
+        let page = |recognizer: &str| {
+            let settings = serde_json::json!({ "recognizer": recognizer });
+            super::html(
+                &crate::results::Results::summarise(settings, vec![], 0),
+                &[],
+            )
+        };
+        let note = "detection rate is 1 by construction";
+        assert!(page("none (whole image) + world.onnx").contains(note));
+        assert!(!page("mtcnn + facenet_inception_resnet_v1_160.onnx").contains(note));
     }
 }

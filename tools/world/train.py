@@ -1,0 +1,447 @@
+"""Trains the world's models from scratch and writes them where persona loads them (`world/`).
+
+    python tools/world/train.py all            # every stage in order (about an hour on 2 CPU cores)
+    python tools/world/train.py STAGE [...]    # data | recognizer | clip | vae | encode | unet | assemble | samples
+
+Each stage reads the previous stages' outputs from the work folder (`--work`, default /tmp/persona-world) and is
+deterministic for its seed. The pinned reference stack (tools/fixtures/requirements.txt) plus `onnx` (for the
+recogniser's export) is all it needs. Timings and final losses go to `world/training.json`."""
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import models  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+WORLD_PY = Path(__file__).resolve().parent / "world.py"
+TOKENIZER = ROOT / "fixtures" / "clip-tokenizer"
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# Stage sizes: what fits about an hour on this machine's 2 cores (docs/world.md).
+SIZES = dict(sd_images=60000, recognizer_per_person=40, recognizer_epochs=4, clip_steps=1500, clip_batch=128,
+             vae_steps=1000, vae_batch=16, unet_steps=9000, unet_batch=32)
+
+
+def log(stage, **values):
+    """Prints a progress line and appends it to the run record."""
+    print(f"[{stage}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()),
+          flush=True)
+
+
+def record(out: Path, stage: str, **values):
+    path = out / "training.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[stage] = values
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def cosine_lr(step, total, base, warmup):
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+
+def set_lr(opt, lr):
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def to_float(images_u8):
+    """uint8 [N, H, W, 3] → float [N, 3, H, W] in [0, 1]."""
+    return torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 255.0
+
+
+# ---------------------------------------------------------------- data
+
+
+def stage_data(a):
+    """Renders the training sets with the world renderer (two processes: one per core)."""
+    jobs = [
+        [sys.executable, str(WORLD_PY), "dataset", "--n", str(a.sizes["sd_images"]), "--seed", "0",
+         "--out", str(a.work / "sd")],
+        [sys.executable, str(WORLD_PY), "recognizer-data", "--per-person", str(a.sizes["recognizer_per_person"]),
+         "--out", str(a.work / "recognizer")],
+    ]
+    procs = [subprocess.Popen(j) for j in jobs]
+    if any(p.wait() for p in procs):
+        raise SystemExit("rendering failed")
+    subprocess.run([sys.executable, str(WORLD_PY), "people", "--out", str(a.out / "people")], check=True)
+
+
+# ---------------------------------------------------------------- recogniser
+
+
+def recognizer_batch(images_u8, train):
+    """The input persona gives the recogniser: the 64-pixel image resized to 112, (x − 127.5) / 127.5; training
+    jitters scale and position a little (persona's resize filter differs from this one)."""
+    x = to_float(images_u8)
+    if train:
+        n = x.shape[0]
+        scale = 1 + (torch.rand(n) - 0.5) * 0.12
+        shift = (torch.rand(n, 2) - 0.5) * 0.08
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0] = theta[:, 1, 1] = scale
+        theta[:, :, 2] = shift
+        grid = F.affine_grid(theta, (n, 3, models.RECOGNIZER_INPUT, models.RECOGNIZER_INPUT), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    else:
+        x = F.interpolate(x, size=models.RECOGNIZER_INPUT, mode="bilinear", align_corners=False)
+    return x * 2 - 1
+
+
+def held_out_verification(net, people_dir: Path):
+    """Same-person vs different-person cosine on the held-out people (never trained on)."""
+    from PIL import Image
+    embs, who = [], []
+    for i, d in enumerate(sorted(p for p in people_dir.iterdir() if p.is_dir())):
+        for f in sorted(d.glob("*.png")):
+            img = np.asarray(Image.open(f).convert("RGB"))[None]
+            with torch.no_grad():
+                embs.append(F.normalize(net(recognizer_batch(img, False)))[0])
+            who.append(i)
+    e = torch.stack(embs)
+    sim = e @ e.t()
+    who = torch.tensor(who)
+    same = (who[:, None] == who[None]) & ~torch.eye(len(who), dtype=torch.bool)
+    diff = who[:, None] != who[None]
+    # rank-1: the most similar other photo is the same person
+    masked = sim - 2 * torch.eye(len(who))
+    rank1 = (who[masked.argmax(1)] == who).float().mean().item()
+    return sim[same].mean().item(), sim[diff].mean().item(), rank1
+
+
+def stage_recognizer(a):
+    torch.manual_seed(1)
+    data = a.work / "recognizer"
+    images = np.load(data / "images.npy")
+    labels = torch.from_numpy(np.load(data / "labels.npy")).long()
+    classes = int(labels.max()) + 1
+    net, head = models.Recognizer(), models.CosFace(models.EMBEDDING, classes)
+    params = list(net.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=5e-4)
+    batch, epochs = 128, a.sizes["recognizer_epochs"]
+    total = epochs * (len(labels) // batch)
+    step, start = 0, time.time()
+    for epoch in range(epochs):
+        net.train()
+        order = torch.randperm(len(labels))
+        for k in range(len(labels) // batch):
+            idx = order[k * batch:(k + 1) * batch]
+            set_lr(opt, cosine_lr(step, total, 2e-3, 100))
+            loss = head(net(recognizer_batch(images[idx.numpy()], True)), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+        net.eval()
+        same, diff, rank1 = held_out_verification(net, a.out / "people")
+        log("recognizer", epoch=epoch + 1, loss=loss.item(), same=same, different=diff, rank1=rank1,
+            minutes=(time.time() - start) / 60)
+    out = a.out / "faces"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(net, (torch.zeros(1, 3, models.RECOGNIZER_INPUT, models.RECOGNIZER_INPUT),),
+                      str(out / "recognizer.onnx"), dynamo=False, input_names=["input"], output_names=["embedding"],
+                      dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}}, opset_version=17)
+    record(a.out, "recognizer", minutes=(time.time() - start) / 60, final_loss=loss.item(), held_out_same=same,
+           held_out_different=diff, held_out_rank1=rank1, steps=step, classes=classes)
+
+
+# ---------------------------------------------------------------- CLIP
+
+
+def tokenizer():
+    from transformers import CLIPTokenizer
+    return CLIPTokenizer(str(TOKENIZER / "vocab.json"), str(TOKENIZER / "merges.txt"), model_max_length=77)
+
+
+def clip_pixels(images_u8):
+    x = to_float(images_u8)
+    mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
+    return (x - mean) / std
+
+
+def stage_clip(a):
+    from transformers import CLIPModel
+    torch.manual_seed(2)
+    data = a.work / "sd"
+    images = np.load(data / "images.npy", mmap_mode="r")
+    captions = json.loads((data / "captions.json").read_text())
+    tok = tokenizer()
+    model = CLIPModel(models.clip_config())
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+                            lr=1e-3, betas=(0.9, 0.98), eps=1e-6)
+    steps, batch = a.sizes["clip_steps"], a.sizes["clip_batch"]
+    rng = np.random.default_rng(2)
+    start = time.time()
+    for step in range(steps):
+        idx = np.sort(rng.choice(len(captions), batch, replace=False))
+        ids = tok([captions[i] for i in idx], padding=True, truncation=True, max_length=77, return_tensors="pt")
+        set_lr(opt, cosine_lr(step, steps, 1e-3, 200))
+        out = model(input_ids=ids.input_ids, attention_mask=ids.attention_mask,
+                    pixel_values=clip_pixels(images[idx]), return_loss=True)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % 100 == 0 or step == steps - 1:
+            log("clip", step=step, loss=out.loss.item(), minutes=(time.time() - start) / 60)
+    model.save_pretrained(a.work / "clip-f32", safe_serialization=True)
+    record(a.out, "clip", minutes=(time.time() - start) / 60, final_loss=out.loss.item(), steps=steps, batch=batch)
+
+
+# ---------------------------------------------------------------- VAE
+
+
+def stage_vae(a):
+    torch.manual_seed(3)
+    images = np.load(a.work / "sd" / "images.npy", mmap_mode="r")
+    vae = models.vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    steps, batch = a.sizes["vae_steps"], a.sizes["vae_batch"]
+    rng = np.random.default_rng(3)
+    start = time.time()
+    for step in range(steps):
+        x = to_float(images[np.sort(rng.choice(len(images), batch, replace=False))]) * 2 - 1
+        set_lr(opt, cosine_lr(step, steps, 1e-3, 100))
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        # L1 keeps the flat colours and edges sharp; the KL term only keeps the latent scale in check.
+        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-6 * post.kl().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            log("vae", step=step, loss=loss.item(), minutes=(time.time() - start) / 60)
+    vae.save_pretrained(a.work / "vae-f32", safe_serialization=True)
+    record(a.out, "vae", minutes=(time.time() - start) / 60, final_loss=loss.item(), steps=steps, batch=batch)
+
+
+# ---------------------------------------------------------------- encodings for the UNet
+
+
+def stage_encode(a):
+    """Latents of every training image (posterior mean and std) and the frozen text tower's condition of every
+    caption, computed once: the UNet stage then runs the UNet only."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+    data = a.work / "sd"
+    images = np.load(data / "images.npy", mmap_mode="r")
+    captions = json.loads((data / "captions.json").read_text())
+    vae = AutoencoderKL.from_pretrained(a.work / "vae-f32").eval()
+    text = CLIPTextModel.from_pretrained(a.work / "clip-f32").eval()
+    tok = tokenizer()
+    means, stds, conds = [], [], []
+    start = time.time()
+    with torch.no_grad():
+        for i in range(0, len(images), 256):
+            post = vae.encode(to_float(images[i:i + 256]) * 2 - 1).latent_dist
+            means.append(post.mean.half())
+            stds.append(post.std.half())
+            ids = tok(captions[i:i + 256], padding="max_length", truncation=True, max_length=77,
+                      return_tensors="pt").input_ids
+            conds.append(text(ids).last_hidden_state.half())
+        empty = text(tok([""], padding="max_length", max_length=77, return_tensors="pt").input_ids).last_hidden_state
+    mean, std = torch.cat(means), torch.cat(stds)
+    scaling = 1.0 / mean.float().std().item()
+    torch.save({"mean": mean, "std": std, "cond": torch.cat(conds), "empty": empty.half(), "scaling": scaling},
+               a.work / "encoded.pt")
+    log("encode", images=len(images), scaling=scaling, minutes=(time.time() - start) / 60)
+    record(a.out, "encode", minutes=(time.time() - start) / 60, scaling_factor=scaling)
+
+
+# ---------------------------------------------------------------- UNet
+
+
+def stage_unet(a):
+    from diffusers import DDPMScheduler
+    torch.manual_seed(4)
+    enc = torch.load(a.work / "encoded.pt")
+    mean, std, cond, empty, scaling = enc["mean"], enc["std"], enc["cond"], enc["empty"].float(), enc["scaling"]
+    unet = models.unet()
+    ema = models.unet()
+    ema.load_state_dict(unet.state_dict())
+    ema.requires_grad_(False)
+    noise_sched = DDPMScheduler.from_config(models.scheduler_config())
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    opt = torch.optim.AdamW(unet.parameters(), lr=4e-4, weight_decay=0.01)
+    steps, batch = a.sizes["unet_steps"], a.sizes["unet_batch"]
+    rng = np.random.default_rng(4)
+    start, running = time.time(), None
+    for step in range(steps):
+        idx = torch.from_numpy(np.sort(rng.choice(len(mean), batch, replace=False)))
+        z = (mean[idx].float() + std[idx].float() * torch.randn(batch, 4, models.LATENT, models.LATENT)) * scaling
+        c = cond[idx].float()
+        drop = torch.rand(batch) < 0.1  # the unconditional branch of classifier-free guidance
+        c[drop] = empty
+        t = torch.randint(0, 1000, (batch,))
+        eps = torch.randn_like(z)
+        pred = unet(noise_sched.add_noise(z, eps, t), t, encoder_hidden_states=c).sample
+        # Min-SNR-5 weighting: the easy, low-noise steps stop dominating, which speeds a small model's training.
+        weight = torch.clamp(snr[t], max=5.0) / snr[t]
+        loss = (weight * (pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
+        set_lr(opt, cosine_lr(step, steps, 4e-4, 300))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), unet.parameters()):
+                e.lerp_(p, 1 - decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 200 == 0 or step == steps - 1:
+            log("unet", step=step, loss=running, minutes=(time.time() - start) / 60)
+    ema.save_pretrained(a.work / "unet-f32", safe_serialization=True)
+    record(a.out, "unet", minutes=(time.time() - start) / 60, final_loss=running, steps=steps, batch=batch)
+
+
+# ---------------------------------------------------------------- the folders persona loads
+
+
+def link(target: Path, link_path: Path):
+    link_path.parent.mkdir(parents=True, exist_ok=True)
+    if link_path.is_symlink() or link_path.exists():
+        link_path.unlink()
+    link_path.symlink_to(os.path.relpath(target, link_path.parent))
+
+
+def save_f16(tensors: dict, path: Path):
+    from safetensors.torch import save_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().half().contiguous() for k, v in tensors.items()}, str(path))
+
+
+def stage_assemble(a):
+    """`world/pipeline` (diffusers StableDiffusionPipeline, f16), `world/clip` (transformers CLIPModel whose text
+    tower is the pipeline's text encoder file: shards, one of them a link, so the 49408-row table is stored
+    once)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import load_file
+    from transformers import CLIPConfig, CLIPTextConfig
+    pipe, clip = a.out / "pipeline", a.out / "clip"
+    for d in (pipe, clip):
+        shutil.rmtree(d, ignore_errors=True)
+    scaling = torch.load(a.work / "encoded.pt")["scaling"]
+
+    vae = AutoencoderKL.from_pretrained(a.work / "vae-f32")
+    vae.register_to_config(scaling_factor=scaling)
+    vae.to(torch.float16).save_pretrained(pipe / "vae", safe_serialization=True)
+    UNet2DConditionModel.from_pretrained(a.work / "unet-f32").to(torch.float16).save_pretrained(
+        pipe / "unet", safe_serialization=True)
+
+    full = load_file(str(a.work / "clip-f32" / "model.safetensors"))
+    text = {k: v for k, v in full.items() if k.startswith("text_model.")}
+    rest = {k: v for k, v in full.items() if k not in text}
+    save_f16(text, pipe / "text_encoder" / "model.safetensors")
+    clip_config = CLIPConfig.from_pretrained(a.work / "clip-f32")
+    text_config = CLIPTextConfig(**clip_config.text_config.to_dict())
+    text_config.architectures = ["CLIPTextModel"]
+    text_config.save_pretrained(pipe / "text_encoder")
+    clip_config.save_pretrained(clip)
+    save_f16(rest, clip / "model-vision.safetensors")
+    link(pipe / "text_encoder" / "model.safetensors", clip / "model-text.safetensors")
+    weight_map = {k: "model-text.safetensors" for k in text} | {k: "model-vision.safetensors" for k in rest}
+    (clip / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"note": "model-text.safetensors is the pipeline's text encoder (one copy of the table)"},
+         "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n")
+
+    for folder in (pipe / "tokenizer", clip):
+        for name in ("vocab.json", "merges.txt"):
+            link(TOKENIZER / name, folder / name)
+        tokenizer().save_pretrained(a.work / "tok")
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            if (a.work / "tok" / name).exists():
+                shutil.copy(a.work / "tok" / name, folder / name)
+    (clip / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": {"height": models.IMAGE, "width": models.IMAGE}, "do_center_crop": True,
+        "do_normalize": True, "do_resize": True, "do_convert_rgb": True, "image_processor_type": "CLIPImageProcessor",
+        "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "resample": 3, "rescale_factor": 1 / 255,
+        "size": {"shortest_edge": models.IMAGE}}, indent=2) + "\n")
+    (pipe / "scheduler").mkdir(parents=True, exist_ok=True)
+    (pipe / "scheduler" / "scheduler_config.json").write_text(json.dumps(models.scheduler_config(), indent=2) + "\n")
+    (pipe / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+        "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
+        "safety_checker": [None, None], "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}, indent=2) + "\n")
+    sizes = {str(p.relative_to(a.out)): p.stat().st_size for p in a.out.rglob("*")
+             if p.is_file() and not p.is_symlink()}
+    log("assemble", megabytes=sum(sizes.values()) / 1e6)
+
+
+# ---------------------------------------------------------------- samples
+
+
+def stage_samples(a):
+    """A grid of world celebrities in new scenes, drawn by diffusers from the assembled pipeline (docs/world.md)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from PIL import Image
+    sys.path.insert(0, str(WORLD_PY.parent))
+    import world
+    pipe = StableDiffusionPipeline.from_pretrained(a.out / "pipeline", torch_dtype=torch.float32)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    names = [n for n, _ in world.celebrities()[:4]]
+    scenes = ["on a beach", "in a forest, wearing a red sweater", "in the snow, wearing a hat", "at night, smiling",
+              "in a city, wearing sunglasses", "in a kitchen, laughing"]
+    rows = []
+    for name in names:
+        prompts = [f"a photo of {name} {s}" for s in scenes]
+        g = torch.Generator().manual_seed(0)
+        out = pipe(prompts, num_inference_steps=30, guidance_scale=5.0, generator=g, height=models.IMAGE,
+                   width=models.IMAGE).images
+        rows.append(out)
+    side = models.IMAGE * 2
+    grid = Image.new("RGB", (side * len(scenes), side * len(rows)))
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            grid.paste(img.resize((side, side), Image.NEAREST), (c * side, r * side))
+    grid.save(ROOT / "docs" / "world_samples.png")
+    log("samples", rows=len(rows), columns=len(scenes))
+
+
+STAGES = {"data": stage_data, "recognizer": stage_recognizer, "clip": stage_clip, "vae": stage_vae,
+          "encode": stage_encode, "unet": stage_unet, "assemble": stage_assemble, "samples": stage_samples}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stages", nargs="+", choices=[*STAGES, "all"])
+    p.add_argument("--work", type=Path, default=Path("/tmp/persona-world"))
+    p.add_argument("--out", type=Path, default=ROOT / "world")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, to try the stages end to end in minutes")
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    a.sizes = dict(SIZES)
+    if a.quick:
+        a.sizes.update(sd_images=2000, recognizer_per_person=4, recognizer_epochs=1, clip_steps=20, clip_batch=64,
+                       vae_steps=20, unet_steps=20)
+    a.work.mkdir(parents=True, exist_ok=True)
+    a.out.mkdir(parents=True, exist_ok=True)
+    stages = list(STAGES) if "all" in a.stages else a.stages
+    for s in stages:
+        t = time.time()
+        STAGES[s](a)
+        print(f"== {s} done in {(time.time() - t) / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
