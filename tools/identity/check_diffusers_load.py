@@ -1,7 +1,7 @@
 """Check that `persona export` files load in diffusers exactly.
 
-Builds a 2-token identity on sd2-tiny (d = 32) and exports it with the Rust code (the ignored test
-`write_exports_for_the_diffusers_check` in crates/persona-train/tests/identity.rs), then:
+Builds a 2-token identity on sd2-tiny (d = 32) and exports it with the Rust code (the example
+`crates/persona-train/examples/diffusers_exports.rs`), then:
 
 1. `pipe.load_textual_inversion(<diffusers export>)` on a StableDiffusionPipeline from fixtures/sd2-tiny:
    the tokens `<alice>`, `<alice>_1` are added and their embedding rows equal the identity's vectors bit for bit;
@@ -24,7 +24,6 @@ sdxl_expected.safetensors); otherwise they are made in a temporary folder with c
 """
 
 import argparse
-import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -39,10 +38,8 @@ TOKEN = "<alice>"
 
 
 def make_exports(out: Path) -> None:
-    env = dict(os.environ, PERSONA_IDENTITY_EXPORT_DIR=str(out))
-    cmd = ["cargo", "test", "-q", "-p", "persona-train", "--test", "integration",
-           "identity::write_exports_for_the_diffusers_check", "--", "--ignored", "--exact"]
-    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+    cmd = ["cargo", "run", "-q", "-p", "persona-train", "--example", "diffusers_exports", "--", str(out)]
+    subprocess.run(cmd, cwd=REPO, check=True)
 
 
 def check(pipe: StableDiffusionPipeline, expected: torch.Tensor) -> None:

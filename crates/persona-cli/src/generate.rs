@@ -203,12 +203,12 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     for (i, img) in to_rgb8(&images)?.iter().enumerate() {
         let mut one = record.clone();
-        one["seed"] = serde_json::json!(a.seed + i as u64);
+        one["seed"] = serde_json::json!(a.seed.wrapping_add(i as u64));
         one["index"] = serde_json::json!(i);
         let a1111 = format!(
             "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}, Device: {}, Dtype: {}",
             a.prompt, a.negative_prompt, a.steps, scheduler.cli_name().unwrap_or("?"), a.guidance,
-            a.seed + i as u64, params.width, params.height, a.model, place.device_name(), place.dtype_name()
+            a.seed.wrapping_add(i as u64), params.width, params.height, a.model, place.device_name(), place.dtype_name()
         );
         let path = a.out.join(format!("{i:04}.png"));
         write_png(

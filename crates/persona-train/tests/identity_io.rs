@@ -1,9 +1,7 @@
 //! Import of every supported layout (including a hostile pickle) and export round trips of identity files.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use candle_core::Tensor;
 use persona_train::identity::{export_a1111, export_diffusers, import, EmbeddingFormat, Identity};
 
 use crate::identity::{err_text, files_in, fixture, model, python_rows, rows, tiny_identity};
@@ -263,44 +261,4 @@ fn exports_must_be_named_safetensors() {
         "{text}"
     );
     assert!(files_in(dir.path()).is_empty());
-}
-
-/// Writes the exports `tools/identity/check_diffusers_load.py` loads into diffusers (run through that script).
-#[test]
-#[ignore = "run by tools/identity/check_diffusers_load.py, which sets PERSONA_IDENTITY_EXPORT_DIR"]
-fn write_exports_for_the_diffusers_check() {
-    let out = PathBuf::from(
-        std::env::var("PERSONA_IDENTITY_EXPORT_DIR").expect("set PERSONA_IDENTITY_EXPORT_DIR"),
-    );
-    std::fs::create_dir_all(&out).unwrap();
-    let identity = tiny_identity();
-    identity.save(out.join("identity.safetensors")).unwrap();
-    export_diffusers(&identity, out.join("diffusers.safetensors")).unwrap();
-    export_a1111(&identity, out.join("a1111.safetensors")).unwrap();
-    let vectors: BTreeMap<String, Tensor> =
-        BTreeMap::from([("vectors".to_string(), identity.embeddings.clone())]);
-    let data: Vec<(&str, Tensor)> = vectors
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.clone()))
-        .collect();
-    std::fs::write(
-        out.join("expected.safetensors"),
-        safetensors::serialize(data, None).unwrap(),
-    )
-    .unwrap();
-
-    // SDXL (widths 32 / 48, those of fixtures/sdxl-tiny): the diffusers pair and the A1111 clip_l / clip_g file.
-    let imported = import(fixture("a1111_sdxl.safetensors")).unwrap();
-    let xl = Identity::from_imported(imported, Some("<xl>"), None).unwrap();
-    export_diffusers(&xl, out.join("sdxl_diffusers.safetensors")).unwrap();
-    export_a1111(&xl, out.join("sdxl_a1111.safetensors")).unwrap();
-    let expected = [
-        ("clip_l", xl.embeddings.clone()),
-        ("clip_g", xl.rows_2().unwrap().clone()),
-    ];
-    std::fs::write(
-        out.join("sdxl_expected.safetensors"),
-        safetensors::serialize(expected.iter().map(|(k, v)| (*k, v.clone())), None).unwrap(),
-    )
-    .unwrap();
 }

@@ -18,7 +18,7 @@ pub struct ConvGradArgs {
     /// Latent size of the model's input (64 = 512² images): the downsamplers see 64, 32 and 16.
     #[arg(long, default_value_t = 64)]
     size: usize,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::values::positive)]
     runs: usize,
     #[command(flatten)]
     device: DeviceArgs,

@@ -29,7 +29,7 @@ pub struct GenerateBench {
     #[arg(long, default_value_t = 7.5)]
     guidance: f64,
     /// Timed images after one warm-up image.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = crate::values::positive)]
     runs: usize,
     #[command(flatten)]
     device: DeviceArgs,

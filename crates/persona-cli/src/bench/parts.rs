@@ -31,10 +31,10 @@ pub struct ModelArgs {
     /// Latent size (64 = 512² images).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::values::positive)]
     pub batch: usize,
     /// Timed runs after one warm-up; the best, mean and median are reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::values::positive)]
     pub runs: usize,
     /// train-step: what is learned (tokens: TI / Cross Init; idea: + ID-Enhancer and ID-Adapter, gate open so
     /// that every module gets its gradient; idea-kv: + the cross-attention key/value deltas).

@@ -103,6 +103,24 @@ impl StableDiffusion {
                     .into(),
             ));
         }
+        if p.seed
+            .checked_add(p.num_images.saturating_sub(1) as u64)
+            .is_none()
+        {
+            return Err(Error::Msg(format!(
+                "seed {} with {} images runs past the largest seed (image i uses seed + i); choose a smaller seed",
+                p.seed, p.num_images
+            )));
+        }
+        if let Output::Skip(n) = p.text_output {
+            let layers = self.text_encoder.config().num_hidden_layers;
+            if n >= layers {
+                return Err(Error::Msg(format!(
+                    "clip skip {n}: the text encoder has {layers} layers, so at most {} can be skipped",
+                    layers - 1
+                )));
+            }
+        }
         let f = self.vae_scale();
         if !p.height.is_multiple_of(f)
             || !p.width.is_multiple_of(f)
