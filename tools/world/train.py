@@ -31,7 +31,7 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 # Stage sizes: what fits about an hour on this machine's 2 cores (docs/world.md).
 SIZES = dict(sd_images=60000, recognizer_per_person=40, recognizer_epochs=4, clip_steps=1500, clip_batch=128,
-             vae_steps=1000, vae_batch=16, unet_steps=9000, unet_batch=32)
+             vae_steps=1000, vae_batch=16, unet_steps=6000, unet_batch=32)
 
 
 def log(stage, **values):

@@ -103,6 +103,9 @@ pub enum FacesCommand {
         images: Vec<PathBuf>,
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Cosine similarity of the largest faces: one number for two images, a matrix for more.
     Compare {
@@ -133,7 +136,14 @@ pub fn run(args: FacesArgs) -> Result<()> {
             detect(&search, &images, json, draw.as_deref())
         }
         FacesCommand::Align { images, out, size } => align(&search, &images, &out, size),
-        FacesCommand::Embed { images, out } => embed(&search, &images, &out),
+        FacesCommand::Embed {
+            images,
+            out,
+            overwrite,
+        } => {
+            crate::output::check_out_file(&out, overwrite, "--out")?;
+            embed(&search, &images, &out)
+        }
         FacesCommand::Compare { images, json } => compare(&search, &images, json),
     }
 }

@@ -84,9 +84,12 @@ pub struct GenerateArgs {
     /// only their tokens, as the released ID-EA code does at inference.
     #[arg(long, value_enum, default_value = "apply")]
     adapter: AdapterArg,
-    /// Output folder (created if missing).
+    /// Output folder (created if missing, once the first image is made).
     #[arg(long)]
     out: PathBuf,
+    /// Replace images and params.json already in --out (without it, a run that would replace any refuses).
+    #[arg(long)]
+    overwrite: bool,
     #[command(flatten)]
     device: crate::device_flags::DeviceArgs,
 }
@@ -117,7 +120,14 @@ fn read_latents(path: &PathBuf) -> Result<candle_core::Tensor> {
     let t = tensors
         .remove("latents")
         .with_context(|| format!("{}: no tensor named `latents`", path.display()))?;
-    Ok(t.to_dtype(candle_core::DType::F32)?)
+    let t = t.to_dtype(candle_core::DType::F32)?;
+    if !persona_diffusion::nn::all_finite(&t)? {
+        bail!(
+            "{}: tensor `latents` holds NaN or infinite values",
+            path.display()
+        );
+    }
+    Ok(t)
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -172,8 +182,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         text_output: a.clip_skip.map_or(Output::Last, Output::Skip),
         tokens,
     };
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("{}: cannot create the output folder", a.out.display()))?;
+    let names: Vec<String> = (0..num_images)
+        .map(|i| format!("{i:04}.png"))
+        .chain(["params.json".to_string()])
+        .collect();
+    crate::output::check_out_dir(&a.out, &names, a.overwrite, "--out")?;
     let batches = num_images.div_ceil(a.batch_size.max(1));
     let bar = crate::progress::bar((batches * a.steps) as u64, "denoising");
     let adapter_use = match a.adapter {
@@ -182,10 +195,6 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     let control = IdentityControl::new(&sd, &identities, adapter_use, params.guidance > 1.0)?;
     let control = control.as_ref().map(|c| c as &dyn AttentionControl);
-    let images = sd.generate_with_micro(&params, &micro, control, &mut |p| {
-        bar.set_position((p.batch * p.steps + p.step) as u64)
-    })?;
-    bar.finish_and_clear();
     let scheduler = sd.scheduler_kind(a.scheduler);
     let mut record = serde_json::json!({
         "model": a.model, "variant": a.variant, "prompt": a.prompt, "negative_prompt": a.negative_prompt,
@@ -201,22 +210,37 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         record["crop_top_left"] = serde_json::json!(micro.crop_top_left);
         record["target_size"] = serde_json::json!(micro.target_size.unwrap_or(size));
     }
-    for (i, img) in to_rgb8(&images)?.iter().enumerate() {
-        let mut one = record.clone();
-        one["seed"] = serde_json::json!(a.seed.wrapping_add(i as u64));
-        one["index"] = serde_json::json!(i);
-        let a1111 = format!(
-            "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}, Device: {}, Dtype: {}",
-            a.prompt, a.negative_prompt, a.steps, scheduler.cli_name().unwrap_or("?"), a.guidance,
-            a.seed.wrapping_add(i as u64), params.width, params.height, a.model, place.device_name(), place.dtype_name()
-        );
-        let path = a.out.join(format!("{i:04}.png"));
-        write_png(
-            &path,
-            img,
-            &[("parameters", a1111), ("persona", one.to_string())],
-        )?;
-    }
+    // Each batch is written as soon as it is decoded: a run stopped half-way keeps the images it finished.
+    let mut write_batch = |first: usize,
+                           images: candle_core::Tensor|
+     -> persona_diffusion::Result<()> {
+        std::fs::create_dir_all(&a.out).map_err(|e| persona_diffusion::Error::io(&a.out, e))?;
+        for (k, img) in to_rgb8(&images)?.iter().enumerate() {
+            let i = first + k;
+            let mut one = record.clone();
+            one["seed"] = serde_json::json!(a.seed.wrapping_add(i as u64));
+            one["index"] = serde_json::json!(i);
+            let a1111 = format!(
+                "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}, Device: {}, Dtype: {}",
+                a.prompt, a.negative_prompt, a.steps, scheduler.cli_name().unwrap_or("?"), a.guidance,
+                a.seed.wrapping_add(i as u64), params.width, params.height, a.model, place.device_name(), place.dtype_name()
+            );
+            write_png(
+                &a.out.join(format!("{i:04}.png")),
+                img,
+                &[("parameters", a1111), ("persona", one.to_string())],
+            )?;
+        }
+        Ok(())
+    };
+    sd.generate_each(
+        &params,
+        &micro,
+        control,
+        &mut |p| bar.set_position((p.batch * p.steps + p.step) as u64),
+        &mut write_batch,
+    )?;
+    bar.finish_and_clear();
     write_atomic(
         &a.out.join("params.json"),
         serde_json::to_string_pretty(&record)?.as_bytes(),

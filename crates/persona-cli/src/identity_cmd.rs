@@ -48,6 +48,12 @@ pub struct ExportArgs {
 }
 
 pub fn run_export(a: ExportArgs) -> Result<()> {
+    if same_file(&a.input, &a.output) {
+        bail!(
+            "OUT {} is IN: exporting would replace the identity file with a file it cannot be read back from; choose another OUT (nothing was written)",
+            a.output.display()
+        );
+    }
     refuse_existing(&a.output, a.overwrite)?;
     let identity = Identity::load(&a.input)?;
     let written = match a.format {
@@ -131,6 +137,12 @@ pub struct ImportArgs {
 }
 
 pub fn run_import(a: ImportArgs) -> Result<()> {
+    if same_file(&a.input, &a.output) {
+        bail!(
+            "OUT {} is IN; choose another OUT (nothing was written)",
+            a.output.display()
+        );
+    }
     refuse_existing(&a.output, a.overwrite)?;
     let imported = match &a.text_encoder_2 {
         Some(second) => import_diffusers_pair(&a.input, second)?,
@@ -179,6 +191,14 @@ fn base_model(model: &str) -> Result<BaseModel> {
     let mut base = BaseModel::from_model_dir(&dir).with_context(|| format!("--model {model}"))?;
     base.name = model.to_string();
     Ok(base)
+}
+
+/// Whether two paths name the same existing file (also through links or `./`).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
 }
 
 fn refuse_existing(output: &Path, overwrite: bool) -> Result<()> {

@@ -11,6 +11,7 @@ mod eval;
 mod faces;
 mod generate;
 mod identity_cmd;
+mod output;
 mod progress;
 mod train;
 mod values;

@@ -190,11 +190,36 @@ pub fn run(a: TrainArgs) -> Result<()> {
             a.out.display()
         );
     }
-    if a.resume && !checkpoint_path(&a.out).exists() {
+    let ckpt = checkpoint_path(&a.out);
+    if a.resume && !ckpt.exists() {
+        bail!("--resume: no checkpoint at {}", ckpt.display());
+    }
+    if !a.resume && ckpt.exists() {
         bail!(
-            "--resume: no checkpoint at {}",
-            checkpoint_path(&a.out).display()
+            "{} exists (another run's checkpoint for --out {}); pass --resume to continue it, or remove it to start afresh (nothing was overwritten)",
+            ckpt.display(),
+            a.out.display()
         );
+    }
+    crate::output::check_writable(
+        a.out
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new(".")),
+        "--out",
+    )?;
+    // Held until this function returns (also on every error): a second run onto the same --out fails here.
+    let _lock = crate::output::RunLock::acquire(&a.out, "--out")?;
+    let _ckpt_lock = crate::output::RunLock::acquire(&ckpt, "the checkpoint")?;
+    if a.resume && a.out.exists() {
+        if let Some(step) = finished_step(&ckpt)? {
+            eprintln!(
+                "{} is already trained ({step} steps, checkpoint {}); nothing to resume, nothing changed",
+                a.out.display(),
+                ckpt.display()
+            );
+            return Ok(());
+        }
     }
     let place = a.device.resolve()?;
     let sd = StableDiffusion::load(&a.model, &place.load_options(a.variant.clone()))?;
@@ -231,6 +256,21 @@ pub fn run(a: TrainArgs) -> Result<()> {
         cost["peak_rss_gb"].as_f64().unwrap_or(f64::NAN)
     );
     Ok(())
+}
+
+/// The step of a checkpoint whose run reached its last step (`None` while unfinished).
+fn finished_step(ckpt: &std::path::Path) -> Result<Option<usize>> {
+    let (_, meta) = persona_train::checkpoint::load(ckpt)?;
+    let step = meta.get("step").and_then(|s| s.parse::<usize>().ok());
+    let steps = meta
+        .get("config")
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+        .and_then(|c| c["steps"].as_u64())
+        .map(|s| s as usize);
+    Ok(match (step, steps) {
+        (Some(step), Some(steps)) if step >= steps => Some(step),
+        _ => None,
+    })
 }
 
 fn recipe_of(a: &TrainArgs) -> Recipe {

@@ -6,4 +6,5 @@ mod device_cli;
 mod faces_cli;
 mod generate_cli;
 mod idea_cli;
+mod reliability_cli;
 mod sefi_cli;

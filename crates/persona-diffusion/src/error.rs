@@ -6,11 +6,8 @@ use std::path::PathBuf;
 pub enum Error {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     /// A file exists but its content is wrong (bad JSON, missing tensor, wrong shape…).
     #[error("{}: {msg}", path.display())]
     File { path: PathBuf, msg: String },
@@ -25,10 +22,10 @@ impl Error {
             msg: msg.to_string(),
         }
     }
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err,
         }
     }
 }

@@ -6,6 +6,17 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
+/// Why `path` cannot be opened, in words: a symbolic-link loop, a dangling link, or simply missing.
+pub fn missing_reason(path: &Path, what: &str) -> String {
+    match (std::fs::symlink_metadata(path), std::fs::metadata(path)) {
+        (Ok(_), Err(e)) if e.raw_os_error() == Some(40) => {
+            "is a loop of symbolic links (a link that leads back to itself)".into()
+        }
+        (Ok(_), Err(_)) => format!("is a symbolic link to a {what} that does not exist"),
+        _ => format!("no such {what}"),
+    }
+}
+
 /// Resolves `--model`: an existing folder, or a hub id (`org/name`) found in the local Hugging Face cache
 /// (`$HF_HUB_CACHE`, `$HF_HOME/hub`, `~/.cache/huggingface/hub`). Nothing is downloaded.
 pub fn resolve_model(name: &str) -> Result<PathBuf> {
@@ -31,7 +42,7 @@ pub fn resolve_model(name: &str) -> Result<PathBuf> {
             tried.join(", ")
         )));
     }
-    Err(Error::file(&path, "no such model folder"))
+    Err(Error::file(&path, missing_reason(&path, "model folder")))
 }
 
 fn require_index(dir: PathBuf) -> Result<PathBuf> {

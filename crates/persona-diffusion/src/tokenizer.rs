@@ -91,6 +91,12 @@ impl ClipTokenizer {
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let config = TokenizerConfig::read(dir)?;
+        if !dir.join("tokenizer.json").is_file() && !dir.join("vocab.json").is_file() {
+            return Err(Error::file(
+                dir.join("tokenizer.json"),
+                "missing (and no vocab.json + merges.txt beside it): the model folder has no tokenizer",
+            ));
+        }
         let files = if dir.join("tokenizer.json").is_file() {
             read_tokenizer_json(&dir.join("tokenizer.json"), config)?
         } else {
@@ -155,6 +161,29 @@ impl ClipTokenizer {
             .map_err(tok_err)?
             .get_ids()
             .to_vec())
+    }
+
+    /// The words of `text` that do not fit in `max_length` ids and are cut by [`Self::encode`] (BPE pieces
+    /// joined back into words), `None` when everything fits.
+    pub fn cut_words(&self, text: &str) -> Result<Option<String>> {
+        let enc = self.tokenizer.encode(text, true).map_err(tok_err)?;
+        let special = [self.bos, self.eos, self.pad];
+        let mut words = String::new();
+        let cut = enc.get_overflowing().iter();
+        for (id, tok) in cut.flat_map(|e| e.get_ids().iter().zip(e.get_tokens())) {
+            if special.contains(id) {
+                continue;
+            }
+            match tok.strip_suffix("</w>") {
+                Some(end) => {
+                    words.push_str(end);
+                    words.push(' ');
+                }
+                None => words.push_str(tok),
+            }
+        }
+        let words = words.trim().to_string();
+        Ok((!words.is_empty()).then_some(words))
     }
 
     /// Adds tokens after the vocabulary, like HF `add_tokens` (normalized, not special), returning their new

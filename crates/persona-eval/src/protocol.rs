@@ -244,9 +244,7 @@ pub fn stored_records(path: &Path, key: &str) -> Result<Option<Vec<ImageRecord>>
 }
 
 fn load_png(path: &Path) -> Result<RgbImage> {
-    Ok(image::open(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .to_rgb8())
+    persona_faces::load_rgb(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Generates the missing images in contiguous runs (image `i` always has seed `seed + i`, so the result does

@@ -22,6 +22,16 @@ pub enum FaceError {
         path: PathBuf,
         err: image::ImageError,
     },
+    /// The header declares more pixels than any photo has (a "decompression bomb"): refused before decoding.
+    #[error("image {path} is {width}x{height}, over the limit of {max_side} pixels a side and {max_mp} megapixels; refused before decoding", max_side = crate::image_io::MAX_IMAGE_SIDE, max_mp = crate::image_io::MAX_IMAGE_PIXELS / 1_000_000)]
+    TooLarge {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+    },
+    /// A JPEG cut short before its end marker.
+    #[error("image {path} is truncated (the JPEG ends before its end-of-image marker: an interrupted download or copy?)")]
+    Truncated { path: PathBuf },
     /// The image has no pixels.
     #[error("image {path} is empty ({width}x{height})")]
     EmptyImage {

@@ -7,13 +7,30 @@
 
 use std::path::Path;
 
-use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
 use crate::error::{FaceError, Result};
 
+/// The largest image side read, in pixels (a 16384² RGB image is 768 MiB decoded).
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+/// The most pixels an image may have: 100 megapixels (phone cameras: 12–50; 16-bit RGBA: 800 MB).
+pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
+
+/// The decoder limits every image read uses: a small file that declares a huge size (a "decompression
+/// bomb") is refused from its header, before any pixel buffer is allocated.
+pub fn decode_limits() -> Limits {
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_PIXELS * 8);
+    limits
+}
+
 /// Reads an image file, applies its EXIF orientation and converts it to RGB8 (see [`to_rgb`]).
 ///
-/// Errors name the file: unreadable, undecodable, or zero-sized.
+/// Errors name the file: unreadable, undecodable, truncated (a JPEG without its end marker: decoders fill
+/// the missing part with grey), larger than [`MAX_IMAGE_SIDE`] / [`MAX_IMAGE_PIXELS`] (checked from the
+/// header, before decoding), or zero-sized.
 pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
     let path = path.as_ref();
     let io_err = |err| FaceError::Io {
@@ -28,7 +45,27 @@ pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
         .map_err(io_err)?
         .with_guessed_format()
         .map_err(io_err)?;
+    if reader.format() == Some(ImageFormat::Jpeg) {
+        let bytes = std::fs::read(path).map_err(io_err)?;
+        if !jpeg_is_complete(&bytes) {
+            return Err(FaceError::Truncated {
+                path: path.to_path_buf(),
+            });
+        }
+    }
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
+    let (width, height) = decoder.dimensions();
+    if width > MAX_IMAGE_SIDE
+        || height > MAX_IMAGE_SIDE
+        || u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS
+    {
+        return Err(FaceError::TooLarge {
+            path: path.to_path_buf(),
+            width,
+            height,
+        });
+    }
+    decoder.set_limits(decode_limits()).map_err(decode_err)?;
     // A broken EXIF block must not make an otherwise fine photo unreadable: treat it as upright.
     let orientation = decoder
         .orientation()
@@ -43,6 +80,43 @@ pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
         });
     }
     Ok(to_rgb(&img))
+}
+
+/// Whether a JPEG's bytes reach its end-of-image marker: walks the marker segments up to each scan, skips
+/// the entropy-coded data (where 0xFF is always followed by 0x00 or a restart marker) and looks for EOI. A
+/// file cut short (an interrupted download or copy) has none; the decoders fill the rest with grey silently.
+pub fn jpeg_is_complete(b: &[u8]) -> bool {
+    if b.len() < 4 || b[0] != 0xFF || b[1] != 0xD8 {
+        return false;
+    }
+    let mut i = 2;
+    while i + 1 < b.len() {
+        if b[i] != 0xFF {
+            i += 1;
+            continue;
+        }
+        let marker = b[i + 1];
+        match marker {
+            0xD9 => return true,
+            0xFF | 0x00 | 0x01 | 0xD0..=0xD7 => i += if marker == 0xFF { 1 } else { 2 },
+            _ => {
+                if i + 3 >= b.len() {
+                    return false;
+                }
+                let len = usize::from(u16::from_be_bytes([b[i + 2], b[i + 3]]));
+                i += 2 + len;
+                if marker == 0xDA {
+                    // Entropy-coded data up to the next marker that is not a stuffed byte or a restart.
+                    while i + 1 < b.len()
+                        && (b[i] != 0xFF || matches!(b[i + 1], 0x00 | 0xD0..=0xD7 | 0xFF))
+                    {
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+    false
 }
 
 /// Converts any decoded image to RGB8.

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use image::{imageops::FilterType, DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use image::{imageops::FilterType, RgbImage};
 
 use crate::{Error, Result};
 
@@ -39,19 +39,10 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Decodes an image, applying its EXIF orientation.
+/// Decodes an image, applying its EXIF orientation, with the faces crate's loader: its size limits (a
+/// "decompression bomb" is refused before decoding) and its truncation check.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let bad = |e: &dyn std::fmt::Display| Error::file(path, format!("cannot read image: {e}"));
-    let mut decoder = ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
-        .into_decoder()
-        .map_err(|e| bad(&e))?;
-    let orientation = decoder.orientation().map_err(|e| bad(&e))?;
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| bad(&e))?;
-    img.apply_orientation(orientation);
-    Ok(img.to_rgb8())
+    persona_faces::load_rgb(path).map_err(|e| Error::Msg(e.to_string()))
 }
 
 /// The square to crop: around the face (side = 2× the face's larger side, kept inside the image) or the

@@ -42,7 +42,7 @@ pub fn load_identities(
     force: bool,
 ) -> Result<Vec<Identity>> {
     let base = BaseModel::from_model_dir(&sd.dir).map_err(identity_error)?;
-    paths
+    let loaded: Vec<Identity> = paths
         .iter()
         .map(|p| {
             let id = Identity::load(p).map_err(identity_error)?;
@@ -56,7 +56,30 @@ pub fn load_identities(
             crate::methods::sefi::staged_tokens(&id).map_err(|e| Error::file(p, e))?;
             id.to_device(&sd.device).map_err(identity_error)
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    // Two identities with one name (the same file twice, or two people trained as `<alice>`) would claim the
+    // same pseudo-tokens: refused, naming both files.
+    for (j, b) in loaded.iter().enumerate() {
+        if let Some(i) = loaded[..j].iter().position(|a| a.token == b.token) {
+            let same = paths[i].canonicalize().ok() == paths[j].canonicalize().ok();
+            return Err(Error::file(
+                &paths[j],
+                if same {
+                    format!(
+                        "the same identity ({}) is given twice with --identity; give it once",
+                        b.token
+                    )
+                } else {
+                    format!(
+                        "identity {} has the same name as {} (--identity given twice for one name); retrain or import one under another --token",
+                        b.token,
+                        paths[i].display()
+                    )
+                },
+            ));
+        }
+    }
+    Ok(loaded)
 }
 
 /// What the pipeline needs from identities: their tokens and rows (per-stage key/value rows for SeFi-IDE

@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use persona_diffusion::pipeline::StableDiffusion;
@@ -172,7 +171,7 @@ pub struct Built<'a> {
 
 /// Trains the recipe's identity with `cfg` (continuing from `cfg.out`'s checkpoint when `resume`), reporting
 /// every step; the identity is returned, not written. Its hyper-parameters record what the training cost
-/// (`method.cost`: seconds and steps of this run, the process's peak resident memory), the spec's time per
+/// (`method.cost`: seconds and steps of all runs of this output, resumes included, the process's peak resident memory), the spec's time per
 /// identity and peak memory.
 pub fn train(
     sd: &StableDiffusion,
@@ -199,12 +198,13 @@ pub fn train(
     } else {
         0
     };
-    let clock = Instant::now();
     trainer.run(cfg, &mut opt, start, report)?;
     let mut hyper = built.hyper;
+    // Seconds and steps of all the runs that trained this output (resumes included); this run's steps apart.
     hyper["cost"] = serde_json::json!({
-        "seconds": clock.elapsed().as_secs_f64(),
-        "steps": cfg.steps - start,
+        "seconds": trainer.total_seconds(),
+        "steps": cfg.steps,
+        "steps_this_run": cfg.steps.saturating_sub(start),
         "peak_rss_gb": peak_rss_gb(),
     });
     let mut identity =

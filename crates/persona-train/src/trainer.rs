@@ -114,6 +114,10 @@ pub struct Trainer<'a> {
     captions: Captions,
     noise: NoiseSchedule,
     seed: u64,
+    /// Training seconds of earlier runs of this output (read from the checkpoint on resume) and when this
+    /// run started: checkpoints record the total, so the cost counts every step across resumes.
+    prior_seconds: f64,
+    started: std::time::Instant,
 }
 
 impl<'a> Trainer<'a> {
@@ -137,7 +141,14 @@ impl<'a> Trainer<'a> {
             captions,
             noise,
             seed,
+            prior_seconds: 0.0,
+            started: std::time::Instant::now(),
         })
+    }
+
+    /// Seconds spent training this output so far, earlier runs (before a resume) included.
+    pub fn total_seconds(&self) -> f64 {
+        self.prior_seconds + self.started.elapsed().as_secs_f64()
     }
 
     fn posterior(&mut self, index: usize, flip: usize) -> Result<&Posterior> {
@@ -325,6 +336,11 @@ impl<'a> Trainer<'a> {
         start: usize,
         report: &mut dyn FnMut(StepReport),
     ) -> Result<()> {
+        if start >= cfg.steps {
+            // A finished run resumed: nothing to train, and the checkpoint and log stay as they are.
+            return Ok(());
+        }
+        self.started = std::time::Instant::now();
         let log_path = checkpoint::loss_log_path(&cfg.out);
         let mut log = open_log(&log_path, start)?;
         let base_lr = cfg.effective_lr();
@@ -368,6 +384,7 @@ impl<'a> Trainer<'a> {
         tensors.extend(self.method.extra_tensors());
         let meta = HashMap::from([
             ("step".to_string(), step.to_string()),
+            ("seconds".to_string(), self.total_seconds().to_string()),
             (
                 "config".to_string(),
                 serde_json::to_string(&resume_key(cfg)).unwrap_or_default(),
@@ -398,6 +415,10 @@ impl<'a> Trainer<'a> {
             var.set(&t.to_device(var.device())?)?;
         }
         opt.restore(&tensors, step)?;
+        self.prior_seconds = meta
+            .get("seconds")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0);
         Ok(step)
     }
 }

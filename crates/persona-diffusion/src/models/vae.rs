@@ -66,6 +66,17 @@ impl Config {
         if c.block_out_channels.is_empty() {
             return Err(Error::file(path, "block_out_channels is empty"));
         }
+        // Each block after the first halves the image: 4 blocks (a factor of 8) in every released VAE.
+        if c.block_out_channels.len() > 8 {
+            return Err(Error::file(
+                path,
+                format!(
+                    "{} block_out_channels: a VAE downscaling by 2^{} is not one persona can run (at most 8 blocks)",
+                    c.block_out_channels.len(),
+                    c.block_out_channels.len() - 1
+                ),
+            ));
+        }
         Ok(c)
     }
 

@@ -13,4 +13,4 @@ pub use layers::{
     conv_input_grad, conv_input_grad_with, sigmoid, upsample_nearest, Activation, Conv2d,
     GroupNorm, LayerNorm, Linear, StridedGrad,
 };
-pub use weights::{read_json, Weights};
+pub use weights::{all_finite, read_json, Weights};

@@ -44,6 +44,18 @@ struct State {
     label: String,
 }
 
+/// Whether every value of `t` is finite: one sum in f32 (NaN and ±inf propagate into it), so checking every
+/// weight once at load costs a read of it.
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    let t = match t.dtype() {
+        DType::F32 | DType::F64 => t.clone(),
+        DType::F16 | DType::BF16 => t.to_dtype(DType::F32)?,
+        _ => return Ok(true),
+    };
+    let sum = t.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    Ok(sum.is_finite())
+}
+
 /// A handle on a weight source at some name prefix (cheap to clone; `pp` descends one level).
 #[derive(Clone)]
 pub struct Weights {
@@ -210,7 +222,17 @@ impl Weights {
                     st.mismatched.push(msg);
                     return Ok(placeholder(&shape)?);
                 }
-                t.to_dtype(st.dtype)?
+                let t = t.to_dtype(st.dtype)?;
+                if !all_finite(&t)? {
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "tensor {name} holds NaN or infinite values (in {:?}); the file is damaged",
+                            st.dtype
+                        ),
+                    ));
+                }
+                t
             }
             Source::Record => placeholder(&shape)?,
             Source::Random { seed } => {

@@ -2,6 +2,7 @@
 //! negative prompt, scale the initial noise by `init_noise_sigma`, run the scheduler with classifier-free
 //! guidance `ε = ε_u + s·(ε_c − ε_u)`, decode `z / scaling_factor`.
 
+use crate::nn::all_finite;
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
@@ -97,6 +98,47 @@ impl StableDiffusion {
         control: Option<&dyn AttentionControl>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Tensor> {
+        let mut images = Vec::new();
+        self.generate_each(p, micro, control, progress, &mut |_, batch| {
+            images.push(batch);
+            Ok(())
+        })?;
+        Ok(Tensor::cat(&images, 0)?)
+    }
+
+    /// Warns (through `tracing`) about the words of the prompts that do not fit in the text encoder's
+    /// positions and are cut, as diffusers does.
+    fn warn_cut_words(&self, p: &GenerateParams) -> Result<()> {
+        let mut tokenizer = self.tokenizer.clone();
+        let names: Vec<String> = p.tokens.iter().flat_map(|l| l.names.clone()).collect();
+        if !names.is_empty() && tokenizer.add_tokens(&names).is_err() {
+            return Ok(());
+        }
+        for (which, text) in [
+            ("prompt", &p.prompt),
+            ("negative prompt", &p.negative_prompt),
+        ] {
+            if let Some(cut) = tokenizer.cut_words(text)? {
+                tracing::warn!(
+                    "the {which} is longer than the text encoder's {} tokens; cut: \"{cut}\"",
+                    tokenizer.max_length()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::generate_with_micro`] handing each batch to `on_batch` (the index of its first image, its
+    /// images `[n, 3, H, W]` in [0, 1]) as soon as it is decoded, so that a caller can write it at once. Final
+    /// latents with NaN or infinite values are an error, not a black image.
+    pub fn generate_each(
+        &self,
+        p: &GenerateParams,
+        micro: &MicroConditioning,
+        control: Option<&dyn AttentionControl>,
+        progress: &mut dyn FnMut(Progress),
+        on_batch: &mut dyn FnMut(usize, Tensor) -> Result<()>,
+    ) -> Result<()> {
         if !self.is_sdxl() && !micro.is_default() {
             return Err(Error::Msg(
                 "original size, crop and target size are SDXL micro-conditioning; this model is not SDXL"
@@ -147,7 +189,15 @@ impl StableDiffusion {
         let mut encoded: HashMap<Vec<usize>, (Encoded, Encoded)> = HashMap::new();
         let batch = p.batch_size.max(1);
         let batches = p.num_images.div_ceil(batch);
-        let mut images = Vec::new();
+        if p.latents
+            .as_ref()
+            .is_some_and(|l| !all_finite(l).unwrap_or(false))
+        {
+            return Err(Error::Msg(
+                "the initial latents hold NaN or infinite values".into(),
+            ));
+        }
+        self.warn_cut_words(p)?;
         for b in 0..batches {
             let first = b * batch;
             let n = batch.min(p.num_images - first);
@@ -181,9 +231,17 @@ impl StableDiffusion {
                 &mut rngs,
                 &mut report,
             )?;
-            images.push(self.decode(&z)?);
+            if !all_finite(&z)? {
+                return Err(Error::Msg(format!(
+                    "denoising produced NaN or infinite latents for image(s) {first}..{} (the model weights, an \
+                     identity or the latents overflow{}); nothing was written for them",
+                    first + n - 1,
+                    if self.dtype == candle_core::DType::F16 { " in f16: try --dtype bf16 or f32" } else { "" }
+                )));
+            }
+            on_batch(first, self.decode(&z)?)?;
         }
-        Ok(Tensor::cat(&images, 0)?)
+        Ok(())
     }
 
     /// The denoising loop for one batch of initial latents (unscaled).

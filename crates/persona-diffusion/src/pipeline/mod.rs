@@ -70,6 +70,10 @@ pub struct StableDiffusion {
     pub dtype: DType,
 }
 
+/// The largest default image side (`sample_size` × the VAE factor) a model may declare, in pixels: the
+/// CLI's `--height`/`--width` limit.
+pub const MAX_DEFAULT_SIDE: usize = 8192;
+
 impl StableDiffusion {
     /// Loads a diffusers folder or a hub id from the local cache.
     pub fn load(model: &str, opts: &LoadOptions) -> Result<Self> {
@@ -106,6 +110,17 @@ impl StableDiffusion {
             vae_dtype,
             |w, path| AutoencoderKL::load(w, &vae::Config::read(path)?),
         )?;
+        let default_side = unet.config().sample_size * vae.config().downscale_factor();
+        if default_side > MAX_DEFAULT_SIDE {
+            return Err(Error::file(
+                dir.join("unet/config.json"),
+                format!(
+                    "sample_size {} × the VAE factor {} = {default_side} pixels, over the {MAX_DEFAULT_SIDE} any image may have",
+                    unet.config().sample_size,
+                    vae.config().downscale_factor()
+                ),
+            ));
+        }
         let scheduler_config =
             SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?;
         let sdxl = if dir.join("text_encoder_2").is_dir() || unet.config().text_time() {

@@ -6,11 +6,8 @@ use super::meta::BaseModel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     /// The file exists but its content is wrong (not safetensors, missing tensor, bad metadata, refused pickle…).
     #[error("{}: {msg}", path.display())]
     File { path: PathBuf, msg: String },
@@ -37,10 +34,10 @@ impl IdentityError {
         }
     }
 
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: &Path, err: std::io::Error) -> Self {
         IdentityError::Io {
             path: path.to_owned(),
-            source,
+            err,
         }
     }
 }

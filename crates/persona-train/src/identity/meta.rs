@@ -230,6 +230,18 @@ pub(crate) fn from_header(
     header: &HashMap<String, String>,
     path: &Path,
 ) -> Result<(IdentityMeta, String, Vec<String>)> {
+    // Every identity header value is JSON and `format` is the JSON string "persona-identity"; a model's weights
+    // file has `format: pt` (not JSON) or no header at all.
+    if header.get("format").map(String::as_str) != Some(&format!("{FORMAT:?}")) {
+        let mut fields = Map::new();
+        if let Some(Ok(v)) = header
+            .get("format")
+            .map(|f| serde_json::from_str::<Value>(f))
+        {
+            fields.insert("format".into(), v);
+        }
+        check_format(&fields, path)?;
+    }
     let mut fields = Map::new();
     for (key, raw) in header {
         let value: Value = serde_json::from_str(raw).map_err(|e| {

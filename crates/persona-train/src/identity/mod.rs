@@ -162,6 +162,16 @@ impl Identity {
         identity
             .validate()
             .map_err(|e| IdentityError::file(path, e))?;
+        let tensors = std::iter::once((EMBEDDINGS, &identity.embeddings))
+            .chain(identity.modules.iter().map(|(k, v)| (k.as_str(), v)));
+        for (name, t) in tensors {
+            if !persona_diffusion::nn::all_finite(t).map_err(|e| IdentityError::file(path, e))? {
+                return Err(IdentityError::file(
+                    path,
+                    format!("tensor `{name}` holds NaN or infinite values; the identity is damaged (retrain it, or --resume from its checkpoint)"),
+                ));
+            }
+        }
         Ok(identity)
     }
 

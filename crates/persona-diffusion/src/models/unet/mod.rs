@@ -149,6 +149,9 @@ fn d_positional() -> String {
     "positional".into()
 }
 
+/// The largest `sample_size` (latent side) a UNet config may declare.
+pub const MAX_SAMPLE_SIZE: usize = 1024;
+
 impl Config {
     pub fn read(path: &Path) -> Result<Self> {
         let c: Self = read_json(path)?;
@@ -164,6 +167,14 @@ impl Config {
                 "UNet config uses {what}, which persona does not support yet"
             ))
         };
+        // The default image side is sample_size × the VAE factor (8): 1024 latents is 8192 pixels, the
+        // largest side `--height`/`--width` accept; a larger value is a typo that would allocate terabytes.
+        if !(1..=MAX_SAMPLE_SIZE).contains(&self.sample_size) {
+            return Err(format!(
+                "sample_size {} is not a latent size (1 ..= {MAX_SAMPLE_SIZE}; SD 2.1 uses 96, SDXL 128)",
+                self.sample_size
+            ));
+        }
         if self.class_embed_type.is_some() {
             return unsupported("class_embed_type");
         }
