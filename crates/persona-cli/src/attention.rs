@@ -15,44 +15,32 @@ use persona_diffusion::models::clip_text::Output;
 use persona_diffusion::nn::{AttentionControl, LayerId};
 use persona_diffusion::pipeline::image::{to_rgb8, write_atomic, write_png};
 use persona_diffusion::pipeline::{expand_prompt, GenerateParams, StableDiffusion};
-use persona_diffusion::schedulers::SchedulerKind;
+
+use crate::sampling_flags::{IdentityArgs, ModelArgs, SamplingArgs, SizeArgs};
 
 /// Writes DIR/image.png, DIR/attention_HxW.png per layer resolution (H×W in latent pixels: 64×64 … 8×8 for
 /// SD at 512²; 16×16 and 32×32 are the layers SeFi-IDE's loss reads) and DIR/attention.json (the raw maps).
 #[derive(Args, Debug)]
+#[command(mut_arg("steps", |a| a.default_value("30")))]
 #[command(
     after_help = "Example:\n  persona attention --model stabilityai/stable-diffusion-2-1-base --identity alice.safetensors \\\n    \
 --prompt 'a photo of {} in a garden' --token '<alice>' --out maps/"
 )]
 pub struct AttentionArgs {
-    #[arg(long)]
-    model: String,
-    #[arg(long)]
-    variant: Option<String>,
+    #[command(flatten)]
+    base: ModelArgs,
     /// The prompt; `{}`/`{0}` and identity names expand as in `persona generate`.
     #[arg(long)]
     prompt: String,
-    #[arg(long, default_value = "")]
-    negative_prompt: String,
-    /// An identity file (repeatable).
-    #[arg(long)]
-    identity: Vec<PathBuf>,
-    #[arg(long)]
-    force: bool,
+    #[command(flatten)]
+    ids: IdentityArgs,
     /// Whose attention to show: an identity name (`<alice>`: all its pseudo-tokens) or a word of the prompt.
     #[arg(long)]
     token: String,
-    #[arg(long, default_value_t = 30)]
-    steps: usize,
-    #[arg(long, default_value_t = 7.5)]
-    guidance: f64,
-    #[arg(long, value_parser = |s: &str| s.parse::<SchedulerKind>().map_err(|e| e.to_string()))]
-    scheduler: Option<SchedulerKind>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Image side in pixels (default: the model's).
-    #[arg(long)]
-    size: Option<usize>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    size: SizeArgs,
     /// Output folder (created if missing).
     #[arg(long)]
     out: PathBuf,
@@ -161,26 +149,27 @@ fn overlay(image: &RgbImage, map: &[f32], (h, w): (usize, usize)) -> RgbImage {
 }
 
 pub fn run(a: AttentionArgs) -> Result<()> {
+    let s = &a.sampling;
     let place = a.device.resolve()?;
-    let sd = StableDiffusion::load(&a.model, &place.load_options(a.variant.clone()))?;
+    let sd = StableDiffusion::load(&a.base.model, &place.load_options(a.base.variant.clone()))?;
     place.announce();
-    let identities = persona_train::output::load_identities(&sd, &a.identity, a.force)?;
+    let identities = persona_train::output::load_identities(&sd, &a.ids.identity, a.ids.force)?;
     let (tokens, names) = persona_train::output::learned_tokens(&identities);
     let prompt = expand_prompt(&a.prompt, &names)?;
     let control = HeatMaps {
         positions: positions(&sd, &prompt, &names, &a.token)?,
         sums: RefCell::default(),
     };
-    let size = a.size.unwrap_or_else(|| sd.default_size());
+    let (height, width) = a.size.or(sd.default_size());
     let params = GenerateParams {
         prompt: prompt.clone(),
-        negative_prompt: expand_prompt(&a.negative_prompt, &names)?,
-        steps: a.steps,
-        guidance: a.guidance,
-        scheduler: a.scheduler,
-        height: size,
-        width: size,
-        seed: a.seed,
+        negative_prompt: expand_prompt(&s.negative_prompt, &names)?,
+        steps: s.steps,
+        guidance: s.guidance,
+        scheduler: s.scheduler,
+        height,
+        width,
+        seed: s.seed,
         num_images: 1,
         batch_size: 1,
         latents: None,
@@ -189,13 +178,13 @@ pub fn run(a: AttentionArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("{}: cannot create the output folder", a.out.display()))?;
-    let bar = crate::progress::bar(a.steps as u64, "denoising");
+    let bar = crate::progress::bar(s.steps as u64, "denoising");
     let images = sd.generate_with(&params, Some(&control), &mut |p| {
         bar.set_position(p.step as u64)
     })?;
     bar.finish_and_clear();
     let image = to_rgb8(&images)?.remove(0);
-    let record = serde_json::json!({"model": a.model, "prompt": a.prompt, "expanded": prompt, "token": a.token, "positions": control.positions, "steps": a.steps, "seed": a.seed, "device": place.device_name(), "dtype": place.dtype_name()});
+    let record = serde_json::json!({"model": a.base.model, "prompt": a.prompt, "expanded": prompt, "token": a.token, "positions": control.positions, "steps": s.steps, "seed": s.seed, "device": place.device_name(), "dtype": place.dtype_name()});
     write_png(
         &a.out.join("image.png"),
         &image,

@@ -9,8 +9,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, FromArgMatches, ValueEnum};
+use clap::{Args, FromArgMatches};
 use persona_eval::results::{ImageRecord, Results};
+use persona_train::recipe::MethodName;
 
 use crate::{eval, train};
 
@@ -44,7 +45,7 @@ pub struct DemoArgs {
     person: String,
     /// Personalization method.
     #[arg(long, value_enum, default_value = "idea")]
-    method: DemoMethod,
+    method: MethodName,
     /// Training steps (default: the method's own).
     #[arg(long, value_parser = crate::values::positive)]
     steps: Option<usize>,
@@ -60,25 +61,6 @@ pub struct DemoArgs {
     /// Replace an existing output folder.
     #[arg(long)]
     overwrite: bool,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum DemoMethod {
-    Ti,
-    CrossInit,
-    Idea,
-    Sefi,
-}
-
-impl DemoMethod {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Ti => "ti",
-            Self::CrossInit => "cross-init",
-            Self::Idea => "idea",
-            Self::Sefi => "sefi",
-        }
-    }
 }
 
 /// The world's files the demo uses, checked up front.

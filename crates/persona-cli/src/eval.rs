@@ -9,46 +9,39 @@ use persona_eval::prompts::PromptSet;
 use persona_eval::protocol::Sampling;
 use persona_faces::ModelSearch;
 
+use crate::sampling_flags::{IdentityArgs, SamplingArgs};
+
 /// Generates --images-per-prompt images per identity × prompt (image i from seed S+i) and scores each: faces
-/// found, ID similarity to the references (the mean of their normalised face embeddings; for `{1}` prompts each
-/// identity against its best-matching face), CLIP prompt score with placeholders removed. Writes results.json,
+/// found, ID similarity to the references (the mean of their normalised face embeddings; for `{1}` prompts, whose
+/// second identity is the next --identity cyclically, each identity against its best-matching face), CLIP
+/// prompt score with placeholders removed. Writes results.json,
 /// results.csv and report.html into --out; an interrupted run resumes where it stopped. With --images, scores
 /// images made elsewhere instead (DIR/<prompt>/… or DIR/<identity>/<prompt>/…, the prompt from prompt.txt or
 /// the folder name).
 #[derive(Args, Debug)]
+#[command(mut_arg("seed", |a| a.default_value("42")))]
 #[command(
     after_help = "Examples:\n  persona eval --model stabilityai/stable-diffusion-2-1-base --identity alice.safetensors --prompts single \\\n    \
 --scheduler ddim --steps 50 --guidance 10 --references photos/alice --out eval/alice\n  \
 persona eval --images other-tool/alice --references photos/alice --out eval/other"
 )]
 pub struct EvalArgs {
-    /// A diffusers pipeline folder or a cached hub id (to generate).
+    // Not the shared `ModelArgs`: --model is optional here (--images needs no model).
+    /// A diffusers pipeline folder or a cached hub id (to generate; not needed with --images).
     #[arg(long)]
     model: Option<String>,
+    /// Weight variant to load (e.g. fp16 for *.fp16.safetensors).
     #[arg(long)]
     variant: Option<String>,
-    /// An identity file (repeatable); the second identity of `{1}` prompts is the next one (cyclically).
-    #[arg(long)]
-    identity: Vec<PathBuf>,
-    /// Use identities trained on another base model with the same text width.
-    #[arg(long)]
-    force: bool,
+    #[command(flatten)]
+    ids: IdentityArgs,
     /// A prompt file (one per line) or a set: style, single, with_celeb, double, expression, idea_examples.
     #[arg(long)]
     prompts: Option<String>,
     #[arg(long, default_value_t = 8)]
     images_per_prompt: usize,
-    /// Sampler (default: the model's own; PNDM configs sample with DDIM).
-    #[arg(long)]
-    scheduler: Option<String>,
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
-    #[arg(long, default_value_t = 7.5)]
-    guidance: f64,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    #[arg(long, default_value = "")]
-    negative_prompt: String,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Square image size (default: the model's).
     #[arg(long)]
     resolution: Option<usize>,
@@ -103,19 +96,21 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         Some(_) => ModelPlacement::default(),
     };
+    let s = a.sampling;
     let cfg = EvalConfig {
         model: a.model,
         variant: a.variant,
-        identities: a.identity,
-        force: a.force,
+        identities: a.ids.identity,
+        force: a.ids.force,
         prompts: a.prompts.as_deref().map(PromptSet::resolve).transpose()?,
         sampling: Sampling {
             images_per_prompt: a.images_per_prompt,
-            scheduler: a.scheduler,
-            steps: a.steps,
-            guidance: a.guidance,
-            seed: a.seed,
-            negative_prompt: a.negative_prompt,
+            // The name the library parses back (the manifest's scheduler is text).
+            scheduler: s.scheduler.map(|k| k.to_string()),
+            steps: s.steps,
+            guidance: s.guidance,
+            seed: s.seed,
+            negative_prompt: s.negative_prompt,
             resolution: a.resolution,
             batch_size: a.batch_size,
         },

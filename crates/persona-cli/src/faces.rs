@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+use persona_diffusion::pipeline::image::write_atomic;
 use persona_faces::{
     cosine, largest, load_rgb, Detector, Face, ModelSearch, Recognizer, RecognizerKind,
 };
@@ -194,37 +195,26 @@ fn unique_name(dir: &Path, img: &Path, suffix: &str, used: &mut HashSet<String>)
     dir.join(format!("{name}.png"))
 }
 
-/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("renaming {} to {}", tmp.display(), path.display())
-    })
-}
-
 fn save_image_atomic(img: &RgbImage, path: &Path) -> Result<()> {
     let format = ImageFormat::from_path(path).unwrap_or(ImageFormat::Png);
     let mut buf = Cursor::new(Vec::new());
     DynamicImage::ImageRgb8(img.clone())
         .write_to(&mut buf, format)
         .with_context(|| format!("encoding {}", path.display()))?;
-    write_atomic(path, buf.get_ref())
+    Ok(write_atomic(path, buf.get_ref())?)
+}
+
+/// Writes an image into `dir`, creating the folder first if needed: a folder appears only once there is a file
+/// to put in it, so a run that fails earlier (no detector, an unreadable image, no face) leaves none behind.
+fn save_into(dir: &Path, img: &RgbImage, target: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    save_image_atomic(img, target)
 }
 
 fn detect(search: &ModelSearch, images: &[PathBuf], json: bool, draw: Option<&Path>) -> Result<()> {
     let detector = load_detector(search)?;
     // One image and an OUT with an extension: OUT is the file; otherwise a folder.
     let draw_file = draw.filter(|d| images.len() == 1 && d.extension().is_some() && !d.is_dir());
-    if let Some(dir) = draw.filter(|_| draw_file.is_none()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
     let mut reports = Vec::new();
     let mut missing = Vec::new();
     let mut used = HashSet::new();
@@ -235,11 +225,11 @@ fn detect(search: &ModelSearch, images: &[PathBuf], json: bool, draw: Option<&Pa
             missing.push(path.clone());
         }
         if let Some(out) = draw {
-            let target = match draw_file {
-                Some(f) => f.to_path_buf(),
-                None => unique_name(out, path, "_faces", &mut used),
-            };
-            save_image_atomic(&draw_faces(&img, &faces), &target)?;
+            let drawn = draw_faces(&img, &faces);
+            match draw_file {
+                Some(f) => save_image_atomic(&drawn, f)?,
+                None => save_into(out, &drawn, &unique_name(out, path, "_faces", &mut used))?,
+            }
         }
         if json {
             reports.push(serde_json::json!({
@@ -317,7 +307,6 @@ fn align(search: &ModelSearch, images: &[PathBuf], out: &Path, size: u32) -> Res
         bail!("--size must be at least 1");
     }
     let detector = load_detector(search)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut missing = Vec::new();
     let mut used = HashSet::new();
     for path in images {
@@ -332,7 +321,7 @@ fn align(search: &ModelSearch, images: &[PathBuf], out: &Path, size: u32) -> Res
             persona_faces::aligned_crop(&img, &face.landmarks, size)?
         };
         let target = unique_name(out, path, "", &mut used);
-        save_image_atomic(&crop, &target)?;
+        save_into(out, &crop, &target)?;
         println!("{} -> {}", path.display(), target.display());
     }
     no_face(missing)
@@ -364,38 +353,29 @@ fn embed_all(
 }
 
 fn embed(search: &ModelSearch, images: &[PathBuf], out: &Path) -> Result<()> {
-    use safetensors::tensor::{Dtype, TensorView};
+    use candle_core::{Device, Tensor};
     let (found, model, detector) = embed_all(search, images)?;
-    let dim = found[0].1.len();
-    let flat =
-        |it: &mut dyn Iterator<Item = f32>| -> Vec<u8> { it.flat_map(f32::to_le_bytes).collect() };
-    let emb = flat(&mut found.iter().flat_map(|(_, e)| e.iter().copied()));
-    let boxes = flat(&mut found.iter().flat_map(|(f, _)| f.bbox));
-    let lms = flat(
-        &mut found
-            .iter()
-            .flat_map(|(f, _)| f.landmarks.into_iter().flatten()),
-    );
-    let scores = flat(&mut found.iter().map(|(f, _)| f.score));
-    let n = found.len();
-    let tensors = vec![
-        (
-            "embeddings",
-            TensorView::new(Dtype::F32, vec![n, dim], &emb)?,
-        ),
-        ("boxes", TensorView::new(Dtype::F32, vec![n, 4], &boxes)?),
-        (
-            "landmarks",
-            TensorView::new(Dtype::F32, vec![n, 5, 2], &lms)?,
-        ),
-        ("scores", TensorView::new(Dtype::F32, vec![n], &scores)?),
-    ];
-    let mut meta = std::collections::HashMap::new();
-    meta.insert("images".to_string(), serde_json::to_string(images)?);
-    meta.insert("recognizer".to_string(), model);
-    meta.insert("detector".to_string(), detector.to_string());
-    let bytes = safetensors::serialize(tensors, Some(meta))?;
-    write_atomic(out, &bytes)?;
+    let (n, dim) = (found.len(), found[0].1.len());
+    let tensor = |values: Vec<f32>, shape: &[usize]| Tensor::from_vec(values, shape, &Device::Cpu);
+    let emb = found.iter().flat_map(|(_, e)| e.iter().copied()).collect();
+    let boxes = found.iter().flat_map(|(f, _)| f.bbox).collect();
+    let lms = found
+        .iter()
+        .flat_map(|(f, _)| f.landmarks.into_iter().flatten())
+        .collect();
+    let scores = found.iter().map(|(f, _)| f.score).collect();
+    let tensors = std::collections::BTreeMap::from([
+        ("embeddings".to_string(), tensor(emb, &[n, dim])?),
+        ("boxes".to_string(), tensor(boxes, &[n, 4])?),
+        ("landmarks".to_string(), tensor(lms, &[n, 5, 2])?),
+        ("scores".to_string(), tensor(scores, &[n])?),
+    ]);
+    let meta = std::collections::HashMap::from([
+        ("images".to_string(), serde_json::to_string(images)?),
+        ("recognizer".to_string(), model),
+        ("detector".to_string(), detector.to_string()),
+    ]);
+    persona_diffusion::safetensors_file::write(out, &tensors, Some(meta))?;
     println!("{n} embedding(s) of size {dim} -> {}", out.display());
     Ok(())
 }

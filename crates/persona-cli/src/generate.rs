@@ -2,16 +2,16 @@
 
 use std::path::PathBuf;
 
+use crate::sampling_flags::{IdentityArgs, ModelArgs, SamplingArgs, SizeArgs};
 use crate::values;
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use persona_diffusion::models::clip_text::Output;
 use persona_diffusion::nn::AttentionControl;
 use persona_diffusion::pipeline::image::{to_rgb8, write_atomic, write_png};
 use persona_diffusion::pipeline::{
     expand_prompt, GenerateParams, MicroConditioning, StableDiffusion,
 };
-use persona_diffusion::schedulers::SchedulerKind;
 use persona_train::methods::idea::inference::{AdapterUse, IdentityControl};
 
 /// Images are written as DIR/0000.png, 0001.png, … with the generation parameters in a PNG text chunk
@@ -23,34 +23,14 @@ use persona_train::methods::idea::inference::{AdapterUse, IdentityControl};
 persona generate --model stabilityai/stable-diffusion-2-1-base --prompt \"a dog\" --scheduler dpm++2m --steps 50 --guidance 7.5 --out out/"
 )]
 pub struct GenerateArgs {
-    /// A diffusers pipeline folder, or a hub id already in the local Hugging Face cache.
-    #[arg(long)]
-    model: String,
-    /// Weight variant to load (e.g. fp16 for *.fp16.safetensors).
-    #[arg(long)]
-    variant: Option<String>,
+    #[command(flatten)]
+    base: ModelArgs,
     #[arg(long)]
     prompt: String,
-    /// What to steer away from (the unconditional branch of classifier-free guidance).
-    #[arg(long, default_value = "")]
-    negative_prompt: String,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 50, value_parser = values::positive)]
-    steps: usize,
-    /// Classifier-free guidance scale (finite, ≥ 0); 1 or less disables guidance.
-    #[arg(long, default_value_t = 7.5, value_parser = values::non_negative)]
-    guidance: f64,
-    /// Sampler (default: the model's own scheduler; PNDM configs sample with DDIM).
-    #[arg(long, value_parser = parse_scheduler)]
-    scheduler: Option<SchedulerKind>,
-    /// Image height in pixels (default: the UNet's sample_size × the VAE factor; at most 8192).
-    #[arg(long, value_parser = values::image_side)]
-    height: Option<usize>,
-    /// Image width in pixels (as --height).
-    #[arg(long, value_parser = values::image_side)]
-    width: Option<usize>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    size: SizeArgs,
     /// How many images (image i uses seed + i).
     #[arg(long, default_value_t = 1, value_parser = values::positive)]
     num_images: usize,
@@ -73,17 +53,12 @@ pub struct GenerateArgs {
     /// SDXL micro-conditioning: the target size H,W (default: --height,--width).
     #[arg(long, value_parser = parse_pair, value_name = "H,W")]
     target_size: Option<(usize, usize)>,
-    /// An identity file (repeatable): `{}`/`{0}` in the prompt is the first identity, `{1}` the second, and
-    /// each identity's name (e.g. `<alice>`) expands to its pseudo-tokens.
-    #[arg(long)]
-    identity: Vec<PathBuf>,
-    /// Use an identity even if it was trained on another base model with the same text width.
-    #[arg(long)]
-    force: bool,
+    #[command(flatten)]
+    ids: IdentityArgs,
     /// ID-EA identities: `apply` their adapters (and cross-attention deltas) as trained, or `train-only`: use
     /// only their tokens, as the released ID-EA code does at inference.
     #[arg(long, value_enum, default_value = "apply")]
-    adapter: AdapterArg,
+    adapter: AdapterUse,
     /// Output folder (created if missing, once the first image is made).
     #[arg(long)]
     out: PathBuf,
@@ -92,16 +67,6 @@ pub struct GenerateArgs {
     overwrite: bool,
     #[command(flatten)]
     device: crate::device_flags::DeviceArgs,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum AdapterArg {
-    Apply,
-    TrainOnly,
-}
-
-fn parse_scheduler(s: &str) -> std::result::Result<SchedulerKind, String> {
-    s.parse::<SchedulerKind>().map_err(|e| e.to_string())
 }
 
 /// `A,B` → (A, B).
@@ -131,8 +96,9 @@ fn read_latents(path: &PathBuf) -> Result<candle_core::Tensor> {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
+    let s = &a.sampling;
     let place = a.device.resolve()?;
-    let sd = StableDiffusion::load(&a.model, &place.load_options(a.variant.clone()))?;
+    let sd = StableDiffusion::load(&a.base.model, &place.load_options(a.base.variant.clone()))?;
     place.announce();
     let micro = MicroConditioning {
         original_size: a.original_size,
@@ -142,7 +108,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let micro_given =
         a.original_size.is_some() || a.crop_top_left.is_some() || a.target_size.is_some();
     if micro_given && !sd.is_sdxl() {
-        bail!("--original-size, --crop-top-left and --target-size are SDXL micro-conditioning; {} is not an SDXL model", a.model);
+        bail!("--original-size, --crop-top-left and --target-size are SDXL micro-conditioning; {} is not an SDXL model", a.base.model);
     }
     let size = sd.default_size();
     let latents = a
@@ -152,10 +118,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         .transpose()?
         .map(|l| l.to_device(&sd.device))
         .transpose()?;
-    let identities = persona_train::output::load_identities(&sd, &a.identity, a.force)?;
+    let identities = persona_train::output::load_identities(&sd, &a.ids.identity, a.ids.force)?;
     let (tokens, names) = persona_train::output::learned_tokens(&identities);
     let prompt = expand_prompt(&a.prompt, &names)?;
-    let negative_prompt = expand_prompt(&a.negative_prompt, &names)?;
+    let negative_prompt = expand_prompt(&s.negative_prompt, &names)?;
     let num_images = match &latents {
         Some(l) if a.num_images != 1 && a.num_images != l.dim(0)? => {
             bail!(
@@ -167,15 +133,16 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         Some(l) => l.dim(0)?,
         None => a.num_images,
     };
+    let (height, width) = a.size.or(size);
     let params = GenerateParams {
         prompt,
         negative_prompt,
-        steps: a.steps,
-        guidance: a.guidance,
-        scheduler: a.scheduler,
-        height: a.height.unwrap_or(size),
-        width: a.width.unwrap_or(size),
-        seed: a.seed,
+        steps: s.steps,
+        guidance: s.guidance,
+        scheduler: s.scheduler,
+        height,
+        width,
+        seed: s.seed,
         num_images,
         batch_size: a.batch_size,
         latents,
@@ -188,19 +155,15 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         .collect();
     crate::output::check_out_dir(&a.out, &names, a.overwrite, "--out")?;
     let batches = num_images.div_ceil(a.batch_size.max(1));
-    let bar = crate::progress::bar((batches * a.steps) as u64, "denoising");
-    let adapter_use = match a.adapter {
-        AdapterArg::Apply => AdapterUse::Apply,
-        AdapterArg::TrainOnly => AdapterUse::TrainOnly,
-    };
-    let control = IdentityControl::new(&sd, &identities, adapter_use, params.guidance > 1.0)?;
+    let bar = crate::progress::bar((batches * s.steps) as u64, "denoising");
+    let control = IdentityControl::new(&sd, &identities, a.adapter, params.guidance > 1.0)?;
     let control = control.as_ref().map(|c| c as &dyn AttentionControl);
-    let scheduler = sd.scheduler_kind(a.scheduler);
+    let scheduler = sd.scheduler_kind(s.scheduler);
     let mut record = serde_json::json!({
-        "model": a.model, "variant": a.variant, "prompt": a.prompt, "negative_prompt": a.negative_prompt,
-        "steps": a.steps, "guidance": a.guidance, "scheduler": scheduler.cli_name(),
-        "height": params.height, "width": params.width, "seed": a.seed, "num_images": num_images,
-        "latents": a.latents, "clip_skip": a.clip_skip, "identities": a.identity,
+        "model": a.base.model, "variant": a.base.variant, "prompt": a.prompt, "negative_prompt": s.negative_prompt,
+        "steps": s.steps, "guidance": s.guidance, "scheduler": scheduler.cli_name(),
+        "height": params.height, "width": params.width, "seed": s.seed, "num_images": num_images,
+        "latents": a.latents, "clip_skip": a.clip_skip, "identities": a.ids.identity,
         "adapter": format!("{:?}", a.adapter).to_lowercase(),
         "device": place.device_name(), "dtype": place.dtype_name(),
     });
@@ -218,12 +181,12 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         for (k, img) in to_rgb8(&images)?.iter().enumerate() {
             let i = first + k;
             let mut one = record.clone();
-            one["seed"] = serde_json::json!(a.seed.wrapping_add(i as u64));
+            one["seed"] = serde_json::json!(s.seed.wrapping_add(i as u64));
             one["index"] = serde_json::json!(i);
             let a1111 = format!(
                 "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}, Device: {}, Dtype: {}",
-                a.prompt, a.negative_prompt, a.steps, scheduler.cli_name().unwrap_or("?"), a.guidance,
-                a.seed.wrapping_add(i as u64), params.width, params.height, a.model, place.device_name(), place.dtype_name()
+                a.prompt, s.negative_prompt, s.steps, scheduler.cli_name().unwrap_or("?"), s.guidance,
+                s.seed.wrapping_add(i as u64), params.width, params.height, a.base.model, place.device_name(), place.dtype_name()
             );
             write_png(
                 &a.out.join(format!("{i:04}.png")),

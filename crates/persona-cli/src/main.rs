@@ -13,6 +13,7 @@ mod generate;
 mod identity_cmd;
 mod output;
 mod progress;
+mod sampling_flags;
 mod train;
 mod values;
 

@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 
+use crate::sampling_flags::ModelArgs;
 use crate::values;
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use persona_diffusion::pipeline::StableDiffusion;
 use persona_faces::ModelSearch;
 use persona_train::checkpoint::checkpoint_path;
@@ -14,19 +15,6 @@ use persona_train::methods::sefi::LayerSelect;
 use persona_train::optim::{AdamWConfig, Schedule};
 use persona_train::recipe::{self, MethodName, MethodOptions, Recipe, SefiParam};
 use persona_train::trainer::TrainConfig;
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Method {
-    /// Textual Inversion: tokens start from an init word ("person"); diffusion loss only.
-    Ti,
-    /// Cross Initialization: tokens start from the celebrity-name anchor, with an L2 pull towards it.
-    CrossInit,
-    /// SeFi-IDE: per-stage key/value tokens and the subject-wise attention loss (docs/sefi.md).
-    Sefi,
-    /// ID-EA: Cross Init tokens trained with an ID-Enhancer and an ID-Adapter over the face embedding of the
-    /// photos (docs/idea.md).
-    Idea,
-}
 
 /// Learns pseudo-tokens for the person in IMAGES (every jpg/png/webp in the folder). Each photo is cropped to
 /// a square around the detected face (centre crop when no face or no detector is found, or with --detector
@@ -43,9 +31,8 @@ persona train --model stabilityai/stable-diffusion-xl-base-1.0 --images photos/a
 Then: persona generate --model … --identity alice.safetensors --prompt '{} wearing an oversized sweater' --out out/"
 )]
 pub struct TrainArgs {
-    /// A diffusers pipeline folder or a cached hub id.
-    #[arg(long)]
-    model: String,
+    #[command(flatten)]
+    base: ModelArgs,
     /// Folder of photos of one person.
     #[arg(long)]
     images: PathBuf,
@@ -53,34 +40,28 @@ pub struct TrainArgs {
     #[arg(long)]
     token: String,
     #[arg(long, value_enum)]
-    method: Method,
-    /// Pseudo-tokens (default 2; sefi: 1).
-    #[arg(long)]
+    method: MethodName,
+    #[arg(long, help = per_method("Pseudo-tokens", |m| m.default_num_tokens().to_string()))]
     num_tokens: Option<usize>,
-    /// Optimizer steps (default 320; sefi: 600).
-    #[arg(long, value_parser = values::positive)]
+    #[arg(long, value_parser = values::positive, help = per_method("Optimizer steps", |m| m.default_steps().to_string()))]
     steps: Option<usize>,
     #[arg(long, default_value_t = 8, value_parser = values::positive)]
     batch_size: usize,
     /// Micro-batches per optimizer step.
     #[arg(long, default_value_t = 1, value_parser = values::positive)]
     grad_accum: usize,
-    /// Learning rate (default: the paper's effective value, 0.005, for ti / cross-init; sefi: 1e-4 × batch
-    /// size × accumulation, ProSpect's).
-    #[arg(long)]
+    #[arg(long, help = per_method("Learning rate", default_lr))]
     lr: Option<f64>,
     /// Multiply --lr by batch size × accumulation (diffusers' --scale_lr).
     #[arg(long)]
     scale_lr: bool,
     #[arg(long, value_enum, default_value = "constant")]
-    schedule: ScheduleArg,
+    schedule: Schedule,
     #[arg(long, default_value_t = 0)]
     warmup: usize,
-    /// Regulariser weight (default: cross-init 1e-5, idea 8e-4).
-    #[arg(long)]
+    #[arg(long, help = per_method("Regulariser weight", |m| num(m.default_reg_weight())))]
     reg_weight: Option<f64>,
-    /// Adam epsilon (default 1e-8; idea 1e-7).
-    #[arg(long)]
+    #[arg(long, help = per_method("Adam epsilon", |m| num(m.default_adam_eps())))]
     adam_eps: Option<f64>,
     /// idea: face recogniser (.onnx: ArcFace or FaceNet); default: found like every face model (--models,
     /// $PERSONA_MODELS, ~/.cache/persona/models, ~/.insightface/models).
@@ -94,7 +75,7 @@ pub struct TrainArgs {
     kv_rank: usize,
     /// idea: regulariser: l2 (Cross Init's) or mahalanobis (the released code's degenerate form, docs/idea.md).
     #[arg(long, value_enum, default_value = "l2")]
-    reg: RegArg,
+    reg: Regularizer,
     /// idea: attention heads of the Enhancer and the Adapter (must divide the text width).
     #[arg(long, default_value_t = 8)]
     idea_heads: usize,
@@ -107,15 +88,12 @@ pub struct TrainArgs {
     /// Caption templates, one per line with {} (default: the bundled textual-inversion list).
     #[arg(long)]
     templates: Option<PathBuf>,
-    /// What each template's {} becomes; {tokens} is the pseudo-tokens (default "face of {tokens} person";
-    /// sefi: "face of {tokens}", the paper's "a photo of the face of V*").
-    #[arg(long)]
+    #[arg(long, help = per_method("What each template's {} becomes; {tokens} is the pseudo-tokens (SeFi-IDE's is the paper's \"a photo of the face of V*\")", |m| format!("{:?}", m.default_subject())))]
     subject: Option<String>,
     /// sefi: timestep stages, each with its own key and value embeddings (stage = ⌊t·S/1000⌋).
     #[arg(long, default_value_t = 5)]
     stages: usize,
-    /// Weight λ of the subject-wise attention loss (sefi default 0.003; ti / cross-init: off unless given).
-    #[arg(long)]
+    #[arg(long, help = per_method("Weight λ of the subject-wise attention loss", |m| m.default_attn_loss().map_or("off".into(), |w| w.to_string())))]
     attn_loss: Option<f64>,
     /// The class word: the attention loss's reference replaces the pseudo-tokens by it, and sefi's vectors start
     /// from it. One token: person, man, woman, dog, cat, car, …
@@ -127,7 +105,7 @@ pub struct TrainArgs {
     attn_layers: String,
     /// sefi: train the vectors directly, or through a ProSpect-style generator block.
     #[arg(long, value_enum, default_value = "direct")]
-    sefi_param: SefiParamArg,
+    sefi_param: SefiParam,
     /// Training image side in pixels (default 512; SDXL: the model's own, 1024 for SDXL base).
     #[arg(long)]
     resolution: Option<u32>,
@@ -156,8 +134,6 @@ pub struct TrainArgs {
     /// Folder with face models (also $PERSONA_MODELS, ~/.cache/persona/models, ~/.insightface/models).
     #[arg(long)]
     models: Option<PathBuf>,
-    #[arg(long)]
-    variant: Option<String>,
     /// The identity file to write (safetensors).
     #[arg(long)]
     out: PathBuf,
@@ -165,22 +141,32 @@ pub struct TrainArgs {
     device: crate::device_flags::DeviceArgs,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum SefiParamArg {
-    Direct,
-    Generator,
+/// A method's default learning rate as a formula of the samples per step (batch size × accumulation).
+fn default_lr(m: MethodName) -> String {
+    let one = m.default_lr(1);
+    if m.default_lr(2) == one {
+        num(one)
+    } else {
+        format!("{} × batch size × accumulation", num(one))
+    }
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum RegArg {
-    L2,
-    Mahalanobis,
+/// `0.005`, `1e-5`: small values in scientific notation, as the papers write them.
+fn num(v: f64) -> String {
+    if v != 0.0 && v.abs() < 1e-3 {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum ScheduleArg {
-    Constant,
-    Cosine,
+/// A flag's help with each method's default, read from [`MethodName`] (their one home).
+fn per_method(what: &str, default: impl Fn(MethodName) -> String) -> String {
+    let defaults: Vec<String> = MethodName::ALL
+        .iter()
+        .map(|&m| format!("{m} {}", default(m)))
+        .collect();
+    format!("{what} (default, per method: {})", defaults.join(", "))
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
@@ -222,7 +208,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
     }
     let place = a.device.resolve()?;
-    let sd = StableDiffusion::load(&a.model, &place.load_options(a.variant.clone()))?;
+    let sd = StableDiffusion::load(&a.base.model, &place.load_options(a.base.variant.clone()))?;
     place.announce();
     let r = recipe_of(&a);
     let resolution = a.resolution.unwrap_or(if sd.is_sdxl() {
@@ -232,11 +218,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
     });
     let cfg = config_of(&a, r.method, resolution);
     let bar = crate::progress::bar(cfg.steps as u64, "training");
-    let identity = recipe::train(&sd, &a.model, &r, &cfg, a.resume, &mut |s| {
+    let identity = recipe::train(&sd, &a.base.model, &r, &cfg, a.resume, &mut |s| {
         bar.set_position(s.step as u64);
         bar.set_message(format!("training loss {:.4}", s.loss.total));
     })?;
     bar.finish_and_clear();
+    if let Some(face_model) = &identity.meta.face_model {
+        let photos = &identity.meta.hyper["method"]["face_photos"];
+        eprintln!("face embedding: {photos} photo(s), {face_model}");
+    }
     let mut identity = identity;
     identity.meta.hyper["device"] = place.device_name().into();
     identity.meta.hyper["dtype"] = place.dtype_name().into();
@@ -274,12 +264,6 @@ fn finished_step(ckpt: &std::path::Path) -> Result<Option<usize>> {
 }
 
 fn recipe_of(a: &TrainArgs) -> Recipe {
-    let method = match a.method {
-        Method::Ti => MethodName::Ti,
-        Method::CrossInit => MethodName::CrossInit,
-        Method::Sefi => MethodName::Sefi,
-        Method::Idea => MethodName::Idea,
-    };
     let options = MethodOptions {
         num_tokens: a.num_tokens,
         init_words: a.init_words.clone(),
@@ -289,19 +273,13 @@ fn recipe_of(a: &TrainArgs) -> Recipe {
         class_word: a.class_word.clone(),
         attn_layers: a.attn_layers.clone(),
         stages: a.stages,
-        sefi_param: match a.sefi_param {
-            SefiParamArg::Direct => SefiParam::Direct,
-            SefiParamArg::Generator => SefiParam::Generator,
-        },
+        sefi_param: a.sefi_param,
         idea_heads: a.idea_heads,
-        reg: match a.reg {
-            RegArg::L2 => Regularizer::L2,
-            RegArg::Mahalanobis => Regularizer::Mahalanobis,
-        },
+        reg: a.reg,
         kv_rank: a.train_cross_attn_kv.then_some(a.kv_rank),
     };
     Recipe {
-        method,
+        method: a.method,
         token: a.token.clone(),
         images: a.images.clone(),
         options,
@@ -325,10 +303,7 @@ fn config_of(a: &TrainArgs, method: MethodName, resolution: u32) -> TrainConfig 
         grad_accum: accum,
         lr: a.lr.unwrap_or(method.default_lr(a.batch_size * accum)),
         scale_lr: a.scale_lr,
-        schedule: match a.schedule {
-            ScheduleArg::Constant => Schedule::Constant,
-            ScheduleArg::Cosine => Schedule::Cosine,
-        },
+        schedule: a.schedule,
         warmup: a.warmup,
         adam: AdamWConfig {
             eps: a.adam_eps.unwrap_or(method.default_adam_eps()),
@@ -339,5 +314,190 @@ fn config_of(a: &TrainArgs, method: MethodName, resolution: u32) -> TrainConfig 
         resolution,
         repeats: a.repeats,
         out: a.out.clone(),
+    }
+}
+
+/// The flag → recipe mapping, parsed from argv as a user types it: each method's paper defaults, the options
+/// passed through, the whole-image detector `none`, the subject.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    fn parse(extra: &[&str]) -> TrainArgs {
+        let base = [
+            "persona", "--model", "m", "--images", "photos", "--token", "<alice>",
+        ];
+        let argv = base
+            .iter()
+            .chain(extra)
+            .chain(&["--out", "alice.safetensors"]);
+        Cli::try_parse_from(argv).unwrap().train
+    }
+
+    #[test]
+    fn each_method_gets_its_paper_defaults() {
+        for (method, steps, lr, eps) in [
+            ("ti", 320, 0.005, 1e-8),
+            ("cross-init", 320, 0.005, 1e-8),
+            ("sefi", 600, 1e-4 * 8.0, 1e-8),
+            ("idea", 320, 0.0015 * 8.0, 1e-7),
+        ] {
+            let a = parse(&["--method", method]);
+            let r = recipe_of(&a);
+            assert_eq!(r.method.name(), method);
+            assert_eq!(r.options, MethodOptions::default(), "{method}");
+            assert!(r.subject.is_none() && r.face_crop && r.faces.detector.is_none());
+            let cfg = config_of(&a, r.method, 512);
+            assert_eq!(cfg.steps, steps, "{method}");
+            assert!((cfg.lr - lr).abs() < 1e-12, "{method}: {}", cfg.lr);
+            assert_eq!(cfg.adam.eps, eps, "{method}");
+            assert_eq!((cfg.batch_size, cfg.grad_accum, cfg.repeats), (8, 1, 100));
+            assert_eq!(
+                (cfg.schedule, cfg.seed, cfg.resolution),
+                (Schedule::Constant, 0, 512)
+            );
+            assert_eq!(cfg.out, PathBuf::from("alice.safetensors"));
+        }
+    }
+
+    #[test]
+    fn the_lr_scales_with_the_samples_per_step_unless_given() {
+        let a = parse(&["--method", "idea", "--batch-size", "2", "--grad-accum", "3"]);
+        let cfg = config_of(&a, MethodName::Idea, 512);
+        assert!((cfg.lr - 0.0015 * 6.0).abs() < 1e-12);
+        let a = parse(&[
+            "--method",
+            "idea",
+            "--lr",
+            "0.1",
+            "--scale-lr",
+            "--steps",
+            "7",
+        ]);
+        let cfg = config_of(&a, MethodName::Idea, 512);
+        assert_eq!((cfg.lr, cfg.scale_lr, cfg.steps), (0.1, true, 7));
+    }
+
+    #[test]
+    fn options_reach_the_recipe() {
+        let a = parse(&[
+            "--method",
+            "sefi",
+            "--num-tokens",
+            "3",
+            "--init-words",
+            "a man",
+            "--reg-weight",
+            "0.5",
+            "--attn-loss",
+            "0",
+            "--class-word",
+            "dog",
+            "--attn-layers",
+            "all",
+            "--stages",
+            "4",
+            "--sefi-param",
+            "generator",
+            "--reg",
+            "mahalanobis",
+            "--idea-heads",
+            "4",
+            "--train-cross-attn-kv",
+            "--kv-rank",
+            "2",
+            "--schedule",
+            "cosine",
+            "--warmup",
+            "5",
+            "--adam-eps",
+            "1e-6",
+            "--seed",
+            "9",
+            "--resolution",
+            "64",
+        ]);
+        let r = recipe_of(&a);
+        let want = MethodOptions {
+            num_tokens: Some(3),
+            init_words: Some("a man".into()),
+            names: None,
+            reg_weight: Some(0.5),
+            attn_loss: Some(0.0),
+            class_word: "dog".into(),
+            attn_layers: "all".into(),
+            stages: 4,
+            sefi_param: SefiParam::Generator,
+            idea_heads: 4,
+            reg: Regularizer::Mahalanobis,
+            kv_rank: Some(2),
+        };
+        assert_eq!(r.options, want);
+        let cfg = config_of(&a, r.method, a.resolution.unwrap());
+        assert_eq!(
+            (cfg.schedule, cfg.warmup, cfg.adam.eps),
+            (Schedule::Cosine, 5, 1e-6)
+        );
+        assert_eq!((cfg.seed, cfg.resolution), (9, 64));
+        // Without --train-cross-attn-kv, --kv-rank alone trains no deltas.
+        let r = recipe_of(&parse(&["--method", "idea", "--kv-rank", "2"]));
+        assert_eq!(r.options.kv_rank, None);
+    }
+
+    #[test]
+    fn detector_none_subject_and_face_models_reach_the_recipe() {
+        let a = parse(&[
+            "--method",
+            "idea",
+            "--detector",
+            "none",
+            "--recognizer",
+            "r.onnx",
+            "--models",
+            "dir",
+            "--subject",
+            "{tokens}",
+            "--templates",
+            "t.txt",
+            "--names",
+            "n.txt",
+        ]);
+        let r = recipe_of(&a);
+        assert!(r.faces.whole_image());
+        assert_eq!(r.faces.recognizer, Some(PathBuf::from("r.onnx")));
+        assert_eq!(r.faces.models_dir, Some(PathBuf::from("dir")));
+        assert_eq!(r.subject.as_deref(), Some("{tokens}"));
+        assert_eq!(r.templates, Some(PathBuf::from("t.txt")));
+        assert_eq!(r.options.names, Some(PathBuf::from("n.txt")));
+        assert_eq!(
+            (r.token.as_str(), r.images.as_path()),
+            ("<alice>", std::path::Path::new("photos"))
+        );
+        assert!(!recipe_of(&parse(&["--method", "ti", "--no-face-crop"])).face_crop);
+    }
+
+    #[test]
+    fn flags_no_run_can_use_are_refused() {
+        for bad in [
+            &["--method", "nope"][..],
+            &["--method", "ti", "--steps", "0"],
+            &["--method", "ti", "--reg", "l1"],
+            &["--method", "ti", "--schedule", "linear"],
+        ] {
+            let base = [
+                "persona", "--model", "m", "--images", "p", "--token", "<a>", "--out", "o",
+            ];
+            assert!(
+                Cli::try_parse_from(base.iter().chain(bad)).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }

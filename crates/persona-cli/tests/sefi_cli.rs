@@ -244,7 +244,9 @@ fn sdxl_train_generate_and_heat_maps() {
         "--prompt",
         "a photo of {0} next to {1} man",
     ];
-    let tail = ["--token", "<s>", "--steps", "3", "--size", "32", "--out"];
+    let tail = [
+        "--token", "<s>", "--steps", "3", "--height", "32", "--width", "32", "--out",
+    ];
     ok(persona(
         &[&head[..], &tail[..], &[maps.to_str().unwrap()], &ids[..]].concat(),
     ));

@@ -11,6 +11,7 @@ pub mod loading;
 pub mod models;
 pub mod nn;
 pub mod pipeline;
+pub mod safetensors_file;
 pub mod schedulers;
 pub mod testing;
 pub mod tokenizer;

@@ -215,8 +215,16 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The `--images` layout with several identities, for messages about a folder that does not follow it.
+const LAYOUT_MANY: &str = "DIR/<identity>/<prompt>/<images> (<identity> without its <>)";
+/// Both `--images` layouts and where the prompt comes from.
+const LAYOUT: &str =
+    "DIR/<prompt>/<images> (one identity) or DIR/<identity>/<prompt>/<images> (<identity> \
+without its <>), each prompt from prompt.txt in its folder, else the folder's name";
+
 /// `--images DIR`: `DIR/<prompt>/…` for one identity, or `DIR/<identity>/<prompt>/…`; the prompt is
-/// `prompt.txt` in the folder, else the folder name.
+/// `prompt.txt` in the folder, else the folder name. A folder that follows neither is refused, naming it and
+/// the layouts.
 fn score_folder(
     cfg: &EvalConfig,
     dir: &Path,
@@ -229,17 +237,32 @@ fn score_folder(
     let per_identity: Vec<(usize, Vec<PathBuf>)> = if top.iter().any(|d| has_images(d)) {
         if names.len() != 1 {
             bail!(
-                "{}: one folder per prompt is for one identity; with {} use <identity>/<prompt>/",
+                "{}: one folder per prompt is for one identity; with {} identities use {LAYOUT_MANY}",
                 dir.display(),
                 names.len()
             );
         }
         vec![(0, top)]
+    } else if has_images(dir) {
+        bail!(
+            "{}: the images lie directly in the folder; --images expects {LAYOUT}",
+            dir.display()
+        );
     } else {
         names
             .iter()
             .enumerate()
-            .map(|(i, n)| Ok((i, subdirs(&dir.join(bare(n)))?)))
+            .map(|(i, n)| {
+                let sub = dir.join(bare(n));
+                if !sub.is_dir() {
+                    bail!(
+                        "{}: no prompt folder with images, and no folder {} for identity {n}; --images expects {LAYOUT}",
+                        dir.display(),
+                        sub.display()
+                    );
+                }
+                Ok((i, subdirs(&sub)?))
+            })
             .collect::<Result<_>>()?
     };
     let total: usize = per_identity
@@ -248,6 +271,12 @@ fn score_folder(
         .filter_map(|p| list_images(p).ok())
         .map(|v| v.len())
         .sum();
+    if total == 0 {
+        bail!(
+            "{}: no images in its prompt folders; --images expects {LAYOUT}",
+            dir.display()
+        );
+    }
     bar.set_length(total as u64);
     bar.set_message("scoring");
     let mut records = Vec::new();

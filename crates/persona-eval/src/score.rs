@@ -52,7 +52,7 @@ impl Scorer {
                     .with_context(|| format!("{}: CLIP model", d.display()))?,
             ),
             None => {
-                eprintln!("warning: no CLIP model found (--clip, $PERSONA_MODELS/clip-vit-base-patch32 or the Hugging Face cache): prompt scores are reported as missing");
+                tracing::warn!("no CLIP model found (--clip, $PERSONA_MODELS/clip-vit-base-patch32 or the Hugging Face cache): prompt scores are reported as missing");
                 None
             }
         };
@@ -83,10 +83,9 @@ impl Scorer {
                     sum.iter_mut().zip(&e).for_each(|(s, x)| *s += x);
                     used += 1;
                 }
-                None => eprintln!(
-                    "warning: {}: no face found; not used as a reference",
-                    p.display()
-                ),
+                None => {
+                    tracing::warn!(file = %p.display(), "no face found; not used as a reference")
+                }
             }
         }
         if used == 0 {

@@ -42,7 +42,7 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Decodes an image, applying its EXIF orientation, with the faces crate's loader: its size limits (a
 /// "decompression bomb" is refused before decoding) and its truncation check.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    persona_faces::load_rgb(path).map_err(|e| Error::Msg(e.to_string()))
+    Ok(persona_faces::load_rgb(path)?)
 }
 
 /// The square to crop: around the face (side = 2× the face's larger side, kept inside the image) or the

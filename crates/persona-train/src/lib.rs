@@ -7,6 +7,7 @@
 pub mod captions;
 pub mod checkpoint;
 pub mod data;
+mod error;
 pub mod identity;
 pub mod methods;
 pub mod optim;
@@ -15,4 +16,4 @@ pub mod probe;
 pub mod recipe;
 pub mod trainer;
 
-pub use persona_diffusion::{Error, Result};
+pub use error::{Error, Result};

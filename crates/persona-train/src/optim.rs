@@ -111,6 +111,7 @@ impl AdamW {
 /// Learning-rate schedules: constant (the methods' default) or cosine, each with linear warm-up.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Schedule {
     Constant,
     Cosine,

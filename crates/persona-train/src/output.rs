@@ -7,10 +7,6 @@ use crate::methods::Method;
 use crate::trainer::TrainConfig;
 use crate::{Error, Result};
 
-fn identity_error(e: impl std::fmt::Display) -> Error {
-    Error::Msg(e.to_string())
-}
-
 /// The identity a run produced: the learned rows, the Cross Init anchor as a module, and the settings.
 pub fn to_identity(
     sd: &StableDiffusion,
@@ -20,7 +16,7 @@ pub fn to_identity(
     token: &str,
     hyper_extra: serde_json::Value,
 ) -> Result<Identity> {
-    let mut base = BaseModel::from_model_dir(&sd.dir).map_err(identity_error)?;
+    let mut base = BaseModel::from_model_dir(&sd.dir)?;
     base.name = model.to_string();
     let hyper = serde_json::json!({
         "steps": cfg.steps, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "lr": cfg.effective_lr(),
@@ -28,8 +24,8 @@ pub fn to_identity(
         "resolution": cfg.resolution, "method": hyper_extra,
     });
     let meta = IdentityMeta::new(method.name(), base, hyper);
-    let (names, embeddings, modules) = method.identity_parts();
-    let mut identity = Identity::new(token, embeddings, meta).map_err(identity_error)?;
+    let (names, embeddings, modules) = method.identity_parts()?;
+    let mut identity = Identity::new(token, embeddings, meta)?;
     identity.tokens = names;
     identity.modules = modules;
     Ok(identity)
@@ -41,20 +37,20 @@ pub fn load_identities(
     paths: &[std::path::PathBuf],
     force: bool,
 ) -> Result<Vec<Identity>> {
-    let base = BaseModel::from_model_dir(&sd.dir).map_err(identity_error)?;
+    let base = BaseModel::from_model_dir(&sd.dir)?;
     let loaded: Vec<Identity> = paths
         .iter()
         .map(|p| {
-            let id = Identity::load(p).map_err(identity_error)?;
+            let id = Identity::load(p)?;
             let width_2 = sd
                 .sdxl
                 .as_ref()
                 .map(|x| x.text_encoder_2.model.config().hidden_size);
             id.check_family(sd.is_sdxl(), width_2)
                 .map_err(|e| Error::file(p, e))?;
-            id.check_base(&base, force).map_err(identity_error)?;
+            id.check_base(&base, force)?;
             crate::methods::sefi::staged_tokens(&id).map_err(|e| Error::file(p, e))?;
-            id.to_device(&sd.device).map_err(identity_error)
+            id.to_device(&sd.device).map_err(Error::from)
         })
         .collect::<Result<_>>()?;
     // Two identities with one name (the same file twice, or two people trained as `<alice>`) would claim the

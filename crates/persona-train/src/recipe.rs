@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use anyhow::{bail, Context, Result};
 use persona_diffusion::pipeline::StableDiffusion;
 use persona_faces::{FaceAnalyzer, ModelSearch};
 use serde::{Deserialize, Serialize};
@@ -23,31 +22,57 @@ use crate::methods::sefi::{
 use crate::methods::{InitOptions, Method, MethodKind, TokenMethod};
 use crate::optim::AdamW;
 use crate::trainer::{StepReport, TrainConfig, Trainer};
+use crate::{Error, Result};
 
-/// The methods a person can be trained with.
+/// The methods a person can be trained with: the one home of each method's name and of the defaults of its
+/// paper (`persona train`, its help, `persona compare` and `persona demo` all read them here).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum MethodName {
+    /// Textual Inversion: tokens start from an init word ("person"); diffusion loss only.
     Ti,
+    /// Cross Initialization: tokens start from the celebrity-name anchor, with an L2 pull towards it.
     CrossInit,
+    /// SeFi-IDE: per-stage key/value tokens and the subject-wise attention loss (docs/sefi.md).
     Sefi,
+    /// ID-EA: Cross Init tokens trained with an ID-Enhancer and an ID-Adapter over the face embedding of the
+    /// photos (docs/idea.md).
     Idea,
 }
 
 impl FromStr for MethodName {
-    type Err = anyhow::Error;
+    type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "ti" => Self::Ti,
-            "cross-init" => Self::CrossInit,
-            "sefi" => Self::Sefi,
-            "idea" => Self::Idea,
-            _ => bail!("unknown method {s:?} (ti, cross-init, sefi, idea)"),
-        })
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|m| m.name()).collect();
+                Error::Msg(format!("unknown method {s:?} ({})", names.join(", ")))
+            })
+    }
+}
+
+impl std::fmt::Display for MethodName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
 impl MethodName {
+    pub const ALL: [Self; 4] = [Self::Ti, Self::CrossInit, Self::Sefi, Self::Idea];
+
+    /// The name on the command line, in manifests and in identity files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ti => "ti",
+            Self::CrossInit => "cross-init",
+            Self::Sefi => "sefi",
+            Self::Idea => "idea",
+        }
+    }
+
     /// Optimizer steps: the papers' 320 (Cross Init, ID-EA), SeFi-IDE's 600.
     pub fn default_steps(self) -> usize {
         if self == Self::Sefi {
@@ -84,10 +109,34 @@ impl MethodName {
             "face of {tokens} person"
         }
     }
+
+    /// Pseudo-tokens: SeFi-IDE's single V*, two otherwise (Cross Init, ID-EA).
+    pub fn default_num_tokens(self) -> usize {
+        if self == Self::Sefi {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// The weight of the pull towards the anchor: Cross Init's 1e-5, ID-EA's 8e-4; TI and SeFi-IDE have none.
+    pub fn default_reg_weight(self) -> f64 {
+        match self {
+            Self::CrossInit => 1e-5,
+            Self::Idea => 8e-4,
+            Self::Ti | Self::Sefi => 0.0,
+        }
+    }
+
+    /// λ of the subject-wise attention loss: SeFi-IDE's 0.003; off for the others unless asked for.
+    pub fn default_attn_loss(self) -> Option<f64> {
+        (self == Self::Sefi).then_some(0.003)
+    }
 }
 
 /// How the SeFi-IDE vectors are parameterised (serialisable form of [`Parameterisation`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum SefiParam {
     #[default]
@@ -99,16 +148,16 @@ pub enum SefiParam {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MethodOptions {
-    /// Pseudo-tokens (default 2; sefi 1).
+    /// Pseudo-tokens (default: [`MethodName::default_num_tokens`]).
     pub num_tokens: Option<usize>,
     /// TI: the init words ("person"); Cross Init / ID-EA: words replacing the celebrity anchor; SeFi: the
     /// word its vectors start from (the class word).
     pub init_words: Option<String>,
     /// Celebrity names file of the Cross Init anchor (default: the bundled list).
     pub names: Option<PathBuf>,
-    /// Regulariser weight (cross-init 1e-5, idea 8e-4).
+    /// Regulariser weight (default: [`MethodName::default_reg_weight`]).
     pub reg_weight: Option<f64>,
-    /// λ of the subject-wise attention loss (sefi 0.003; ti / cross-init: off unless given).
+    /// λ of the subject-wise attention loss (default: [`MethodName::default_attn_loss`]).
     pub attn_loss: Option<f64>,
     pub class_word: String,
     pub attn_layers: String,
@@ -182,10 +231,10 @@ pub fn train(
     report: &mut dyn FnMut(StepReport),
 ) -> Result<Identity> {
     if resume && !checkpoint_path(&cfg.out).is_file() {
-        bail!(
+        return Err(Error::Msg(format!(
             "no checkpoint to resume at {}",
             checkpoint_path(&cfg.out).display()
-        );
+        )));
     }
     let built = build(sd, r, cfg.resolution, cfg.seed)?;
     let samples = photos(sd, r, cfg.resolution)?;
@@ -231,20 +280,14 @@ pub fn photos(sd: &StableDiffusion, r: &Recipe, resolution: u32) -> Result<Vec<S
                 .map(|f| f.bbox)
         }) as Box<FaceLocator>
     });
-    Ok(load_folder(
-        &r.images,
-        resolution,
-        locate.as_deref(),
-        &sd.device,
-    )?)
+    load_folder(&r.images, resolution, locate.as_deref(), &sd.device)
 }
 
 fn find_detector(search: &ModelSearch) -> Option<Box<dyn persona_faces::Detector>> {
     match search.load_detector() {
         Ok(d) => Some(d),
         Err(e) => {
-            tracing::warn!("no face detector ({e}); photos are centre-cropped");
-            eprintln!("warning: no face detector found, photos are centre-cropped ({e})");
+            tracing::warn!("no face detector found, photos are centre-cropped ({e})");
             None
         }
     }
@@ -262,7 +305,7 @@ pub fn build<'a>(
     let layers = LayerSelect::parse(&o.attn_layers, latent_side)?;
     let attn_hyper = |weight: f64| serde_json::json!({"attn_loss": weight, "class_word": o.class_word, "attn_layers": o.attn_layers});
     let init = InitOptions {
-        num_tokens: o.num_tokens.unwrap_or(2),
+        num_tokens: o.num_tokens.unwrap_or(r.method.default_num_tokens()),
         init_words: o.init_words.clone(),
         names: o.names.clone(),
     };
@@ -271,10 +314,10 @@ pub fn build<'a>(
         MethodName::CrossInit => MethodKind::CrossInit,
         MethodName::Idea => return build_idea(sd, r, init, seed),
         MethodName::Sefi => {
-            let weight = o.attn_loss.unwrap_or(0.003);
+            let weight = o.attn_loss.or(r.method.default_attn_loss()).unwrap_or(0.0);
             let so = SefiOptions {
                 stages: o.stages,
-                num_tokens: o.num_tokens.unwrap_or(1),
+                num_tokens: o.num_tokens.unwrap_or(r.method.default_num_tokens()),
                 init_word: o.init_words.clone(),
                 class_word: o.class_word.clone(),
                 attn_weight: weight,
@@ -294,9 +337,11 @@ pub fn build<'a>(
             });
         }
     };
-    let method = TokenMethod::new(sd, kind, &r.token, &init, o.reg_weight.unwrap_or(1e-5))?;
+    let reg_weight = o.reg_weight.unwrap_or(r.method.default_reg_weight());
+    let method = TokenMethod::new(sd, kind, &r.token, &init, reg_weight)?;
     let mut hyper = serde_json::json!({"reg_weight": method.reg_weight, "num_tokens": init.num_tokens, "init_words": o.init_words});
-    let method: Box<dyn Method> = match o.attn_loss.filter(|&w| w != 0.0) {
+    let attn_loss = o.attn_loss.or(r.method.default_attn_loss());
+    let method: Box<dyn Method> = match attn_loss.filter(|&w| w != 0.0) {
         Some(weight) => {
             hyper["attention"] = attn_hyper(weight);
             let names = method.names.clone();
@@ -320,8 +365,11 @@ fn build_idea<'a>(
     seed: u64,
 ) -> Result<Built<'a>> {
     let o = &r.options;
-    let analyzer = FaceAnalyzer::from_search(&r.faces)
-        .context("ID-EA needs a face detector and a face recogniser")?;
+    let analyzer = FaceAnalyzer::from_search(&r.faces).map_err(|e| {
+        Error::Msg(format!(
+            "ID-EA needs a face detector and a face recogniser: {e}"
+        ))
+    })?;
     let file = r.faces.find_recognizer()?.path;
     let name = file
         .file_name()
@@ -336,14 +384,14 @@ fn build_idea<'a>(
         analyzer
             .embed_largest(img)
             .map(|f| f.map(|(_, v)| v))
-            .map_err(|e| persona_diffusion::Error::Msg(e.to_string()))
+            .map_err(Error::from)
     };
     let (face, used) = identity_embedding(&r.images, &embed, &sd.device)?;
-    eprintln!("face embedding: {used} photo(s), {face_model}");
+    tracing::info!("face embedding: {used} photo(s), {face_model}");
     let config = IdeaConfig {
         heads: o.idea_heads,
         reg: o.reg,
-        reg_weight: o.reg_weight.unwrap_or(8e-4),
+        reg_weight: o.reg_weight.unwrap_or(r.method.default_reg_weight()),
         kv_rank: o.kv_rank,
         ..IdeaConfig::new(init, seed)
     };

@@ -157,7 +157,7 @@ fn idea_trains_saves_generates_and_resumes() {
         analyzer
             .embed_largest(img)
             .map(|f| f.map(|(_, v)| v))
-            .map_err(|e| persona_diffusion::Error::Msg(e.to_string()))
+            .map_err(persona_train::Error::from)
     };
     let (face, used) = identity_embedding(&photos, &embed, &sd.device).unwrap();
     assert_eq!(used, 3);

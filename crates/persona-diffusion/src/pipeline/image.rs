@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Tensor};
 
@@ -57,23 +58,37 @@ pub fn write_png(path: &Path, img: &Rgb8, text: &[(&str, String)]) -> Result<()>
     write_atomic(path, &bytes)
 }
 
-/// Writes `bytes` to `path` through a sibling temporary file and a rename, so a reader never sees half a file
-/// and an interrupted run leaves the old file intact.
+/// Writes `bytes` to `path` through a sibling temporary file (synced) and a rename, so a reader never sees
+/// half a file and a crash, a full disk or an interrupted run leaves the old file intact (rename is atomic on one
+/// filesystem); the temporary file is removed on failure. The one atomic writer of the workspace: images,
+/// identity files, checkpoints, embeddings, JSON records.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let tmp = temp_path(path)?;
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(|e| Error::io(path, e))
+}
+
+/// `.<name>.tmp-<pid>-<n>` beside `path`: hidden, and unique across processes and threads.
+fn temp_path(path: &Path) -> Result<std::path::PathBuf> {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let name = path
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        .ok_or_else(|| Error::file(path, "not a file name"))?;
+    let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp_name = format!(
+        ".{}.tmp-{}-{unique}",
+        name.to_string_lossy(),
+        std::process::id()
+    );
+    Ok(path.with_file_name(tmp_name))
 }
 
 /// Reads the text chunks of a PNG (to check what [`write_png`] stored).

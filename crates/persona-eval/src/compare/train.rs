@@ -115,10 +115,17 @@ fn train(
     let resume = checkpoint_path(work).is_file();
     // Steps done before a resume count on the first report.
     let mut done = 0;
-    recipe::train(sd, &m.model, &recipe, &cfg, resume, &mut |r| {
-        bar.inc(r.step.saturating_sub(done) as u64);
-        done = r.step;
-    })
+    Ok(recipe::train(
+        sd,
+        &m.model,
+        &recipe,
+        &cfg,
+        resume,
+        &mut |r| {
+            bar.inc(r.step.saturating_sub(done) as u64);
+            done = r.step;
+        },
+    )?)
 }
 
 /// The training cost of every (method, identity) of the manifest. Kept out of `results.json`, which is a pure

@@ -42,6 +42,19 @@ impl IdentityError {
     }
 }
 
+/// The shared safetensors reader and writer ([`persona_diffusion::safetensors_file`]) fail with the diffusion
+/// crate's error; its file and I/O errors keep their kind and file here.
+impl From<persona_diffusion::Error> for IdentityError {
+    fn from(e: persona_diffusion::Error) -> Self {
+        match e {
+            persona_diffusion::Error::Candle(e) => Self::Candle(e),
+            persona_diffusion::Error::Io { path, err } => Self::Io { path, err },
+            persona_diffusion::Error::File { path, msg } => Self::File { path, msg },
+            persona_diffusion::Error::Msg(msg) => Self::Invalid(msg),
+        }
+    }
+}
+
 /// Says both models in full, then what can be done: a different width can never work, a different text encoder
 /// of the same width may (a fine-tune of the same family), so only that case offers `--force`.
 fn mismatch_message(

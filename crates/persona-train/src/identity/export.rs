@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 
 use super::error::{IdentityError, Result};
-use super::{safetensors_io, Identity};
+use super::Identity;
+use persona_diffusion::safetensors_file;
 
 /// Writes `{token: [n, d]}` for diffusers' `load_textual_inversion`. An SDXL identity is two such files, one
 /// per text encoder: OUT (`text_encoder`, CLIP-L rows) and [`diffusers_second_path`] (`X_2.safetensors`,
@@ -36,13 +37,13 @@ pub fn export_diffusers(identity: &Identity, out: impl AsRef<Path>) -> Result<Ve
     };
     match identity.rows_2() {
         None => {
-            safetensors_io::write(out, &one(&identity.embeddings)?, None)?;
+            safetensors_file::write(out, &one(&identity.embeddings)?, None)?;
             Ok(vec![out.to_path_buf()])
         }
         Some(clip_g) => {
             let second = diffusers_second_path(out);
-            safetensors_io::write(out, &one(&identity.embeddings)?, None)?;
-            safetensors_io::write(&second, &one(clip_g)?, None)?;
+            safetensors_file::write(out, &one(&identity.embeddings)?, None)?;
+            safetensors_file::write(&second, &one(clip_g)?, None)?;
             Ok(vec![out.to_path_buf(), second])
         }
     }
@@ -77,7 +78,7 @@ pub fn export_a1111(identity: &Identity, out: impl AsRef<Path>) -> Result<()> {
         )]),
     };
     warn_dropped_modules(identity, "a1111");
-    safetensors_io::write(out, &tensors, None)
+    Ok(safetensors_file::write(out, &tensors, None)?)
 }
 
 /// AUTOMATIC1111 picks the loader by extension (`.pt`/`.bin` go to `torch.load`), so a safetensors file must be

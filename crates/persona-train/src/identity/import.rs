@@ -16,7 +16,8 @@ use candle_core::{DType, Tensor};
 
 use super::error::{IdentityError, Result};
 use super::pickle::Value;
-use super::{safetensors_io, torch_zip, FORMAT};
+use super::{torch_zip, FORMAT};
+use persona_diffusion::safetensors_file;
 
 /// The file layouts [`import`] recognises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +74,7 @@ pub fn import(path: impl AsRef<Path>) -> Result<ImportedEmbedding> {
     let head = &head[..head_len];
     if head.starts_with(b"PK\x03\x04") {
         from_torch_zip(path)
-    } else if safetensors_io::looks_like_safetensors(head) {
+    } else if safetensors_file::looks_like_safetensors(head) {
         from_safetensors(path)
     } else if head.first() == Some(&0x80) {
         Err(IdentityError::file(path, "a plain pickle or a legacy (torch < 1.6) torch.save file: only torch zip archives and safetensors are read"))
@@ -102,7 +103,7 @@ fn read_head(path: &Path, head: &mut [u8]) -> Result<usize> {
 }
 
 fn from_safetensors(path: &Path) -> Result<ImportedEmbedding> {
-    let file = safetensors_io::read(path)?;
+    let file = safetensors_file::read(path)?;
     if file.metadata.contains_key("format_version") && file.tensors.contains_key(super::EMBEDDINGS)
     {
         return Err(IdentityError::file(

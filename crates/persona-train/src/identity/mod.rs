@@ -15,13 +15,13 @@ mod export;
 mod import;
 mod meta;
 mod pickle;
-mod safetensors_io;
 mod torch_zip;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use persona_diffusion::safetensors_file;
 
 pub use error::{IdentityError, Result};
 pub use export::{diffusers_second_path, export_a1111, export_diffusers};
@@ -137,13 +137,17 @@ impl Identity {
         let header = meta::to_header(&self.meta, &self.token, &self.tokens)?;
         let mut tensors = self.modules.clone();
         tensors.insert(EMBEDDINGS.into(), self.embeddings.to_dtype(DType::F32)?);
-        safetensors_io::write(path.as_ref(), &tensors, Some(header))
+        Ok(safetensors_file::write(
+            path.as_ref(),
+            &tensors,
+            Some(header),
+        )?)
     }
 
     /// Reads an identity file; errors name the file and say what is wrong with it.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let mut file = safetensors_io::read(path)?;
+        let mut file = safetensors_file::read(path)?;
         let (meta, token, tokens) = meta::from_header(&file.metadata, path)?;
         let embeddings = file
             .tensors

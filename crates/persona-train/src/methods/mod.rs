@@ -14,6 +14,7 @@ use persona_diffusion::nn::{AttentionControl, Condition};
 use persona_diffusion::pipeline::{LearnedTokens, StableDiffusion};
 
 use crate::identity::SDXL_CLIP_G;
+use crate::recipe::MethodName;
 use crate::{Error, Result};
 
 /// A personalization method as the training loop sees it.
@@ -51,9 +52,13 @@ pub trait Method {
     fn extra_tensors(&self) -> BTreeMap<String, Tensor> {
         BTreeMap::new()
     }
-    /// What the identity file stores: pseudo-token names, their embeddings `[n, d]`, and method modules.
-    fn identity_parts(&self) -> (Vec<String>, Tensor, BTreeMap<String, Tensor>);
+    /// What the identity file stores: pseudo-token names, their embeddings `[n, d]`, and method modules; an
+    /// error when a stored tensor cannot be computed (never a panic, never a part silently left out).
+    fn identity_parts(&self) -> Result<IdentityParts>;
 }
+
+/// Pseudo-token names, their embeddings `[n, d]` and the method's modules, as an identity file stores them.
+pub type IdentityParts = (Vec<String>, Tensor, BTreeMap<String, Tensor>);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -67,22 +72,21 @@ pub enum MethodKind {
 impl std::str::FromStr for MethodKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "ti" => Ok(Self::Ti),
-            "cross-init" => Ok(Self::CrossInit),
-            other => Err(Error::Msg(format!(
-                "unknown method {other:?}; expected ti or cross-init"
-            ))),
-        }
+        [Self::Ti, Self::CrossInit]
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| Error::Msg(format!("unknown method {s:?}; expected ti or cross-init")))
     }
 }
 
 impl MethodKind {
+    /// The method's one name ([`MethodName::name`]).
     pub fn name(self) -> &'static str {
         match self {
-            Self::Ti => "ti",
-            Self::CrossInit => "cross-init",
+            Self::Ti => MethodName::Ti,
+            Self::CrossInit => MethodName::CrossInit,
         }
+        .name()
     }
 }
 
@@ -255,11 +259,11 @@ impl Method for TokenMethod {
         t
     }
 
-    fn identity_parts(&self) -> (Vec<String>, Tensor, BTreeMap<String, Tensor>) {
+    fn identity_parts(&self) -> Result<IdentityParts> {
         let mut modules = self.extra_tensors();
         if let Some(rows) = &self.rows_2 {
             modules.insert(SDXL_CLIP_G.to_string(), rows.as_tensor().detach());
         }
-        (self.names.clone(), self.rows.as_tensor().detach(), modules)
+        Ok((self.names.clone(), self.rows.as_tensor().detach(), modules))
     }
 }

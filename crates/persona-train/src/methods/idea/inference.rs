@@ -22,6 +22,7 @@ use crate::{Error, Result};
 
 /// Whether the adapters run at generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum AdapterUse {
     /// Apply every adapter the identity files carry (the paper's method).
     Apply,
@@ -111,7 +112,11 @@ fn load_adapter(id: &Identity) -> Result<(Adapter, Tensor)> {
 }
 
 impl AttentionControl for IdentityControl {
-    fn condition(&self, _layer: &LayerId, condition: &Condition) -> Result<Option<Condition>> {
+    fn condition(
+        &self,
+        _layer: &LayerId,
+        condition: &Condition,
+    ) -> persona_diffusion::Result<Option<Condition>> {
         if self.adapters.is_empty() {
             return Ok(None);
         }
@@ -137,7 +142,7 @@ impl AttentionControl for IdentityControl {
         condition: &Condition,
         key: &Tensor,
         value: &Tensor,
-    ) -> Result<Option<(Tensor, Tensor)>> {
+    ) -> persona_diffusion::Result<Option<(Tensor, Tensor)>> {
         match &self.kv {
             Some(kv) => kv.key_value(layer, condition, key, value),
             None => Ok(None),

@@ -55,7 +55,7 @@ impl AttentionControl for LayerRecorder {
         condition: &Condition,
         key: &Tensor,
         _value: &Tensor,
-    ) -> Result<Option<(Tensor, Tensor)>> {
+    ) -> persona_diffusion::Result<Option<(Tensor, Tensor)>> {
         let entry = (layer.name.clone(), condition.key.dim(2)?, key.dim(2)?);
         self.0
             .lock()
@@ -167,7 +167,7 @@ impl AttentionControl for KvDeltas {
         condition: &Condition,
         key: &Tensor,
         value: &Tensor,
-    ) -> Result<Option<(Tensor, Tensor)>> {
+    ) -> persona_diffusion::Result<Option<(Tensor, Tensor)>> {
         let Some(deltas) = self.layers.get(&layer.name) else {
             return Ok(None);
         };

@@ -32,7 +32,7 @@ use self::adapter::Adapter;
 use self::enhancer::Enhancer;
 use self::kv::KvDeltas;
 use self::modules::{Named, Source};
-use super::{InitOptions, Method, MethodKind, TokenMethod};
+use super::{IdentityParts, InitOptions, Method, MethodKind, TokenMethod};
 use crate::{Error, Result};
 
 /// The identity-file name of the Enhancer's output, which is all the adapter needs at inference.
@@ -43,6 +43,7 @@ pub const FACE_EMBEDDING: &str = "face.embedding";
 /// Which pull keeps the pseudo-tokens near the anchor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Regularizer {
     /// Cross Init's `w · mean_i ‖E_i − init_i + 1e-6‖₂` (the default).
     L2,
@@ -219,7 +220,7 @@ fn anchor(tokens: &TokenMethod) -> Result<Tensor> {
 
 impl Method for Idea {
     fn name(&self) -> &'static str {
-        "idea"
+        crate::recipe::MethodName::Idea.name()
     }
 
     fn phrase(&self) -> String {
@@ -274,17 +275,15 @@ impl Method for Idea {
         out
     }
 
-    fn identity_parts(&self) -> (Vec<String>, Tensor, BTreeMap<String, Tensor>) {
+    fn identity_parts(&self) -> Result<IdentityParts> {
         // The tokens' parts: names, rows, anchors and (SDXL) the second table's rows.
-        let (names, rows, mut modules) = self.tokens.identity_parts();
+        let (names, rows, mut modules) = self.tokens.identity_parts()?;
         modules.insert(FACE_EMBEDDING.into(), self.face.clone());
         for (name, var) in &self.module_vars {
             modules.insert(name.clone(), var.as_tensor().detach());
         }
         // The fused vector is a function of saved tensors, but storing it lets inference skip the Enhancer.
-        if let Ok(fused) = self.fused() {
-            modules.insert(FUSED.into(), fused.detach());
-        }
-        (names, rows, modules)
+        modules.insert(FUSED.into(), self.fused()?.detach());
+        Ok((names, rows, modules))
     }
 }

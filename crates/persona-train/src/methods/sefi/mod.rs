@@ -25,7 +25,7 @@ use persona_diffusion::pipeline::{stage_of, LearnedTokens, StableDiffusion};
 pub use attention_loss::{LayerSelect, SubjectAttention};
 pub use generator::Generator;
 
-use super::{anchor, Method, TokenMethod};
+use super::{anchor, IdentityParts, Method, TokenMethod};
 use crate::identity::{Identity, SDXL_CLIP_G};
 use crate::{Error, Result};
 
@@ -173,7 +173,7 @@ impl SefiMethod {
 
 impl Method for SefiMethod {
     fn name(&self) -> &'static str {
-        "sefi"
+        crate::recipe::MethodName::Sefi.name()
     }
 
     fn phrase(&self) -> String {
@@ -273,28 +273,21 @@ impl Method for SefiMethod {
     /// `stages.values_2`; detached generator output for the generator option) and, as its `[n, d]` embeddings
     /// (SDXL: and `sdxl.clip_g`), their mean over stages and K/V: the best single vector for tools that know no
     /// stages (exports).
-    fn identity_parts(&self) -> (Vec<String>, Tensor, BTreeMap<String, Tensor>) {
-        let (keys, values) = self
-            .keys_values()
-            .expect("the generator's shapes are fixed at construction");
-        let (first, second) = self
-            .split_tables(&keys.detach(), &values.detach())
-            .expect("[S, n, d1 + d2] tensors");
-        let mean = |(k, v): &(Tensor, Tensor)| {
-            Tensor::cat(&[k, v], 0)
-                .and_then(|kv| kv.mean(0))
-                .expect("[2S, n, d] tensors")
-        };
+    fn identity_parts(&self) -> Result<IdentityParts> {
+        let (keys, values) = self.keys_values()?;
+        let (first, second) = self.split_tables(&keys.detach(), &values.detach())?;
+        let mean =
+            |(k, v): &(Tensor, Tensor)| -> Result<Tensor> { Ok(Tensor::cat(&[k, v], 0)?.mean(0)?) };
         let mut modules = BTreeMap::from([
             (KEYS.to_string(), first.0.clone()),
             (VALUES.to_string(), first.1.clone()),
         ]);
         if let Some(second) = second {
-            modules.insert(SDXL_CLIP_G.to_string(), mean(&second));
+            modules.insert(SDXL_CLIP_G.to_string(), mean(&second)?);
             modules.insert(KEYS_2.to_string(), second.0);
             modules.insert(VALUES_2.to_string(), second.1);
         }
-        (self.names.clone(), mean(&first), modules)
+        Ok((self.names.clone(), mean(&first)?, modules))
     }
 }
 
@@ -362,7 +355,7 @@ impl<M: Method> Method for WithAttentionLoss<M> {
     fn extra_tensors(&self) -> BTreeMap<String, Tensor> {
         self.inner.extra_tensors()
     }
-    fn identity_parts(&self) -> (Vec<String>, Tensor, BTreeMap<String, Tensor>) {
+    fn identity_parts(&self) -> Result<IdentityParts> {
         self.inner.identity_parts()
     }
 }
