@@ -157,6 +157,7 @@ fn generate_and_score(
         out: &cfg.out,
         key: &key,
         bar,
+        adapter: persona_train::methods::idea::inference::AdapterUse::Apply,
     };
     let mut records = Vec::new();
     for u in &units {

@@ -147,6 +147,8 @@ pub struct UnitContext<'a> {
     /// Records of a finished unit are reused only when stored under the same key (the settings' fingerprint).
     pub key: &'a str,
     pub bar: &'a ProgressBar,
+    /// Whether ID-EA identities' adapters are applied (`train-only`: their tokens alone).
+    pub adapter: AdapterUse,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -276,7 +278,7 @@ fn generate_missing(cx: &UnitContext, unit: &Unit, order: &[usize], dir: &Path) 
     }
     let prompt = expand_prompt(&unit.template, &names)?;
     // ID-EA identities carry adapters; generation applies them as `persona generate` does.
-    let control = IdentityControl::new(cx.sd, &chosen, AdapterUse::Apply, s.guidance > 1.0)?;
+    let control = IdentityControl::new(cx.sd, &chosen, cx.adapter, s.guidance > 1.0)?;
     let control = control.as_ref().map(|c| c as &dyn AttentionControl);
     let size = s.resolution.unwrap_or_else(|| cx.sd.default_size());
     for run in contiguous(&missing) {

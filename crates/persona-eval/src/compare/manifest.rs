@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use persona_diffusion::device::{DeviceRequest, Precision};
+use persona_train::methods::idea::inference::AdapterUse;
 use persona_train::recipe::{MethodName, MethodOptions};
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +100,8 @@ pub struct TrainSettings {
     pub repeats: usize,
     /// Centre-crop the photos instead of cropping around the detected face.
     pub no_face_crop: bool,
+    /// What each caption template's `{}` becomes (`persona train --subject`; default: each method's own).
+    pub subject: Option<String>,
 }
 
 impl Default for TrainSettings {
@@ -113,6 +116,7 @@ impl Default for TrainSettings {
             save_every: 50,
             repeats: 100,
             no_face_crop: false,
+            subject: None,
         }
     }
 }
@@ -129,8 +133,32 @@ pub struct MethodEntry {
     pub steps: Option<usize>,
     /// Identity files trained elsewhere, by identity name: used instead of training.
     pub files: BTreeMap<String, PathBuf>,
+    /// ID-EA identities at generation: `apply` their adapters (default) or `train-only` (tokens alone, as the
+    /// released code's inference; `persona generate --adapter train-only`).
+    pub adapter: AdapterChoice,
+    /// Evaluate the identities an earlier entry trained instead of training (e.g. the same ID-EA identities with
+    /// `adapter = "train-only"`).
+    pub identities_of: Option<String>,
     #[serde(flatten)]
     pub options: MethodOptions,
+}
+
+/// Whether generation applies ID-EA adapters (`adapter` of a method entry).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdapterChoice {
+    #[default]
+    Apply,
+    TrainOnly,
+}
+
+impl AdapterChoice {
+    pub fn use_(self) -> AdapterUse {
+        match self {
+            Self::Apply => AdapterUse::Apply,
+            Self::TrainOnly => AdapterUse::TrainOnly,
+        }
+    }
 }
 
 /// The keys of a method entry that are not method options.
@@ -146,6 +174,10 @@ struct EntryHead {
     steps: Option<usize>,
     #[serde(default)]
     files: BTreeMap<String, PathBuf>,
+    #[serde(default)]
+    adapter: AdapterChoice,
+    #[serde(default)]
+    identities_of: Option<String>,
 }
 
 /// Split by hand: serde cannot combine `flatten` with `deny_unknown_fields`, and a misspelt option must be an
@@ -154,7 +186,15 @@ impl<'de> Deserialize<'de> for MethodEntry {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error;
         let all = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
-        let head_keys = ["name", "method", "lr", "steps", "files"];
+        let head_keys = [
+            "name",
+            "method",
+            "lr",
+            "steps",
+            "files",
+            "adapter",
+            "identities_of",
+        ];
         let (head, rest): (serde_json::Map<_, _>, serde_json::Map<_, _>) = all
             .into_iter()
             .partition(|(k, _)| head_keys.contains(&k.as_str()));
@@ -168,6 +208,8 @@ impl<'de> Deserialize<'de> for MethodEntry {
             lr: h.lr,
             steps: h.steps,
             files: h.files,
+            adapter: h.adapter,
+            identities_of: h.identities_of,
             options,
         })
     }
@@ -301,7 +343,15 @@ impl Manifest {
             self.identities.iter().map(|i| i.name.as_str()).collect(),
             "identity",
         )?;
-        for m in &self.methods {
+        for (k, m) in self.methods.iter().enumerate() {
+            if let Some(other) = &m.identities_of {
+                if !self.methods[..k].iter().any(|e| &e.name == other) {
+                    bail!(
+                        "method {}: identities_of = {other:?} must name an entry listed before it",
+                        m.name
+                    );
+                }
+            }
             if self
                 .identities
                 .iter()
@@ -348,5 +398,27 @@ mod tests {
         let mut m: Manifest = toml::from_str(&text("models/det_10g.onnx")).unwrap();
         m.resolve(base);
         assert_eq!(m.face_detector, Some(base.join("models/det_10g.onnx")));
+    }
+
+    /// The world's manifest: a baseline phrase, a shared subject, and an ID-EA entry that reuses another's
+    /// identities with its adapters off; `identities_of` must name an earlier entry.
+    #[test]
+    fn baseline_subject_adapter_and_identities_of() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../world/compare.toml");
+        let m: Manifest = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        m.check().unwrap();
+        assert_eq!(m.baseline.as_deref(), Some("a person"));
+        assert_eq!(m.train.subject.as_deref(), Some("{tokens}"));
+        let off = m
+            .methods
+            .iter()
+            .find(|e| e.name == "idea-train-only")
+            .unwrap();
+        assert_eq!(off.adapter, AdapterChoice::TrainOnly);
+        assert_eq!(off.identities_of.as_deref(), Some("idea"));
+        let mut bad = m.clone();
+        bad.methods.swap(2, 3);
+        let err = bad.check().unwrap_err().to_string();
+        assert!(err.contains("must name an entry listed before it"), "{err}");
     }
 }

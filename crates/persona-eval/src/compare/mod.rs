@@ -227,6 +227,7 @@ pub fn run_on(
             out,
             key: &key,
             bar,
+            adapter: method.adapter.use_(),
         };
         for u in units {
             run_unit(&cx, u)?;
@@ -247,6 +248,7 @@ pub fn run_on(
             out,
             key: &key,
             bar,
+            adapter: persona_train::methods::idea::inference::AdapterUse::Apply,
         };
         for u in baseline {
             run_unit(&cx, u)?;

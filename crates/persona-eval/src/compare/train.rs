@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use persona_diffusion::pipeline::StableDiffusion;
 use persona_train::checkpoint::checkpoint_path;
@@ -25,7 +25,7 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
 /// `identities/<method>/<identity>.safetensors` under the output folder.
 pub fn identity_path(out: &Path, method: &MethodEntry, identity: &IdentityEntry) -> PathBuf {
     out.join("identities")
-        .join(&method.name)
+        .join(method.identities_of.as_deref().unwrap_or(&method.name))
         .join(format!("{}.safetensors", identity.name))
 }
 
@@ -50,6 +50,13 @@ pub fn ensure_identity(
             persona_train::output::load_identities(sd, std::slice::from_ref(file), false)
                 .map_err(err)?;
         return Ok(loaded.remove(0));
+    }
+    if let Some(other) = &method.identities_of {
+        bail!(
+            "method {}: {} has no identity of {other} (identities_of); is {other} skipped in this shard?",
+            method.name,
+            path.display()
+        );
     }
     bar.set_message(format!("training {} {}", method.name, identity.name));
     let work = out
@@ -92,7 +99,7 @@ fn train(
         faces: face_search(m),
         face_crop: !t.no_face_crop,
         templates: None,
-        subject: None,
+        subject: m.train.subject.clone(),
     };
     let cfg = TrainConfig {
         steps: method.steps(t),
