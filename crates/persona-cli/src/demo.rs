@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, FromArgMatches};
+use persona_eval::protocol::BASELINE as BASELINE_METHOD;
 use persona_eval::results::{ImageRecord, Results};
 use persona_train::recipe::MethodName;
 
@@ -222,19 +223,26 @@ fn report(a: &DemoArgs, world: &World, results: &Results) -> Result<String> {
     h.push_str("</div><h2>Scores</h2>");
     scores(&mut h, results);
     h.push_str("<h2>Images</h2>");
-    let mut prompts: Vec<&str> = results.images.iter().map(|r| r.prompt.as_str()).collect();
-    prompts.dedup();
+    let mut prompts: Vec<&str> = Vec::new();
+    for r in &results.images {
+        if !prompts.contains(&r.prompt.as_str()) {
+            prompts.push(&r.prompt);
+        }
+    }
     for prompt in prompts {
         let _ = write!(h, "<h3>{}</h3>", escape(prompt));
-        for method in [results.images[0].method.as_str(), "baseline"] {
+        let learned = results
+            .images
+            .iter()
+            .find(|r| r.method != BASELINE_METHOD)
+            .map_or("", |r| r.method.as_str());
+        for method in [learned, BASELINE_METHOD] {
             let row: Vec<&ImageRecord> = results
                 .images
                 .iter()
-                .filter(|r| {
-                    r.prompt == prompt && (r.method == "baseline") == (method == "baseline")
-                })
+                .filter(|r| r.prompt == prompt && r.method == method)
                 .collect();
-            let label = if method == "baseline" {
+            let label = if method == BASELINE_METHOD {
                 format!("{BASELINE} (no identity)")
             } else {
                 a.person.clone()
@@ -266,7 +274,7 @@ fn scores(h: &mut String, results: &Results) {
         })
     };
     for m in &results.methods {
-        let label = if m.method == "baseline" {
+        let label = if m.method == BASELINE_METHOD {
             format!("{BASELINE} (no identity)")
         } else {
             m.method.clone()

@@ -8,3 +8,4 @@ mod generate_cli;
 mod idea_cli;
 mod reliability_cli;
 mod sefi_cli;
+mod world_cli;
