@@ -12,9 +12,10 @@ use candle_core::{DType, Tensor, D};
 use clap::Args;
 use image::{imageops, Rgb, RgbImage};
 use persona_diffusion::models::clip_text::Output;
-use persona_diffusion::nn::{AttentionControl, LayerId};
+use persona_diffusion::nn::{AttentionControl, Condition, LayerId};
 use persona_diffusion::pipeline::image::{to_rgb8, write_atomic, write_png};
 use persona_diffusion::pipeline::{expand_prompt, GenerateParams, StableDiffusion};
+use persona_train::methods::idea::inference::{AdapterUse, IdentityControl};
 
 use crate::sampling_flags::{IdentityArgs, ModelArgs, SamplingArgs, SizeArgs};
 
@@ -52,9 +53,36 @@ pub struct AttentionArgs {
 struct HeatMaps {
     positions: Vec<usize>,
     sums: RefCell<BTreeMap<(usize, usize), (Tensor, usize)>>,
+    /// The ID-EA adapters and key/value deltas the identities carry, applied as `persona generate` applies
+    /// them, so the maps are those of the image generate draws.
+    identities: Option<IdentityControl>,
 }
 
 impl AttentionControl for HeatMaps {
+    fn condition(
+        &self,
+        layer: &LayerId,
+        condition: &Condition,
+    ) -> persona_diffusion::Result<Option<Condition>> {
+        match &self.identities {
+            Some(c) => c.condition(layer, condition),
+            None => Ok(None),
+        }
+    }
+
+    fn key_value(
+        &self,
+        layer: &LayerId,
+        condition: &Condition,
+        key: &Tensor,
+        value: &Tensor,
+    ) -> persona_diffusion::Result<Option<(Tensor, Tensor)>> {
+        match &self.identities {
+            Some(c) => c.key_value(layer, condition, key, value),
+            None => Ok(None),
+        }
+    }
+
     fn wants_probs(&self, _layer: &LayerId) -> bool {
         true
     }
@@ -159,6 +187,7 @@ pub fn run(a: AttentionArgs) -> Result<()> {
     let control = HeatMaps {
         positions: positions(&sd, &prompt, &names, &a.token)?,
         sums: RefCell::default(),
+        identities: IdentityControl::new(&sd, &identities, AdapterUse::Apply, s.guidance > 1.0)?,
     };
     let (height, width) = a.size.or(sd.default_size());
     let params = GenerateParams {
