@@ -50,12 +50,19 @@ pub fn run(a: CompareArgs) -> Result<()> {
         bar.finish_and_clear();
         r
     };
-    if let Some(r) = results {
-        print_table(&r);
-        eprintln!(
-            "wrote {}/results.json, results.csv, report.html",
-            a.out.display()
-        );
+    match (results, a.shard) {
+        (Some(r), _) => {
+            print_table(&r);
+            eprintln!(
+                "wrote {}/results.json, results.csv, report.html",
+                a.out.display()
+            );
+        }
+        (None, Some(s)) => eprintln!(
+            "shard {}/{} done; run `persona compare --merge` once every shard has finished",
+            s.k, s.n
+        ),
+        (None, None) => {}
     }
     Ok(())
 }

@@ -167,7 +167,7 @@ pub fn run_on(
     let (device, dtype) = m.placement()?;
     let (device, note) = persona_diffusion::device::select(flags.0.or(device).unwrap_or_default())?;
     if let Some(note) = note {
-        eprintln!("note: {note}");
+        tracing::warn!("{note}");
     }
     let dtype = persona_diffusion::device::model_dtype(flags.1.or(dtype), &device);
     let all = plan(&m)?;
@@ -257,7 +257,7 @@ pub fn run_on(
     match shard {
         None => merge_with(&m, &scorer, out).map(Some),
         Some(s) => {
-            eprintln!("{}: {} of {} units done; run `persona compare --merge` once every shard has finished", s.tag(), mine.len(), all.len());
+            tracing::info!("{}: {} of {} units done", s.tag(), mine.len(), all.len());
             Ok(None)
         }
     }
