@@ -102,7 +102,8 @@ fn trainer<'a>(sd: &'a StableDiffusion, photos: &Path, face: &Tensor) -> Trainer
     .unwrap()
 }
 
-fn values(t: &Trainer) -> Vec<(String, Vec<f32>)> {
+/// Every trainable tensor's values, by name (also used by `sdxl_methods.rs`).
+pub(crate) fn values(t: &Trainer) -> Vec<(String, Vec<f32>)> {
     t.method
         .vars()
         .iter()

@@ -23,6 +23,8 @@ use persona_train::optim::{AdamW, AdamWConfig, Schedule};
 use persona_train::output::{learned_tokens, load_identities, to_identity};
 use persona_train::trainer::{StepInputs, TrainConfig, Trainer};
 
+use crate::idea_train::values;
+
 /// The widths of sdxl-tiny's two token tables.
 const D1: usize = 32;
 const D2: usize = 48;
@@ -315,17 +317,6 @@ fn photo_trainer<'a>(sd: &'a StableDiffusion, method: Box<dyn Method + 'a>) -> T
         5,
     )
     .unwrap()
-}
-
-fn values(t: &Trainer) -> Vec<(String, Vec<f32>)> {
-    t.method
-        .vars()
-        .iter()
-        .map(|(n, v)| {
-            let flat = v.as_tensor().flatten_all().unwrap();
-            (n.clone(), flat.to_vec1::<f32>().unwrap())
-        })
-        .collect()
 }
 
 /// 4 steps straight, and 2 + a resumed 2 from the checkpoint, end in the same state.

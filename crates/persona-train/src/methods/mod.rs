@@ -25,22 +25,22 @@ pub trait Method {
     fn phrase(&self) -> String;
     /// The trainable tensors (the optimizer updates exactly these), with stable names for checkpoints.
     fn vars(&self) -> Vec<(String, Var)>;
-    /// The UNet condition for a batch of captions, sample `i` noised to `timesteps[i]`.
-    fn condition(
-        &self,
-        sd: &StableDiffusion,
-        captions: &[&str],
-        timesteps: &[usize],
-    ) -> Result<Condition>;
-    /// The condition and, for SDXL, the pooled text embeddings the UNet's added conditioning takes. The
-    /// default is [`Method::condition`] without pooled embeddings (methods not yet on SDXL).
+    /// The UNet condition for a batch of captions, sample `i` noised to `timesteps[i]`, and, for SDXL, the
+    /// pooled text embeddings the UNet's added conditioning takes (`None` for SD 1.x/2.x).
     fn encode(
         &self,
         sd: &StableDiffusion,
         captions: &[&str],
         timesteps: &[usize],
-    ) -> Result<(Condition, Option<Tensor>)> {
-        Ok((self.condition(sd, captions, timesteps)?, None))
+    ) -> Result<(Condition, Option<Tensor>)>;
+    /// [`Method::encode`]'s condition alone.
+    fn condition(
+        &self,
+        sd: &StableDiffusion,
+        captions: &[&str],
+        timesteps: &[usize],
+    ) -> Result<Condition> {
+        Ok(self.encode(sd, captions, timesteps)?.0)
     }
     /// A cross-attention plug-in for the UNet forward of a training step (attention losses).
     fn control(&self) -> Option<&dyn AttentionControl> {
@@ -226,15 +226,6 @@ impl Method for TokenMethod {
             vars.push((SDXL_CLIP_G.into(), rows.clone()));
         }
         vars
-    }
-
-    fn condition(
-        &self,
-        sd: &StableDiffusion,
-        captions: &[&str],
-        timesteps: &[usize],
-    ) -> Result<Condition> {
-        Ok(self.encode(sd, captions, timesteps)?.0)
     }
 
     fn encode(

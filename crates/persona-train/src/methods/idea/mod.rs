@@ -233,15 +233,6 @@ impl Method for Idea {
         vars
     }
 
-    fn condition(
-        &self,
-        sd: &StableDiffusion,
-        captions: &[&str],
-        timesteps: &[usize],
-    ) -> Result<Condition> {
-        Ok(self.encode(sd, captions, timesteps)?.0)
-    }
-
     fn encode(
         &self,
         sd: &StableDiffusion,

@@ -189,15 +189,6 @@ impl Method for SefiMethod {
         }
     }
 
-    fn condition(
-        &self,
-        sd: &StableDiffusion,
-        captions: &[&str],
-        timesteps: &[usize],
-    ) -> Result<Condition> {
-        Ok(self.encode(sd, captions, timesteps)?.0)
-    }
-
     /// Samples are grouped by stage; each group is encoded with its stage's keys and values (SDXL: pooled
     /// embeddings from the values), and the rows are put back in batch order.
     fn encode(
@@ -324,14 +315,6 @@ impl<M: Method> Method for WithAttentionLoss<M> {
     }
     fn vars(&self) -> Vec<(String, Var)> {
         self.inner.vars()
-    }
-    fn condition(
-        &self,
-        sd: &StableDiffusion,
-        captions: &[&str],
-        timesteps: &[usize],
-    ) -> Result<Condition> {
-        Ok(self.encode(sd, captions, timesteps)?.0)
     }
     fn encode(
         &self,
