@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, FromArgMatches};
 use persona_eval::protocol::BASELINE as BASELINE_METHOD;
+use persona_eval::report::esc;
 use persona_eval::results::{ImageRecord, Results};
 use persona_train::recipe::MethodName;
 
@@ -230,7 +231,7 @@ fn report(a: &DemoArgs, world: &World, results: &Results) -> Result<String> {
         }
     }
     for prompt in prompts {
-        let _ = write!(h, "<h3>{}</h3>", escape(prompt));
+        let _ = write!(h, "<h3>{}</h3>", esc(prompt));
         let learned = results
             .images
             .iter()
@@ -250,11 +251,11 @@ fn report(a: &DemoArgs, world: &World, results: &Results) -> Result<String> {
             let _ = write!(
                 h,
                 "<div class=\"row\"><span class=\"label\">{}</span>",
-                escape(&label)
+                esc(&label)
             );
             for r in row {
                 let id = r.id.map_or("no face".into(), |v| format!("ID {v:.2}"));
-                let _ = write!(h, "<img src=\"eval/{}\" title=\"{}\">", r.file, escape(&id));
+                let _ = write!(h, "<img src=\"eval/{}\" title=\"{}\">", r.file, esc(&id));
             }
             h.push_str("</div>");
         }
@@ -282,7 +283,7 @@ fn scores(h: &mut String, results: &Results) {
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&label),
+            esc(&label),
             m.overall.images,
             show(&m.overall.id),
             show(&m.overall.prompt_score)
@@ -296,11 +297,4 @@ fn rel(base: &Path, p: &Path) -> String {
         .unwrap_or(p)
         .to_string_lossy()
         .replace('\\', "/")
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
