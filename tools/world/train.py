@@ -47,6 +47,15 @@ def record(out: Path, stage: str, **values):
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def previous_rounds(out: Path, stage: str) -> list:
+    """The rounds a stage has already recorded in `training.json` (a first run records itself as one)."""
+    path = out / "training.json"
+    done = json.loads(path.read_text()).get(stage, {}) if path.exists() else {}
+    if not done:
+        return []
+    return done.get("rounds") or [{k: done[k] for k in ("minutes", "final_loss", "steps", "batch")} | {"lr": 4e-4}]
+
+
 def cosine_lr(step, total, base, warmup):
     if step < warmup:
         return base * (step + 1) / warmup
@@ -278,15 +287,21 @@ def stage_unet(a):
     enc = torch.load(a.work / "encoded.pt")
     mean, std, cond, empty, scaling = enc["mean"], enc["std"], enc["cond"], enc["empty"].float(), enc["scaling"]
     unet = models.unet()
+    if a.continue_unet:
+        # A later run picks up the saved (EMA) weights with a fresh optimiser: the world's UNet is trained in
+        # rounds, each with its own warm-up and cosine decay, because one CPU run cannot do it all at once.
+        from diffusers import UNet2DConditionModel
+        unet = UNet2DConditionModel.from_pretrained(a.work / "unet-f32")
     ema = models.unet()
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
     noise_sched = DDPMScheduler.from_config(models.scheduler_config())
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
-    opt = torch.optim.AdamW(unet.parameters(), lr=4e-4, weight_decay=0.01)
+    lr = 3e-4 if a.continue_unet else 4e-4
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     steps, batch = a.sizes["unet_steps"], a.sizes["unet_batch"]
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(4 + a.continue_unet)
     start, running = time.time(), None
     for step in range(steps):
         idx = torch.from_numpy(np.sort(rng.choice(len(mean), batch, replace=False)))
@@ -300,7 +315,7 @@ def stage_unet(a):
         # Min-SNR-5 weighting: the easy, low-noise steps stop dominating, which speeds a small model's training.
         weight = torch.clamp(snr[t], max=5.0) / snr[t]
         loss = (weight * (pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
-        set_lr(opt, cosine_lr(step, steps, 4e-4, 300))
+        set_lr(opt, cosine_lr(step, steps, lr, 300))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -313,7 +328,10 @@ def stage_unet(a):
         if step % 200 == 0 or step == steps - 1:
             log("unet", step=step, loss=running, minutes=(time.time() - start) / 60)
     ema.save_pretrained(a.work / "unet-f32", safe_serialization=True)
-    record(a.out, "unet", minutes=(time.time() - start) / 60, final_loss=running, steps=steps, batch=batch)
+    rounds = (previous_rounds(a.out, "unet") if a.continue_unet else []) + [
+        dict(minutes=(time.time() - start) / 60, final_loss=running, steps=steps, batch=batch, lr=lr)]
+    record(a.out, "unet", minutes=sum(r["minutes"] for r in rounds), final_loss=running,
+           steps=sum(r["steps"] for r in rounds), batch=batch, rounds=rounds)
 
 
 # ---------------------------------------------------------------- the folders persona loads
@@ -433,12 +451,17 @@ def main():
     p.add_argument("--out", type=Path, default=ROOT / "world")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to try the stages end to end in minutes")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--continue-unet", action="store_true",
+                   help="the unet stage starts from the saved UNet (another round) instead of from scratch")
+    p.add_argument("--unet-steps", type=int, help="steps of the unet stage (default: %d)" % SIZES["unet_steps"])
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     a.sizes = dict(SIZES)
     if a.quick:
         a.sizes.update(sd_images=2000, recognizer_per_person=4, recognizer_epochs=1, clip_steps=20, clip_batch=64,
                        vae_steps=20, unet_steps=20)
+    if a.unet_steps:
+        a.sizes["unet_steps"] = a.unet_steps
     a.work.mkdir(parents=True, exist_ok=True)
     a.out.mkdir(parents=True, exist_ok=True)
     stages = list(STAGES) if "all" in a.stages else a.stages

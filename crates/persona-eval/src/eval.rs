@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Error, Result};
 use candle_core::{DType, Device};
 use indicatif::ProgressBar;
 use persona_diffusion::pipeline::{LoadOptions, StableDiffusion};
@@ -311,7 +311,7 @@ fn external_identities(cfg: &EvalConfig) -> Result<Vec<String>> {
             .map(|p| {
                 Identity::load(p)
                     .map(|i| i.token)
-                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .map_err(Error::from)
             })
             .collect();
     }
@@ -362,10 +362,10 @@ fn score_prompt_folder(
             .to_string_lossy()
             .into_owned(),
     };
-    let files = list_images(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let files = list_images(dir).map_err(Error::from)?;
     let images = files
         .iter()
-        .map(|f| persona_faces::load_rgb(f).map_err(|e| anyhow::anyhow!("{e}")))
+        .map(|f| persona_faces::load_rgb(f).map_err(Error::from))
         .collect::<Result<Vec<_>>>()?;
     let unit = Unit {
         method: "images".into(),

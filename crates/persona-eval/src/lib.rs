@@ -7,6 +7,7 @@
 
 pub mod clip;
 pub mod compare;
+pub mod error;
 pub mod eval;
 pub mod prompts;
 pub mod protocol;
@@ -14,3 +15,5 @@ pub mod report;
 pub mod results;
 pub mod score;
 pub mod stats;
+
+pub use error::{Error, Result};

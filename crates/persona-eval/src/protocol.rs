@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Error, Result};
 use image::RgbImage;
 use indicatif::ProgressBar;
 use persona_diffusion::nn::AttentionControl;
@@ -81,7 +81,7 @@ impl Sampling {
             .as_deref()
             .map(|s| {
                 s.parse::<SchedulerKind>()
-                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .map_err(Error::from)
             })
             .transpose()
     }
@@ -246,7 +246,7 @@ pub fn stored_records(path: &Path, key: &str) -> Result<Option<Vec<ImageRecord>>
 }
 
 fn load_png(path: &Path) -> Result<RgbImage> {
-    persona_faces::load_rgb(path).map_err(|e| anyhow::anyhow!("{e}"))
+    persona_faces::load_rgb(path).map_err(Error::from)
 }
 
 /// Generates the missing images in contiguous runs (image `i` always has seed `seed + i`, so the result does

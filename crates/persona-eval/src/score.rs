@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Error, Result};
 use candle_core::Device;
 use image::RgbImage;
 use persona_faces::{cosine, DetectorChoice, FaceAnalyzer, ModelSearch};
@@ -68,15 +68,15 @@ impl Scorer {
 
     /// The reference identity: the mean of the normalised embeddings of the largest face in each photo of `dir`.
     pub fn reference(&self, dir: &Path) -> Result<Vec<f32>> {
-        let photos = persona_train::data::list_images(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let photos = persona_train::data::list_images(dir).map_err(Error::from)?;
         let mut sum: Vec<f32> = Vec::new();
         let mut used = 0;
         for p in &photos {
-            let img = persona_faces::load_rgb(p).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let img = persona_faces::load_rgb(p).map_err(Error::from)?;
             match self
                 .faces
                 .embed_largest(&img)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+                .map_err(|e| Error::file(p, e))?
             {
                 Some((_, e)) => {
                     sum.resize(e.len(), 0.0);
@@ -136,7 +136,7 @@ impl Scorer {
         refs: &[&[f32]],
         prompt_score: Option<f64>,
     ) -> Result<(ImageScore, Option<Vec<f32>>)> {
-        let faces = self.faces.detect(img).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let faces = self.faces.detect(img).map_err(Error::from)?;
         let (id, id_each, embedding) = if faces.is_empty() {
             (None, vec![], None)
         } else if refs.len() == 1 {
@@ -144,14 +144,14 @@ impl Scorer {
             let e = self
                 .faces
                 .embed(img, &face)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                .map_err(Error::from)?;
             (Some(cosine(&e, refs[0]) as f64), vec![], Some(e))
         } else {
             let embeds = faces
                 .iter()
                 .map(|f| self.faces.embed(img, f))
                 .collect::<persona_faces::Result<Vec<_>>>()
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                .map_err(Error::from)?;
             let best = |r: &[f32]| {
                 embeds
                     .iter()
@@ -226,14 +226,14 @@ pub fn jpeg_round_trip(img: &RgbImage) -> Result<RgbImage> {
 /// `mtcnn + facenet_inception_resnet_v1_160.onnx`: file names only, so results from different machines match;
 /// `none (whole image) + …` with `--detector none`.
 fn describe_face_models(search: &ModelSearch) -> Result<String> {
-    let det = match search.find_detector().map_err(|e| anyhow::anyhow!("{e}"))? {
+    let det = match search.find_detector().map_err(Error::from)? {
         DetectorChoice::Scrfd(p) => file_name(&p),
         DetectorChoice::Mtcnn(_) => "mtcnn".to_string(),
         DetectorChoice::WholeImage => persona_faces::WholeImage::NAME.to_string(),
     };
     let rec = search
         .find_recognizer()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(Error::from)?;
     Ok(format!("{det} + {}", file_name(&rec.path)))
 }
 

@@ -31,7 +31,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Error, Result};
 use persona_diffusion::device::{DeviceRequest, Precision};
 use persona_train::methods::idea::inference::AdapterUse;
 use persona_train::recipe::{MethodName, MethodOptions};
@@ -311,13 +311,13 @@ impl Manifest {
             .as_deref()
             .map(str::parse::<DeviceRequest>)
             .transpose()
-            .map_err(|e| anyhow::anyhow!("device: {e}"))?;
+            .map_err(|e| Error::Msg(format!("device: {e}")))?;
         let dtype = self
             .dtype
             .as_deref()
             .map(str::parse::<Precision>)
             .transpose()
-            .map_err(|e| anyhow::anyhow!("dtype: {e}"))?;
+            .map_err(|e| Error::Msg(format!("dtype: {e}")))?;
         Ok((device, dtype))
     }
 

@@ -12,7 +12,7 @@ pub mod train;
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use indicatif::ProgressBar;
 use persona_diffusion::device::{DeviceRequest, Precision};
 use persona_diffusion::pipeline::image::write_atomic;

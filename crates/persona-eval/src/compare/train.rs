@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Error, Result};
 use indicatif::ProgressBar;
 use persona_diffusion::pipeline::StableDiffusion;
 use persona_train::checkpoint::checkpoint_path;
@@ -17,10 +17,6 @@ use persona_train::trainer::TrainConfig;
 use super::face_search;
 use super::manifest::{IdentityEntry, Manifest, MethodEntry};
 use crate::results::TrainingCost;
-
-fn err(e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow::anyhow!("{e}")
-}
 
 /// `identities/<method>/<identity>.safetensors` under the output folder.
 pub fn identity_path(out: &Path, method: &MethodEntry, identity: &IdentityEntry) -> PathBuf {
@@ -48,7 +44,7 @@ pub fn ensure_identity(
         bar.inc(method.steps(&m.train) as u64);
         let mut loaded =
             persona_train::output::load_identities(sd, std::slice::from_ref(file), false)
-                .map_err(err)?;
+                .map_err(Error::from)?;
         return Ok(loaded.remove(0));
     }
     if let Some(other) = &method.identities_of {
@@ -72,7 +68,7 @@ pub fn ensure_identity(
         .with_context(|| format!("creating {}", path.display()))?;
     trained
         .save(&work)
-        .map_err(err)
+        .map_err(Error::from)
         .with_context(|| format!("writing {}", work.display()))?;
     std::fs::rename(&work, &path)
         .with_context(|| format!("moving {} to {}", work.display(), path.display()))?;
