@@ -1,4 +1,4 @@
-"""Write the small embedding files that `crates/persona-train/tests/identity.rs` imports.
+"""Write the small embedding files that `crates/persona-identity/tests/identity.rs` imports.
 
 Each file is what a real tool writes, made here with the real tool's own saving code path (torch.save /
 safetensors) so the Rust reader is tested against genuine byte layouts, at a tiny width (d = 32, sd2-tiny's

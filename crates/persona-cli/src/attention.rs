@@ -15,7 +15,7 @@ use persona_diffusion::models::clip_text::Output;
 use persona_diffusion::nn::{AttentionControl, Condition, LayerId};
 use persona_diffusion::pipeline::image::{to_rgb8, write_atomic, write_png};
 use persona_diffusion::pipeline::{expand_prompt, GenerateParams, StableDiffusion};
-use persona_train::methods::idea::inference::{AdapterUse, IdentityControl};
+use persona_identity::{AdapterUse, Applied, IdentityControl};
 
 use crate::sampling_flags::{IdentityArgs, ModelArgs, SamplingArgs, SizeArgs};
 
@@ -181,13 +181,17 @@ pub fn run(a: AttentionArgs) -> Result<()> {
     let place = a.device.resolve()?;
     let sd = StableDiffusion::load(&a.base.model, &place.load_options(a.base.variant.clone()))?;
     place.announce();
-    let identities = persona_train::output::load_identities(&sd, &a.ids.identity, a.ids.force)?;
-    let (tokens, names) = persona_train::output::learned_tokens(&identities);
+    let identities = persona_identity::load(&sd, &a.ids.identity, a.ids.force)?;
+    let Applied {
+        tokens,
+        names,
+        control,
+    } = Applied::new(&sd, &identities, AdapterUse::Apply, s.guidance > 1.0)?;
     let prompt = expand_prompt(&a.prompt, &names)?;
     let control = HeatMaps {
         positions: positions(&sd, &prompt, &names, &a.token)?,
         sums: RefCell::default(),
-        identities: IdentityControl::new(&sd, &identities, AdapterUse::Apply, s.guidance > 1.0)?,
+        identities: control,
     };
     let (height, width) = a.size.or(sd.default_size());
     let params = GenerateParams {

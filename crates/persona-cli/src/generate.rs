@@ -7,12 +7,11 @@ use crate::values;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use persona_diffusion::models::clip_text::Output;
-use persona_diffusion::nn::AttentionControl;
 use persona_diffusion::pipeline::image::{to_rgb8, write_atomic, write_png};
 use persona_diffusion::pipeline::{
     expand_prompt, GenerateParams, MicroConditioning, StableDiffusion,
 };
-use persona_train::methods::idea::inference::{AdapterUse, IdentityControl};
+use persona_identity::{AdapterUse, Applied};
 
 /// Images are written as DIR/0000.png, 0001.png, … with the generation parameters in a PNG text chunk
 /// (`parameters`, as AUTOMATIC1111 writes it, and `persona` as JSON), and DIR/params.json for the whole run.
@@ -118,10 +117,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         .transpose()?
         .map(|l| l.to_device(&sd.device))
         .transpose()?;
-    let identities = persona_train::output::load_identities(&sd, &a.ids.identity, a.ids.force)?;
-    let (tokens, names) = persona_train::output::learned_tokens(&identities);
-    let prompt = expand_prompt(&a.prompt, &names)?;
-    let negative_prompt = expand_prompt(&s.negative_prompt, &names)?;
+    let identities = persona_identity::load(&sd, &a.ids.identity, a.ids.force)?;
+    let applied = Applied::new(&sd, &identities, a.adapter, s.guidance > 1.0)?;
+    let prompt = expand_prompt(&a.prompt, &applied.names)?;
+    let negative_prompt = expand_prompt(&s.negative_prompt, &applied.names)?;
     let num_images = match &latents {
         Some(l) if a.num_images != 1 && a.num_images != l.dim(0)? => {
             bail!(
@@ -147,7 +146,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         batch_size: a.batch_size,
         latents,
         text_output: a.clip_skip.map_or(Output::Last, Output::Skip),
-        tokens,
+        tokens: applied.tokens.clone(),
     };
     let names: Vec<String> = (0..num_images)
         .map(|i| format!("{i:04}.png"))
@@ -156,8 +155,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     crate::output::check_out_dir(&a.out, &names, a.overwrite, "--out")?;
     let batches = num_images.div_ceil(a.batch_size.max(1));
     let bar = crate::progress::bar((batches * s.steps) as u64, "denoising");
-    let control = IdentityControl::new(&sd, &identities, a.adapter, params.guidance > 1.0)?;
-    let control = control.as_ref().map(|c| c as &dyn AttentionControl);
+    let control = applied.control();
     let scheduler = sd.scheduler_kind(s.scheduler);
     let mut record = serde_json::json!({
         "model": a.base.model, "variant": a.base.variant, "prompt": a.prompt, "negative_prompt": s.negative_prompt,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use persona_diffusion::loading::resolve_model;
-use persona_train::identity::{
+use persona_identity::{
     diffusers_second_path, export_a1111, export_diffusers, import, import_diffusers_pair,
     BaseModel, Identity,
 };

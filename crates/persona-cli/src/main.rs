@@ -17,6 +17,7 @@ mod sampling_flags;
 mod train;
 mod values;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -51,6 +52,43 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// The command line, or exit: help and version as clap prints them, a usage error as one line (status 2),
+/// like every other error of persona.
+fn parse_args() -> Cli {
+    Cli::try_parse().unwrap_or_else(|e| {
+        if matches!(
+            e.kind(),
+            ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        ) {
+            e.exit()
+        }
+        eprintln!("{}", one_line(&e.render().to_string()));
+        std::process::exit(2)
+    })
+}
+
+/// clap's rendered error as one line: its message (the lines before the first blank one, joined), any `tip:`
+/// it gives, and where to learn more; the usage block is left to `--help`.
+fn one_line(rendered: &str) -> String {
+    let message: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let tips: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("tip:"))
+        .collect();
+    let mut line = message.join(" ");
+    if !tips.is_empty() {
+        line += &format!(" ({})", tips.join("; "));
+    }
+    line + " (see --help)"
+}
+
 fn main() {
     persona_diffusion::allocator::keep_freed_memory();
     tracing_subscriber::fmt()
@@ -60,7 +98,7 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = parse_args();
     let result = match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Generate(a) => generate::run(a),
@@ -80,5 +118,31 @@ fn main() {
             std::process::exit(faces::EXIT_NO_FACE);
         }
         std::process::exit(2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_errors_are_one_line_keeping_the_flag_and_the_tip() {
+        for args in [
+            &["persona", "generate", "--steps", "0"][..],
+            &["persona", "generate", "--model", "m", "--out", "o"],
+            &[
+                "persona", "generate", "--model", "m", "--prompt", "p", "--out", "o", "--step", "3",
+            ],
+        ] {
+            let Err(e) = Cli::try_parse_from(args) else {
+                panic!("{args:?} parsed")
+            };
+            let line = one_line(&e.render().to_string());
+            assert!(!line.contains('\n'), "{line}");
+            assert!(line.starts_with("error: "), "{line}");
+            assert!(line.ends_with("(see --help)"), "{line}");
+            let named = ["--steps", "--prompt"].iter().any(|f| line.contains(f));
+            assert!(named, "{args:?}: {line}");
+        }
     }
 }

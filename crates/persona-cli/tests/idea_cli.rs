@@ -2,7 +2,7 @@
 //! records the recogniser and saves the adapter and K/V deltas; `persona generate` applies them (the images
 //! differ from `--adapter train-only`); without face models the error says what is missing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use persona_diffusion::testing::fixtures_dir;
@@ -16,20 +16,7 @@ fn persona(args: &[&str], models: &Path, home: &Path) -> std::process::Output {
         .unwrap()
 }
 
-fn shared(rel: &str) -> Option<PathBuf> {
-    let p = fixtures_dir().join("../../shared").join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok() {
-        panic!(
-            "{} is missing: CI must have shared/ beside the checkout",
-            p.display()
-        );
-    }
-    eprintln!("skipping: {} not found", p.display());
-    None
-}
+use persona_diffusion::testing::shared;
 
 fn pixels(path: &Path) -> Vec<u8> {
     image::open(path).unwrap().to_rgb8().into_raw()

@@ -33,7 +33,7 @@ pub enum Error {
     #[error(transparent)]
     Train(#[from] persona_train::Error),
     #[error(transparent)]
-    Identity(#[from] persona_train::identity::IdentityError),
+    Identity(#[from] persona_identity::IdentityError),
     /// Finding, loading or running a face model, or reading a photo.
     #[error(transparent)]
     Faces(#[from] persona_faces::FaceError),

@@ -8,8 +8,8 @@ use candle_core::{DType, Device};
 use indicatif::ProgressBar;
 use persona_diffusion::pipeline::{LoadOptions, StableDiffusion};
 use persona_faces::ModelSearch;
+use persona_identity::Identity;
 use persona_train::data::list_images;
-use persona_train::identity::Identity;
 
 use crate::prompts::{clip_text, PromptSet};
 use crate::protocol::{run_unit, Sampling, Unit, UnitContext};
@@ -112,7 +112,7 @@ fn generate_and_score(
             dtype: place.dtype,
         },
     )?;
-    let identities = persona_train::output::load_identities(&sd, &cfg.identities, cfg.force)?;
+    let identities = persona_identity::load(&sd, &cfg.identities, cfg.force)?;
     let names: Vec<String> = identities.iter().map(|i| i.token.clone()).collect();
     let references = reference_embeddings(scorer, &cfg.references, &names)?;
     let method = method_label(&identities);
@@ -157,7 +157,7 @@ fn generate_and_score(
         out: &cfg.out,
         key: &key,
         bar,
-        adapter: persona_train::methods::idea::inference::AdapterUse::Apply,
+        adapter: persona_identity::AdapterUse::Apply,
     };
     let mut records = Vec::new();
     for u in &units {
@@ -308,11 +308,7 @@ fn external_identities(cfg: &EvalConfig) -> Result<Vec<String>> {
         return cfg
             .identities
             .iter()
-            .map(|p| {
-                Identity::load(p)
-                    .map(|i| i.token)
-                    .map_err(Error::from)
-            })
+            .map(|p| Identity::load(p).map(|i| i.token).map_err(Error::from))
             .collect();
     }
     match cfg.references.as_slice() {

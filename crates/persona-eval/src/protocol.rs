@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use crate::error::{Context, Error, Result};
 use image::RgbImage;
 use indicatif::ProgressBar;
-use persona_diffusion::nn::AttentionControl;
 use persona_diffusion::pipeline::image::{to_rgb8, write_atomic, write_png};
 use persona_diffusion::pipeline::{expand_prompt, GenerateParams, StableDiffusion};
 use persona_diffusion::schedulers::SchedulerKind;
-use persona_train::identity::Identity;
-use persona_train::methods::idea::inference::{AdapterUse, IdentityControl};
+use persona_identity::Identity;
+use persona_identity::{AdapterUse, Applied};
 use serde::{Deserialize, Serialize};
 
 use crate::prompts::{clip_text, uses_second};
@@ -79,10 +78,7 @@ impl Sampling {
     pub fn scheduler_kind(&self) -> Result<Option<SchedulerKind>> {
         self.scheduler
             .as_deref()
-            .map(|s| {
-                s.parse::<SchedulerKind>()
-                    .map_err(Error::from)
-            })
+            .map(|s| s.parse::<SchedulerKind>().map_err(Error::from))
             .transpose()
     }
 
@@ -269,17 +265,16 @@ fn generate_missing(cx: &UnitContext, unit: &Unit, order: &[usize], dir: &Path) 
             })
             .collect::<Result<Vec<Identity>>>()?,
     };
-    let (tokens, mut names) = persona_train::output::learned_tokens(&chosen);
+    // ID-EA identities carry adapters; generation applies them as `persona generate` does.
+    let mut applied = Applied::new(cx.sd, &chosen, cx.adapter, s.guidance > 1.0)?;
     if let Some(phrase) = &unit.baseline {
-        names = order
+        applied.names = order
             .iter()
             .map(|&i| (cx.names[i].clone(), phrase.clone()))
             .collect();
     }
-    let prompt = expand_prompt(&unit.template, &names)?;
-    // ID-EA identities carry adapters; generation applies them as `persona generate` does.
-    let control = IdentityControl::new(cx.sd, &chosen, cx.adapter, s.guidance > 1.0)?;
-    let control = control.as_ref().map(|c| c as &dyn AttentionControl);
+    let prompt = expand_prompt(&unit.template, &applied.names)?;
+    let control = applied.control();
     let size = s.resolution.unwrap_or_else(|| cx.sd.default_size());
     for run in contiguous(&missing) {
         let params = GenerateParams {
@@ -295,7 +290,7 @@ fn generate_missing(cx: &UnitContext, unit: &Unit, order: &[usize], dir: &Path) 
             batch_size: s.batch_size.max(1),
             latents: None,
             text_output: persona_diffusion::models::clip_text::Output::Last,
-            tokens: tokens.clone(),
+            tokens: applied.tokens.clone(),
         };
         // One report per denoising step of a batch: a tick per image in that batch.
         let bs = params.batch_size;

@@ -141,10 +141,7 @@ impl Scorer {
             (None, vec![], None)
         } else if refs.len() == 1 {
             let face = persona_faces::largest(&faces).expect("not empty");
-            let e = self
-                .faces
-                .embed(img, &face)
-                .map_err(Error::from)?;
+            let e = self.faces.embed(img, &face).map_err(Error::from)?;
             (Some(cosine(&e, refs[0]) as f64), vec![], Some(e))
         } else {
             let embeds = faces
@@ -231,9 +228,7 @@ fn describe_face_models(search: &ModelSearch) -> Result<String> {
         DetectorChoice::Mtcnn(_) => "mtcnn".to_string(),
         DetectorChoice::WholeImage => persona_faces::WholeImage::NAME.to_string(),
     };
-    let rec = search
-        .find_recognizer()
-        .map_err(Error::from)?;
+    let rec = search.find_recognizer().map_err(Error::from)?;
     Ok(format!("{det} + {}", file_name(&rec.path)))
 }
 

@@ -210,14 +210,14 @@ fn compare_trains_sefi_and_idea_with_their_options() {
     .unwrap();
     let load = |method: &str| {
         let file = out.join(format!("identities/{method}/alice.safetensors"));
-        persona_train::output::load_identities(&sd, &[file], false)
+        persona_identity::load(&sd, &[file], false)
             .unwrap()
             .remove(0)
     };
     let sefi = load("sefi");
     assert_eq!(sefi.meta.method, "sefi");
     assert_eq!(
-        sefi.modules[persona_train::methods::sefi::KEYS].dims()[0],
+        sefi.modules[persona_identity::stages::KEYS].dims()[0],
         2,
         "stages = 2 reached the method"
     );

@@ -7,9 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use persona_train::identity::{
-    export_a1111, export_diffusers, import, BaseModel, Identity, IdentityMeta,
-};
+use persona_identity::{export_a1111, export_diffusers, import, BaseModel, Identity, IdentityMeta};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::identity::IdentityError;
+use persona_identity::IdentityError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -13,9 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::captions::Captions;
 use crate::checkpoint::checkpoint_path;
 use crate::data::{load_folder, FaceLocator, Sample};
-use crate::identity::Identity;
 use crate::methods::idea::face::identity_embedding;
-use crate::methods::idea::{kv, Idea, IdeaConfig, Regularizer};
+use crate::methods::idea::{Idea, IdeaConfig, Regularizer};
 use crate::methods::sefi::{
     LayerSelect, Parameterisation, SefiMethod, SefiOptions, SubjectAttention, WithAttentionLoss,
 };
@@ -23,6 +22,8 @@ use crate::methods::{InitOptions, Method, MethodKind, TokenMethod};
 use crate::optim::AdamW;
 use crate::trainer::{StepReport, TrainConfig, Trainer};
 use crate::{Error, Result};
+use persona_identity::kv;
+use persona_identity::Identity;
 
 /// The methods a person can be trained with: the one home of each method's name and of the defaults of its
 /// paper (`persona train`, its help, `persona compare` and `persona demo` all read them here).

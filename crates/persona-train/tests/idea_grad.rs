@@ -4,9 +4,9 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use persona_diffusion::nn::grad::mse_loss;
-use persona_train::methods::idea::adapter::Adapter;
+use persona_identity::adapter::Adapter;
+use persona_identity::layers::{Named, Source};
 use persona_train::methods::idea::enhancer::Enhancer;
-use persona_train::methods::idea::modules::{Named, Source};
 use persona_train::methods::idea::reg;
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {

@@ -11,32 +11,19 @@ use persona_diffusion::nn::{AttentionControl, Condition, LayerId};
 use persona_diffusion::pipeline::{GenerateParams, LoadOptions, StableDiffusion};
 use persona_diffusion::testing::fixtures_dir;
 use persona_faces::{FaceAnalyzer, ModelSearch};
+use persona_identity::learned_tokens;
+use persona_identity::Identity;
+use persona_identity::{AdapterUse, IdentityControl};
 use persona_train::captions::Captions;
 use persona_train::data::load_folder;
-use persona_train::identity::Identity;
 use persona_train::methods::idea::face::identity_embedding;
-use persona_train::methods::idea::inference::{AdapterUse, IdentityControl};
 use persona_train::methods::idea::{Idea, IdeaConfig, FUSED};
 use persona_train::methods::InitOptions;
 use persona_train::optim::{AdamW, AdamWConfig, Schedule};
-use persona_train::output::{learned_tokens, to_identity};
+use persona_train::output::to_identity;
 use persona_train::trainer::{Plan, TrainConfig, Trainer};
 
-/// A file of `shared/` beside the checkout; skipped with a message outside CI, a failure under `CI`.
-pub(crate) fn shared(rel: &str) -> Option<PathBuf> {
-    let p = fixtures_dir().join("../../shared").join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok() {
-        panic!(
-            "{} is missing: CI must have shared/ beside the checkout",
-            p.display()
-        );
-    }
-    eprintln!("skipping: {} not found", p.display());
-    None
-}
+pub(crate) use persona_diffusion::testing::shared;
 
 fn photos(tmp: &Path) -> Option<PathBuf> {
     let src = shared("data/faces/celeba")?;

@@ -4,8 +4,6 @@
 mod idea_grad;
 mod idea_parity;
 mod idea_train;
-mod identity;
-mod identity_io;
 mod mixed_precision;
 mod sdxl_methods;
 mod sdxl_train;

@@ -10,17 +10,17 @@ use candle_core::{DType, Tensor, Var};
 use persona_diffusion::models::clip_text::Output;
 use persona_diffusion::pipeline::{GenerateParams, LoadOptions, StableDiffusion};
 use persona_diffusion::testing::{fixtures_dir, load_reference, rel_error};
+use persona_identity::stages::{KEYS_2, VALUES_2};
+use persona_identity::{export_a1111, Identity};
+use persona_identity::{learned_tokens, load as load_identities};
+use persona_identity::{AdapterUse, IdentityControl};
 use persona_train::captions::Captions;
 use persona_train::data::Sample;
-use persona_train::identity::{export_a1111, Identity};
-use persona_train::methods::idea::inference::{AdapterUse, IdentityControl};
 use persona_train::methods::idea::{Idea, IdeaConfig, FUSED};
-use persona_train::methods::sefi::{
-    LayerSelect, Parameterisation, SefiMethod, SefiOptions, KEYS_2, VALUES_2,
-};
+use persona_train::methods::sefi::{LayerSelect, Parameterisation, SefiMethod, SefiOptions};
 use persona_train::methods::{InitOptions, Method, MethodKind, TokenMethod};
 use persona_train::optim::{AdamW, AdamWConfig, Schedule};
-use persona_train::output::{learned_tokens, load_identities, to_identity};
+use persona_train::output::to_identity;
 use persona_train::trainer::{StepInputs, TrainConfig, Trainer};
 
 use crate::idea_train::values;

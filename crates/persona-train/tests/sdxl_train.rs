@@ -6,9 +6,9 @@ use candle_core::{DType, Tensor, Var};
 use persona_diffusion::pipeline::{GenerateParams, LoadOptions, StableDiffusion};
 use persona_diffusion::testing::{fixtures_dir, load_reference, rel_error};
 use persona_faces::ModelSearch;
+use persona_identity::{export_a1111, Identity};
 use persona_train::captions::Captions;
 use persona_train::data::Sample;
-use persona_train::identity::{export_a1111, Identity};
 use persona_train::methods::anchor::{self, Table};
 use persona_train::methods::{MethodKind, TokenMethod};
 use persona_train::optim::{AdamW, AdamWConfig, Schedule};
@@ -178,7 +178,7 @@ fn write_photos(dir: &std::path::Path) {
 
 fn params(identity: Option<&Identity>) -> GenerateParams {
     let (tokens, names) = match identity {
-        Some(i) => persona_train::output::learned_tokens(std::slice::from_ref(i)),
+        Some(i) => persona_identity::learned_tokens(std::slice::from_ref(i)),
         None => (Vec::new(), Vec::new()),
     };
     let prompt = if identity.is_some() {
@@ -261,7 +261,7 @@ fn sdxl_identity_trains_generates_and_exports() {
     assert_eq!(identity.embeddings.dims(), [2, 32]);
     assert_eq!(identity.rows_2().unwrap().dims(), [2, 48]);
     identity.save(&out).unwrap();
-    let loaded = persona_train::output::load_identities(&sd, std::slice::from_ref(&out), false)
+    let loaded = persona_identity::load(&sd, std::slice::from_ref(&out), false)
         .unwrap()
         .remove(0);
 
@@ -295,7 +295,7 @@ fn sdxl_identity_trains_generates_and_exports() {
         &LoadOptions::default(),
     )
     .unwrap();
-    let err = persona_train::output::load_identities(&sd2, &[out], false)
+    let err = persona_identity::load(&sd2, &[out], false)
         .err()
         .unwrap()
         .to_string();

@@ -8,10 +8,10 @@ use persona_diffusion::models::clip_text::Output;
 use persona_diffusion::models::{ClipTextModel, UNet2DConditionModel};
 use persona_diffusion::nn::grad::{mse_loss, place_rows};
 use persona_diffusion::nn::{AttentionControl, Condition, Weights};
-use persona_train::methods::idea::adapter::Adapter;
+use persona_identity::adapter::Adapter;
+use persona_identity::kv::{self, KvDeltas};
+use persona_identity::layers::Source;
 use persona_train::methods::idea::enhancer::Enhancer;
-use persona_train::methods::idea::kv::{self, KvDeltas};
-use persona_train::methods::idea::modules::Source;
 
 use super::{emit, time, Arch, Timing};
 use crate::device_flags::DeviceArgs;

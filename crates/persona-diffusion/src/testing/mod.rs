@@ -12,6 +12,23 @@ pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
+/// A file or folder of `shared/` beside the checkout (models and photos too large for the repository), or
+/// `None` with a message. Under `CI=true` a missing one is a failure: CI must run these tests, not skip them.
+pub fn shared(rel: &str) -> Option<PathBuf> {
+    let p = fixtures_dir().join("../../shared").join(rel);
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{} is missing: CI must have shared/ beside the checkout",
+            p.display()
+        );
+    }
+    eprintln!("SKIPPED: {} not found", p.display());
+    None
+}
+
 /// `max|a − b| / max|b|`: the relative error the parity tests bound (1e-4 for modules).
 pub fn rel_error(a: &Tensor, b: &Tensor) -> Result<f64> {
     if a.dims() != b.dims() {

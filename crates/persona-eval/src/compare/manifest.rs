@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{bail, Context, Error, Result};
 use persona_diffusion::device::{DeviceRequest, Precision};
-use persona_train::methods::idea::inference::AdapterUse;
+use persona_identity::AdapterUse;
 use persona_train::recipe::{MethodName, MethodOptions};
 use serde::{Deserialize, Serialize};
 

@@ -18,7 +18,7 @@ use persona_diffusion::device::{DeviceRequest, Precision};
 use persona_diffusion::pipeline::image::write_atomic;
 use persona_diffusion::pipeline::{LoadOptions, StableDiffusion};
 use persona_faces::ModelSearch;
-use persona_train::identity::Identity;
+use persona_identity::Identity;
 
 use crate::eval::settings;
 use crate::prompts::PromptSet;
@@ -248,7 +248,7 @@ pub fn run_on(
             out,
             key: &key,
             bar,
-            adapter: persona_train::methods::idea::inference::AdapterUse::Apply,
+            adapter: persona_identity::AdapterUse::Apply,
         };
         for u in baseline {
             run_unit(&cx, u)?;

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{bail, Context, Error, Result};
 use indicatif::ProgressBar;
 use persona_diffusion::pipeline::StableDiffusion;
+use persona_identity::Identity;
 use persona_train::checkpoint::checkpoint_path;
-use persona_train::identity::Identity;
 use persona_train::optim::{AdamWConfig, Schedule};
 use persona_train::recipe::{self, Recipe};
 use persona_train::trainer::TrainConfig;
@@ -43,8 +43,7 @@ pub fn ensure_identity(
     {
         bar.inc(method.steps(&m.train) as u64);
         let mut loaded =
-            persona_train::output::load_identities(sd, std::slice::from_ref(file), false)
-                .map_err(Error::from)?;
+            persona_identity::load(sd, std::slice::from_ref(file), false).map_err(Error::from)?;
         return Ok(loaded.remove(0));
     }
     if let Some(other) = &method.identities_of {

@@ -18,14 +18,9 @@ pub fn missing(what: &str) {
     eprintln!("SKIPPED: {what} not found");
 }
 
-/// `../shared/<rel>` beside the project root.
+/// `../shared/<rel>` beside the project root, canonical (see `persona_diffusion::testing::shared`).
 pub fn shared(rel: &str) -> Option<PathBuf> {
-    let p = root().join("../shared").join(rel);
-    if p.exists() {
-        return Some(p.canonicalize().unwrap());
-    }
-    missing(&p.display().to_string());
-    None
+    persona_diffusion::testing::shared(rel).map(|p| p.canonicalize().unwrap())
 }
 
 /// The shared photos of one set, sorted.

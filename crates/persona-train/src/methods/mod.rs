@@ -13,9 +13,9 @@ use persona_diffusion::models::clip_text::Output;
 use persona_diffusion::nn::{AttentionControl, Condition};
 use persona_diffusion::pipeline::{LearnedTokens, StableDiffusion};
 
-use crate::identity::SDXL_CLIP_G;
 use crate::recipe::MethodName;
 use crate::{Error, Result};
+use persona_identity::SDXL_CLIP_G;
 
 /// A personalization method as the training loop sees it.
 pub trait Method {

@@ -7,8 +7,8 @@
 
 use candle_core::Tensor;
 
-use super::modules::{Linear, MultiheadAttention, Source};
 use crate::Result;
+use persona_identity::layers::{Linear, MultiheadAttention, Source};
 
 #[derive(Clone, Debug)]
 pub struct Enhancer {

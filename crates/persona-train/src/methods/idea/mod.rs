@@ -13,12 +13,8 @@
 //! `text_encoder_2` rows (it is pooled at a pseudo-token's position, as diffusers pools after
 //! `load_textual_inversion`). See `docs/sdxl.md`.
 
-pub mod adapter;
 pub mod enhancer;
 pub mod face;
-pub mod inference;
-pub mod kv;
-pub mod modules;
 pub mod reg;
 
 use std::collections::BTreeMap;
@@ -28,15 +24,14 @@ use persona_diffusion::models::clip_text::Output;
 use persona_diffusion::nn::{AttentionControl, Condition};
 use persona_diffusion::pipeline::StableDiffusion;
 
-use self::adapter::Adapter;
 use self::enhancer::Enhancer;
-use self::kv::KvDeltas;
-use self::modules::{Named, Source};
 use super::{IdentityParts, InitOptions, Method, MethodKind, TokenMethod};
 use crate::{Error, Result};
+use persona_identity::adapter::{self, Adapter};
+use persona_identity::kv::{self, KvDeltas};
+use persona_identity::layers::{Named, Source};
 
-/// The identity-file name of the Enhancer's output, which is all the adapter needs at inference.
-pub const FUSED: &str = "fused";
+pub use persona_identity::FUSED;
 /// The identity-file name of the person's mean face embedding.
 pub const FACE_EMBEDDING: &str = "face.embedding";
 

@@ -1,4 +1,4 @@
-//! The identity module's error type: every failure names the file it concerns and what is wrong with it.
+//! The crate's error type: every failure of a file names the file and what is wrong with it.
 
 use std::path::{Path, PathBuf};
 
@@ -27,9 +27,9 @@ pub enum IdentityError {
 }
 
 impl IdentityError {
-    pub(crate) fn file(path: &Path, msg: impl std::fmt::Display) -> Self {
+    pub fn file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
         IdentityError::File {
-            path: path.to_owned(),
+            path: path.into(),
             msg: msg.to_string(),
         }
     }
@@ -51,6 +51,19 @@ impl From<persona_diffusion::Error> for IdentityError {
             persona_diffusion::Error::Io { path, err } => Self::Io { path, err },
             persona_diffusion::Error::File { path, msg } => Self::File { path, msg },
             persona_diffusion::Error::Msg(msg) => Self::Invalid(msg),
+        }
+    }
+}
+
+/// For the diffusion crate's callbacks ([`persona_diffusion::nn::AttentionControl`], whose signature is fixed
+/// there): file and I/O errors keep their kind and file, the others their message.
+impl From<IdentityError> for persona_diffusion::Error {
+    fn from(e: IdentityError) -> Self {
+        match e {
+            IdentityError::Candle(e) => Self::Candle(e),
+            IdentityError::Io { path, err } => Self::Io { path, err },
+            IdentityError::File { path, msg } => Self::File { path, msg },
+            other => Self::Msg(other.to_string()),
         }
     }
 }

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use persona_diffusion::nn::attend;
 use rand::{Rng, SeedableRng};
 
-use crate::{Error, Result};
+use crate::{IdentityError as Error, Result};
 
 /// Named trainable tensors, in a fixed order (optimizer state and checkpoints are keyed by these names).
 pub type Named = Vec<(String, Var)>;
@@ -64,9 +64,9 @@ impl Source<'_> {
             Source::Saved(tensors) => {
                 let t = tensors
                     .get(name)
-                    .ok_or_else(|| Error::Msg(format!("missing tensor {name}")))?;
+                    .ok_or_else(|| Error::Invalid(format!("missing tensor {name}")))?;
                 if t.dims() != shape {
-                    return Err(Error::Msg(format!(
+                    return Err(Error::Invalid(format!(
                         "tensor {name} has shape {:?}, expected {shape:?}",
                         t.dims()
                     )));
@@ -114,7 +114,7 @@ fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let input = *dims
         .last()
-        .ok_or_else(|| Error::Msg("linear layer on a scalar".into()))?;
+        .ok_or_else(|| Error::Invalid("linear layer on a scalar".into()))?;
     let rows = x.elem_count() / input.max(1);
     let y = x
         .reshape((rows, input))?
@@ -141,7 +141,7 @@ pub struct MultiheadAttention {
 impl MultiheadAttention {
     pub fn new(src: &mut Source, name: &str, dim: usize, heads: usize) -> Result<Self> {
         if heads == 0 || !dim.is_multiple_of(heads) {
-            return Err(Error::Msg(format!(
+            return Err(Error::Invalid(format!(
                 "{heads} attention heads do not divide the width {dim}"
             )));
         }

@@ -7,7 +7,7 @@
 
 use candle_core::Tensor;
 
-use super::modules::{Linear, MultiheadAttention, Source};
+use crate::layers::{Linear, MultiheadAttention, Source};
 use crate::Result;
 
 /// The official constant gate scale.

@@ -13,8 +13,8 @@ use persona_diffusion::models::UNet2DConditionModel;
 use persona_diffusion::nn::{AttentionControl, Condition, LayerId};
 use persona_diffusion::pipeline::StableDiffusion;
 
-use super::modules::Source;
-use crate::{Error, Result};
+use crate::layers::Source;
+use crate::{IdentityError as Error, Result};
 
 /// Default rank of the deltas.
 pub const RANK: usize = 4;
@@ -59,7 +59,7 @@ impl AttentionControl for LayerRecorder {
         let entry = (layer.name.clone(), condition.key.dim(2)?, key.dim(2)?);
         self.0
             .lock()
-            .map_err(|_| Error::Msg("layer recorder poisoned".into()))?
+            .map_err(|_| Error::Invalid("layer recorder poisoned".into()))?
             .push(entry);
         Ok(None)
     }
@@ -102,9 +102,9 @@ pub fn unet_cross_attention_layers(
     let layers = recorder
         .0
         .into_inner()
-        .map_err(|_| Error::Msg("layer recorder poisoned".into()))?;
+        .map_err(|_| Error::Invalid("layer recorder poisoned".into()))?;
     if layers.is_empty() {
-        return Err(Error::Msg(
+        return Err(Error::Invalid(
             "the UNet has no cross-attention layer to adjust".into(),
         ));
     }
@@ -148,7 +148,7 @@ impl KvDeltas {
             .find(|(k, _)| k.starts_with("kv.") && k.ends_with(".lora_A"))
             .map(|(_, t)| t.dim(0))
             .transpose()?
-            .ok_or_else(|| Error::Msg("kv deltas without a lora_A tensor".into()))?;
+            .ok_or_else(|| Error::Invalid("kv deltas without a lora_A tensor".into()))?;
         Ok(Some(Self::new(&mut Source::Saved(modules), &layers, rank)?))
     }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use persona_train::identity::{import, BaseModel, Identity, IdentityError, IdentityMeta};
+use persona_identity::{import, BaseModel, Identity, IdentityError, IdentityMeta};
 
 pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -1,5 +1,12 @@
-//! Identity files: one safetensors file per learned identity, and conversion to and from the embedding files
-//! other tools use.
+//! Identity files and what generation applies from them. Training (`persona-train`) writes identities;
+//! generation, evaluation and the format converters only read them, and need nothing else from training.
+//!
+//! - Files: one safetensors file per learned identity ([`Identity`]), and conversion to and from the embedding
+//!   files other tools use (below).
+//! - Applying them: [`load`] checks identity files against the loaded model; [`Applied`] turns them into the
+//!   learned tokens, the prompt phrases and ID-EA's [`IdentityControl`] (its adapter and key/value deltas, built
+//!   from the layers in [`layers`], [`adapter`] and [`kv`], which ID-EA's training uses too); [`stages`] reads
+//!   SeFi-IDE's per-stage tokens.
 //!
 //! An identity file holds the pseudo-token embeddings (`embeddings`, `[n, d]` f32), any method modules under
 //! a prefix (`enhancer.`, `adapter.`, `anchor.`, `kv.`, `stages.`, `sdxl.`), and in its header the metadata that
@@ -10,11 +17,17 @@
 //! [`import`] reads those and the official `learned_embeds.bin` with a pickle reader that never executes
 //! anything ([`Identity::from_imported`] turns the result into an identity).
 
+pub mod adapter;
+mod apply;
+mod control;
 mod error;
 mod export;
 mod import;
+pub mod kv;
+pub mod layers;
 mod meta;
 mod pickle;
+pub mod stages;
 mod torch_zip;
 
 use std::collections::BTreeMap;
@@ -23,10 +36,15 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use persona_diffusion::safetensors_file;
 
+pub use apply::{learned_tokens, load, Applied};
+pub use control::{AdapterUse, IdentityControl};
 pub use error::{IdentityError, Result};
 pub use export::{diffusers_second_path, export_a1111, export_diffusers};
 pub use import::{import, import_diffusers_pair, EmbeddingFormat, ImportedEmbedding};
 pub use meta::{text_encoder_hash, BaseModel, IdentityMeta, FORMAT, FORMAT_VERSION};
+
+/// The identity-file name of ID-EA's Enhancer output, which is all its adapter needs at inference.
+pub const FUSED: &str = "fused";
 
 /// Name of the pseudo-token embedding tensor in an identity file.
 pub const EMBEDDINGS: &str = "embeddings";

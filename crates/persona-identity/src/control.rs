@@ -13,12 +13,10 @@ use candle_core::{Tensor, TensorId};
 use persona_diffusion::nn::{AttentionControl, Condition, LayerId};
 use persona_diffusion::pipeline::StableDiffusion;
 
-use super::adapter::Adapter;
-use super::kv::KvDeltas;
-use super::modules::Source;
-use super::FUSED;
-use crate::identity::Identity;
-use crate::{Error, Result};
+use crate::adapter::Adapter;
+use crate::kv::KvDeltas;
+use crate::layers::Source;
+use crate::{Identity, IdentityError as Error, Result, FUSED};
 
 /// Whether the adapters run at generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +53,7 @@ impl IdentityControl {
         let mut adapters = Vec::new();
         let mut kv: Option<KvDeltas> = None;
         for id in identities {
-            let named = |e: Error| Error::Msg(format!("identity {}: {e}", id.token));
+            let named = |e: Error| Error::Invalid(format!("identity {}: {e}", id.token));
             if id.modules.contains_key("adapter.gamma") {
                 adapters.push(load_adapter(id).map_err(named)?);
             }
@@ -97,14 +95,14 @@ fn load_adapter(id: &Identity) -> Result<(Adapter, Tensor)> {
     let method = &id.meta.hyper["method"];
     let heads = method["heads"]
         .as_u64()
-        .ok_or_else(|| Error::Msg("adapter tensors but no `heads` in the metadata".into()))?;
+        .ok_or_else(|| Error::Invalid("adapter tensors but no `heads` in the metadata".into()))?;
     let beta = method["beta"]
         .as_f64()
-        .ok_or_else(|| Error::Msg("adapter tensors but no `beta` in the metadata".into()))?;
+        .ok_or_else(|| Error::Invalid("adapter tensors but no `beta` in the metadata".into()))?;
     let fused = id
         .modules
         .get(FUSED)
-        .ok_or_else(|| Error::Msg(format!("adapter tensors but no `{FUSED}` tensor")))?;
+        .ok_or_else(|| Error::Invalid(format!("adapter tensors but no `{FUSED}` tensor")))?;
     // The adapter is as wide as the condition: on SDXL both token tables' widths together.
     let width = id.width() + id.rows_2().map_or(Ok(0), |r| r.dim(1))?;
     let adapter = Adapter::new(&mut Source::Saved(&id.modules), width, heads as usize, beta)?;

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use persona_train::identity::{export_a1111, export_diffusers, import, EmbeddingFormat, Identity};
+use persona_identity::{export_a1111, export_diffusers, import, EmbeddingFormat, Identity};
 
 use crate::identity::{err_text, files_in, fixture, model, python_rows, rows, tiny_identity};
 
@@ -18,7 +18,7 @@ const CROSS_INIT_FILES: [(&str, [f32; 2], f32); 2] = [
 fn imports_the_official_cross_init_files() {
     for (name, norms, cos) in CROSS_INIT_FILES {
         let Some(path) =
-            crate::idea_train::shared(&format!("data/embeddings/crossinit/{name}.bin"))
+            persona_diffusion::testing::shared(&format!("data/embeddings/crossinit/{name}.bin"))
         else {
             return;
         };
@@ -228,7 +228,7 @@ fn sdxl_identities_export_clip_l_and_clip_g() {
     assert_eq!(written, [d.clone(), dir.path().join("xl-d_2.safetensors")]);
     assert_eq!(safetensors_keys(&written[0]), ["<xl>"]);
     assert_eq!(safetensors_keys(&written[1]), ["<xl>"]);
-    let pair = persona_train::identity::import_diffusers_pair(&written[0], &written[1]).unwrap();
+    let pair = persona_identity::import_diffusers_pair(&written[0], &written[1]).unwrap();
     assert_eq!(pair.token.as_deref(), Some("<xl>"));
     assert_eq!(rows(&pair.vectors), python_rows(2, 32));
     assert_eq!(rows(&pair.modules["sdxl.clip_g"]), python_rows(2, 48));
