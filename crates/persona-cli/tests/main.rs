@@ -4,6 +4,7 @@
 mod common;
 mod device_cli;
 mod faces_cli;
+mod faults_cli;
 mod generate_cli;
 mod idea_cli;
 mod reliability_cli;

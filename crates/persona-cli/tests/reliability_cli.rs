@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 /// The error line of a failed run: exit 2 and exactly one line on stderr besides the device note.
-fn one_error(o: &Output) -> String {
+pub(crate) fn one_error(o: &Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(2), "{err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("note:")).collect();
@@ -15,12 +15,12 @@ fn one_error(o: &Output) -> String {
     lines[0].to_string()
 }
 
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
 /// A copy of the tiny pipeline that a test may damage.
-fn tiny_copy(dir: &Path) -> PathBuf {
+pub(crate) fn tiny_copy(dir: &Path) -> PathBuf {
     let to = dir.join("model");
     for entry in walk(Path::new(&tiny())) {
         let rel = entry.strip_prefix(tiny()).unwrap();
@@ -44,7 +44,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn generate(model: &str, out: &Path, extra: &[&str]) -> Output {
+pub(crate) fn generate(model: &str, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "generate",
         "--model",
