@@ -148,7 +148,7 @@ fn reliability_decompression_bomb_is_refused_before_decoding() {
 }
 
 #[test]
-fn reliability_truncated_jpeg_is_an_error_naming_the_file() {
+fn reliability_truncated_images_are_errors_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let src = persona_diffusion::testing::fixtures_dir().join("faces/photos/grace_hopper.jpg");
     let bytes = std::fs::read(src).unwrap();
@@ -165,6 +165,22 @@ fn reliability_truncated_jpeg_is_an_error_naming_the_file() {
         line.contains("cut.jpg") && line.contains("truncated"),
         "{line}"
     );
+    // A PNG cut short fails in its decoder; the error still names the file.
+    let png = tmp.path().join("whole.png");
+    image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 4, y as u8 * 4, 90]))
+        .save(&png)
+        .unwrap();
+    let bytes = std::fs::read(&png).unwrap();
+    let cut = tmp.path().join("cut.png");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let line = one_error(&persona(&[
+        "faces",
+        "detect",
+        "--detector",
+        "none",
+        s(&cut),
+    ]));
+    assert!(line.contains("cut.png"), "{line}");
 }
 
 #[test]
