@@ -421,7 +421,11 @@ def stage_samples(a):
     pipe = StableDiffusionPipeline.from_pretrained(a.out / "pipeline", torch_dtype=torch.float32)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    names = [n for n, _ in world.celebrities()[:4]]
+    celebrities = world.celebrities()[:4]
+    names = [n for n, _ in celebrities]
+    # The first column is the person as the world draws them (a close-up, plain scene), to judge the rest by.
+    plain = world.random_scene(np.random.default_rng(7), 1, framing="close-up")
+    references = [world.render([p], plain, models.IMAGE, seed=0) for _, p in celebrities]
     scenes = ["on a beach", "in a forest, wearing a red sweater", "in the snow, wearing a hat", "at night, smiling",
               "in a city, wearing sunglasses", "in a kitchen, laughing"]
     rows = []
@@ -431,11 +435,12 @@ def stage_samples(a):
         out = pipe(prompts, num_inference_steps=30, guidance_scale=5.0, generator=g, height=models.IMAGE,
                    width=models.IMAGE).images
         rows.append(out)
-    side = models.IMAGE * 2
-    grid = Image.new("RGB", (side * len(scenes), side * len(rows)))
-    for r, row in enumerate(rows):
+    side, gap = models.IMAGE * 2, 8
+    grid = Image.new("RGB", (side * (len(scenes) + 1) + gap, side * len(rows)), (255, 255, 255))
+    for r, (reference, row) in enumerate(zip(references, rows)):
+        grid.paste(reference.resize((side, side), Image.NEAREST), (0, r * side))
         for c, img in enumerate(row):
-            grid.paste(img.resize((side, side), Image.NEAREST), (c * side, r * side))
+            grid.paste(img.resize((side, side), Image.NEAREST), (side + gap + c * side, r * side))
     grid.save(ROOT / "docs" / "world_samples.png")
     log("samples", rows=len(rows), columns=len(scenes))
 

@@ -52,6 +52,28 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// A panic is a bug in persona; it still ends as one `error:` line with status 2 (not Rust's 101), saying
+/// so and where (with a backtrace when `RUST_BACKTRACE` is set).
+fn report_panics_as_errors() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let place = info
+            .location()
+            .map(|l| format!(" ({}:{})", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("error: internal error, a bug in persona (please report it): {message}{place}");
+        if std::env::var_os("RUST_BACKTRACE").is_some() {
+            eprintln!("{}", std::backtrace::Backtrace::force_capture());
+        }
+        std::process::exit(2);
+    }));
+}
+
 /// The command line, or exit: help and version as clap prints them, a usage error as one line (status 2),
 /// like every other error of persona.
 fn parse_args() -> Cli {
@@ -98,6 +120,7 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    report_panics_as_errors();
     let cli = parse_args();
     let result = match cli.command {
         Command::Demo(a) => demo::run(a),
