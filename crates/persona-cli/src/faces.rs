@@ -132,6 +132,16 @@ impl ModelFlags {
 /// Runs a `persona faces` subcommand.
 pub fn run(args: FacesArgs) -> Result<()> {
     let search = args.models.search();
+    // A missing photo is named before any model is looked for.
+    let inputs = match &args.command {
+        FacesCommand::Detect { images, .. }
+        | FacesCommand::Align { images, .. }
+        | FacesCommand::Embed { images, .. }
+        | FacesCommand::Compare { images, .. } => images,
+    };
+    if let Some(missing) = inputs.iter().find(|p| !p.exists()) {
+        anyhow::bail!("{}: no such file or folder", missing.display());
+    }
     match args.command {
         FacesCommand::Detect { images, json, draw } => {
             detect(&search, &images, json, draw.as_deref())

@@ -31,7 +31,7 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 50, value_parser = values::positive)]
     pub steps: usize,
     /// Classifier-free guidance scale (finite, ≥ 0); 1 or less disables guidance.
-    #[arg(long, default_value_t = 7.5, value_parser = values::non_negative)]
+    #[arg(long, default_value_t = 7.5, value_parser = values::non_negative, allow_negative_numbers = true)]
     pub guidance: f64,
     /// Sampler: ddim, dpm++2m, euler, euler-a or ddpm (default: the model's own scheduler; PNDM configs
     /// sample with DDIM).

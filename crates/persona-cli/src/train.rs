@@ -50,7 +50,7 @@ pub struct TrainArgs {
     /// Micro-batches per optimizer step.
     #[arg(long, default_value_t = 1, value_parser = values::positive)]
     grad_accum: usize,
-    #[arg(long, help = per_method("Learning rate", default_lr))]
+    #[arg(long, value_parser = values::positive_real, allow_negative_numbers = true, help = per_method("Learning rate", default_lr))]
     lr: Option<f64>,
     /// Multiply --lr by batch size × accumulation (diffusers' --scale_lr).
     #[arg(long)]
@@ -59,9 +59,9 @@ pub struct TrainArgs {
     schedule: Schedule,
     #[arg(long, default_value_t = 0)]
     warmup: usize,
-    #[arg(long, help = per_method("Regulariser weight", |m| num(m.default_reg_weight())))]
+    #[arg(long, value_parser = values::non_negative, allow_negative_numbers = true, help = per_method("Regulariser weight", |m| num(m.default_reg_weight())))]
     reg_weight: Option<f64>,
-    #[arg(long, help = per_method("Adam epsilon", |m| num(m.default_adam_eps())))]
+    #[arg(long, value_parser = values::positive_real, allow_negative_numbers = true, help = per_method("Adam epsilon", |m| num(m.default_adam_eps())))]
     adam_eps: Option<f64>,
     /// idea: face recogniser (.onnx: ArcFace or FaceNet); default: found like every face model (--models,
     /// $PERSONA_MODELS, ~/.cache/persona/models, ~/.insightface/models).
@@ -93,7 +93,7 @@ pub struct TrainArgs {
     /// sefi: timestep stages, each with its own key and value embeddings (stage = ⌊t·S/1000⌋).
     #[arg(long, default_value_t = 5)]
     stages: usize,
-    #[arg(long, help = per_method("Weight λ of the subject-wise attention loss", |m| m.default_attn_loss().map_or("off".into(), |w| w.to_string())))]
+    #[arg(long, value_parser = values::non_negative, allow_negative_numbers = true, help = per_method("Weight λ of the subject-wise attention loss", |m| m.default_attn_loss().map_or("off".into(), |w| w.to_string())))]
     attn_loss: Option<f64>,
     /// The class word: the attention loss's reference replaces the pseudo-tokens by it, and sefi's vectors start
     /// from it. One token: person, man, woman, dog, cat, car, …

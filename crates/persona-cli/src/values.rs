@@ -23,6 +23,14 @@ pub fn non_negative(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A finite number > 0 (learning rates, Adam's ε).
+pub fn positive_real(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("expected a finite number > 0, got {s:?}")),
+    }
+}
+
 /// An image side in pixels: 1 ..= [`MAX_SIDE`] (the model checks the multiple it needs).
 pub fn image_side(s: &str) -> Result<usize, String> {
     let n = positive(s)?;
@@ -44,6 +52,10 @@ mod tests {
             assert!(non_negative(bad).is_err(), "{bad}");
         }
         assert_eq!(non_negative("7.5"), Ok(7.5));
+        for bad in ["nan", "inf", "0", "-0.1", "x"] {
+            assert!(positive_real(bad).is_err(), "{bad}");
+        }
+        assert_eq!(positive_real("5e-3"), Ok(5e-3));
         assert!(image_side("4000000").is_err() && image_side("0").is_err());
         assert_eq!(image_side("512"), Ok(512));
     }

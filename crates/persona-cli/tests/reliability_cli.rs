@@ -521,6 +521,18 @@ fn reliability_values_no_run_can_use_are_refused_before_any_work() {
         &["--seed", "18446744073709551615", "--num-images", "2"],
     ));
     assert!(line.contains("largest seed"), "{line}");
+    // Training's real-valued flags: a learning rate or weight no run can use (NaN used to train, writing NaN).
+    let id = tmp.path().join("id.safetensors");
+    for (flag, value) in [
+        ("--lr", "nan"),
+        ("--lr", "-0.1"),
+        ("--adam-eps", "0"),
+        ("--reg-weight", "inf"),
+    ] {
+        let line = one_error(&train_tiny(tmp.path(), &id, &[flag, value]));
+        assert!(line.contains(flag), "{line}");
+    }
+    assert!(!id.exists());
     let line = one_error(&persona(&["bench", "--runs", "0"]));
     assert!(line.contains("--runs"), "{line}");
     assert!(!out.exists());

@@ -150,8 +150,15 @@ impl Identity {
     }
 
     /// Writes the identity atomically (temporary file + rename) as safetensors with its metadata header.
+    /// A tensor with NaN or infinite values is refused (nothing is written): such a file could never be loaded.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         self.validate()?;
+        if let Some(name) = self.non_finite()? {
+            return Err(IdentityError::file(
+                path.as_ref(),
+                format!("tensor `{name}` holds NaN or infinite values; not written"),
+            ));
+        }
         let header = meta::to_header(&self.meta, &self.token, &self.tokens)?;
         let mut tensors = self.modules.clone();
         tensors.insert(EMBEDDINGS.into(), self.embeddings.to_dtype(DType::F32)?);
@@ -184,17 +191,25 @@ impl Identity {
         identity
             .validate()
             .map_err(|e| IdentityError::file(path, e))?;
-        let tensors = std::iter::once((EMBEDDINGS, &identity.embeddings))
-            .chain(identity.modules.iter().map(|(k, v)| (k.as_str(), v)));
-        for (name, t) in tensors {
-            if !persona_diffusion::nn::all_finite(t).map_err(|e| IdentityError::file(path, e))? {
-                return Err(IdentityError::file(
-                    path,
-                    format!("tensor `{name}` holds NaN or infinite values; the identity is damaged (retrain it, or --resume from its checkpoint)"),
-                ));
-            }
+        if let Some(name) = identity.non_finite()? {
+            return Err(IdentityError::file(
+                path,
+                format!("tensor `{name}` holds NaN or infinite values; the identity is damaged (retrain it, or --resume from its checkpoint)"),
+            ));
         }
         Ok(identity)
+    }
+
+    /// The first tensor holding NaN or infinite values, if any.
+    fn non_finite(&self) -> Result<Option<String>> {
+        let tensors = std::iter::once((EMBEDDINGS, &self.embeddings))
+            .chain(self.modules.iter().map(|(k, v)| (k.as_str(), v)));
+        for (name, t) in tensors {
+            if !persona_diffusion::nn::all_finite(t)? {
+                return Ok(Some(name.to_string()));
+            }
+        }
+        Ok(None)
     }
 
     /// Refuses to use this identity with `loaded` when it was trained for another base model: a different

@@ -343,6 +343,20 @@ impl Manifest {
             self.identities.iter().map(|i| i.name.as_str()).collect(),
             "identity",
         )?;
+        // A learning rate no run can use (TOML can spell nan and inf) is refused before anything trains.
+        let lrs = std::iter::once(("train.lr".to_string(), self.train.lr)).chain(
+            self.methods
+                .iter()
+                .map(|m| (format!("method {}: lr", m.name), m.lr)),
+        );
+        for (what, lr) in lrs {
+            if lr.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+                bail!(
+                    "{what} must be a finite number > 0, got {}",
+                    lr.unwrap_or_default()
+                );
+            }
+        }
         for (k, m) in self.methods.iter().enumerate() {
             if let Some(other) = &m.identities_of {
                 if !self.methods[..k].iter().any(|e| &e.name == other) {
@@ -420,5 +434,17 @@ mod tests {
         bad.methods.swap(2, 3);
         let err = bad.check().unwrap_err().to_string();
         assert!(err.contains("must name an entry listed before it"), "{err}");
+        for lr in [f64::NAN, f64::INFINITY, 0.0, -1e-3] {
+            let mut bad = m.clone();
+            bad.methods[1].lr = Some(lr);
+            let err = bad.check().unwrap_err().to_string();
+            assert!(
+                err.contains("method cross-init: lr must be a finite number > 0"),
+                "{err}"
+            );
+            let mut bad = m.clone();
+            bad.train.lr = Some(lr);
+            assert!(bad.check().unwrap_err().to_string().contains("train.lr"));
+        }
     }
 }
