@@ -256,13 +256,32 @@ impl IdentityEntry {
     }
 }
 
+/// A TOML error on one line ("line 2, column 16: invalid type …"): the parser's own message draws the line with
+/// a caret under it, over several lines.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
 impl Manifest {
     /// Reads and checks a manifest, making its relative paths absolute against its folder.
     pub fn read(path: &Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut m: Manifest = toml::from_str(&text)
-            .with_context(|| format!("{}: not a valid manifest", path.display()))?;
+        let mut m: Manifest = toml::from_str(&text).map_err(|e| {
+            Error::file(
+                path,
+                format!("not a valid manifest: {}", toml_error(&text, &e)),
+            )
+        })?;
         m.as_written = serde_json::to_value(&m)?;
         let base = path.parent().unwrap_or(Path::new("."));
         m.resolve(base);
@@ -434,6 +453,13 @@ mod tests {
         bad.methods.swap(2, 3);
         let err = bad.check().unwrap_err().to_string();
         assert!(err.contains("must name an entry listed before it"), "{err}");
+        let text = "model = \"m\"\nprompt_sets = [1]\n";
+        let e = toml::from_str::<Manifest>(text).unwrap_err();
+        let line = toml_error(text, &e);
+        assert!(
+            line.starts_with("line 2, column 16: invalid type") && !line.contains('\n'),
+            "{line}"
+        );
         for lr in [f64::NAN, f64::INFINITY, 0.0, -1e-3] {
             let mut bad = m.clone();
             bad.methods[1].lr = Some(lr);
