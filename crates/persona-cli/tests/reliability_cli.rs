@@ -245,6 +245,16 @@ fn reliability_refused_generate_leaves_no_folder() {
     let line = one_error(&generate(&tiny(), &out, &["--clip-skip", "50"]));
     assert!(line.contains("clip skip 50"), "{line}");
     assert!(!out.exists(), "a refused command created its output folder");
+    // eval and compare make their folder first (results go there as they come), and remove it again when
+    // they fail before writing anything: here, a recogniser that does not exist.
+    let photos = persona_diffusion::testing::fixtures_dir().join("faces/photos");
+    let faces = ["--detector", "none", "--recognizer", "missing.onnx"];
+    let mut args = vec!["eval", "--images", s(&photos), "--references", s(&photos)];
+    args.extend(faces);
+    args.extend(["--out", s(&out)]);
+    let line = one_error(&persona(&args));
+    assert!(line.contains("missing.onnx"), "{line}");
+    assert!(!out.exists(), "a refused eval left its output folder");
 }
 
 #[test]

@@ -63,16 +63,30 @@ pub fn run(cfg: &EvalConfig, bar: &ProgressBar) -> Result<Results> {
 
 /// [`run`] with the generating models on `place`.
 pub fn run_on(cfg: &EvalConfig, place: &ModelPlacement, bar: &ProgressBar) -> Result<Results> {
-    std::fs::create_dir_all(&cfg.out)
-        .with_context(|| format!("{}: cannot create the output folder", cfg.out.display()))?;
-    let scorer = Scorer::load(&cfg.faces, cfg.clip.as_deref(), cfg.jpeg)?;
-    let results = match &cfg.images {
-        Some(dir) => score_folder(cfg, dir, &scorer, bar)?,
-        None => generate_and_score(cfg, place, &scorer, bar)?,
-    };
-    results.write(&cfg.out)?;
-    crate::report::write(&results, &[], &cfg.out)?;
-    Ok(results)
+    in_output_folder(&cfg.out, || {
+        let scorer = Scorer::load(&cfg.faces, cfg.clip.as_deref(), cfg.jpeg)?;
+        let results = match &cfg.images {
+            Some(dir) => score_folder(cfg, dir, &scorer, bar)?,
+            None => generate_and_score(cfg, place, &scorer, bar)?,
+        };
+        results.write(&cfg.out)?;
+        crate::report::write(&results, &[], &cfg.out)?;
+        Ok(results)
+    })
+}
+
+/// Runs `work` with `dir` created; when `work` fails and `dir` is still the empty folder made here, it is
+/// removed again, so that a refused command leaves no empty output folder (finished units stay for a rerun).
+pub(crate) fn in_output_folder<T>(dir: &Path, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let created = !dir.exists();
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create the output folder", dir.display()))?;
+    let result = work();
+    if result.is_err() && created {
+        // Fails, leaving everything, when the folder holds anything.
+        let _ = std::fs::remove_dir(dir);
+    }
+    result
 }
 
 /// The settings recorded in `results.json` and shown in the report.

@@ -12,7 +12,7 @@ pub mod train;
 
 use std::path::Path;
 
-use crate::error::{bail, Context, Result};
+use crate::error::{bail, Result};
 use indicatif::ProgressBar;
 use persona_diffusion::device::{DeviceRequest, Precision};
 use persona_diffusion::pipeline::image::write_atomic;
@@ -175,8 +175,20 @@ pub fn run_on(
         Some(s) => all[s.range(all.len())].to_vec(),
         None => all.clone(),
     };
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("{}: cannot create the output folder", out.display()))?;
+    crate::eval::in_output_folder(out, || {
+        run_units(&m, out, shard, (&mine, &all), (device, dtype), bar)
+    })
+}
+
+/// This shard's units in `out` (made by [`run_on`]), then, unsharded, the merge.
+fn run_units(
+    m: &Manifest,
+    out: &Path,
+    shard: Option<Shard>,
+    (mine, all): (&[Unit], &[Unit]),
+    (device, dtype): (candle_core::Device, candle_core::DType),
+    bar: &ProgressBar,
+) -> Result<Option<Results>> {
     let scorer = Scorer::load(&face_search(&m), m.clip.as_deref(), m.jpeg75)?;
     let sd = StableDiffusion::load(
         &m.model,
