@@ -189,7 +189,7 @@ fn run_units(
     (device, dtype): (candle_core::Device, candle_core::DType),
     bar: &ProgressBar,
 ) -> Result<Option<Results>> {
-    let scorer = Scorer::load(&face_search(&m), m.clip.as_deref(), m.jpeg75)?;
+    let scorer = Scorer::load(&face_search(m), m.clip.as_deref(), m.jpeg75)?;
     let sd = StableDiffusion::load(
         &m.model,
         &LoadOptions {
@@ -204,8 +204,8 @@ fn run_units(
         .iter()
         .map(|i| scorer.reference(i.references()))
         .collect::<Result<Vec<_>>>()?;
-    let settings = settings_of(&m, &scorer);
-    let needed = needed_identities(&m, &mine);
+    let settings = settings_of(m, &scorer);
+    let needed = needed_identities(m, mine);
     let train_ticks: usize = m
         .methods
         .iter()
@@ -223,12 +223,12 @@ fn run_units(
             .iter()
             .zip(&m.identities)
             .map(|(&n, e)| {
-                n.then(|| train::ensure_identity(&sd, &m, method, e, out, &tag, bar))
+                n.then(|| train::ensure_identity(&sd, m, method, e, out, &tag, bar))
                     .transpose()
             })
             .collect::<Result<Vec<Option<Identity>>>>()?;
         bar.set_message(format!("generating and scoring {}", method.name));
-        let key = unit_key(&settings, &m, &method.name);
+        let key = unit_key(&settings, m, &method.name);
         let cx = UnitContext {
             sd: &sd,
             sampling: &m.sampling,
@@ -249,7 +249,7 @@ fn run_units(
     if !baseline.is_empty() {
         bar.set_message("generating and scoring the baseline");
         let none = vec![None; names.len()];
-        let key = unit_key(&settings, &m, BASELINE);
+        let key = unit_key(&settings, m, BASELINE);
         let cx = UnitContext {
             sd: &sd,
             sampling: &m.sampling,
@@ -267,7 +267,7 @@ fn run_units(
         }
     }
     match shard {
-        None => merge_with(&m, &scorer, out).map(Some),
+        None => merge_with(m, &scorer, out).map(Some),
         Some(s) => {
             tracing::info!("{}: {} of {} units done", s.tag(), mine.len(), all.len());
             Ok(None)
