@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 
 use crate::common::{persona, tiny};
-use crate::reliability_cli::{generate, one_error, s, tiny_copy};
+use crate::reliability_cli::{generate, one_error, s, tiny_copy, train_tiny_args};
 
 /// The header metadata of a safetensors file.
 fn metadata(path: &Path) -> std::collections::HashMap<String, String> {
@@ -111,32 +111,9 @@ fn reliability_cost_counts_every_run_across_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("id.safetensors");
     let ckpt = tmp.path().join("id.ckpt.safetensors");
-    let model = tiny();
-    let photos = tmp.path().join("photos");
-    std::fs::create_dir(&photos).unwrap();
-    let src = persona_diffusion::testing::fixtures_dir().join("faces/photos/t1.jpg");
-    std::fs::copy(src, photos.join("t1.jpg")).unwrap();
-    let args = [
-        "train",
-        "--model",
-        &model,
-        "--images",
-        s(&photos),
-        "--token",
-        "<a>",
-        "--method",
-        "ti",
-        "--steps",
-        "8",
-        "--save-every",
-        "1",
-        "--resolution",
-        "32",
-        "--detector",
-        "none",
-        "--out",
-        s(&out),
-    ];
+    let mut args = train_tiny_args(tmp.path(), &out, 8);
+    args.extend(["--save-every".to_string(), "1".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut child = spawn(&args);
     assert!(
         kill_once_written(&mut child, &ckpt),

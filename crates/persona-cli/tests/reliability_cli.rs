@@ -311,36 +311,46 @@ fn reliability_long_prompt_warns_which_words_are_cut() {
     );
 }
 
-/// A tiny identity trained for 2 steps at 32 px.
-fn train_tiny(dir: &Path, out: &Path, extra: &[&str]) -> Output {
+/// The arguments of a tiny training run at 32 px (`steps` steps of `ti` on one photo, copied into `dir`).
+pub(crate) fn train_tiny_args(dir: &Path, out: &Path, steps: usize) -> Vec<String> {
     let photos = dir.join("photos");
     if !photos.exists() {
         std::fs::create_dir(&photos).unwrap();
         let src = persona_diffusion::testing::fixtures_dir().join("faces/photos/t1.jpg");
         std::fs::copy(src, photos.join("t1.jpg")).unwrap();
     }
-    let model = tiny();
-    let mut args = vec![
+    let (photos, out, steps) = (
+        s(&photos).to_string(),
+        s(out).to_string(),
+        steps.to_string(),
+    );
+    let args = [
         "train",
         "--model",
-        &model,
+        &tiny(),
         "--images",
-        s(&photos),
+        &photos,
         "--token",
         "<a>",
         "--method",
         "ti",
         "--steps",
-        "2",
+        &steps,
         "--resolution",
         "32",
         "--detector",
         "none",
         "--out",
-        s(out),
+        &out,
     ];
-    args.extend_from_slice(extra);
-    persona(&args)
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+/// A tiny identity trained for 2 steps at 32 px.
+fn train_tiny(dir: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = train_tiny_args(dir, out, 2);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    persona(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 #[test]
