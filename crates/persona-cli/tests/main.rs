@@ -7,6 +7,7 @@ mod faces_cli;
 mod faults_cli;
 mod generate_cli;
 mod idea_cli;
+mod photos_cli;
 mod reliability_cli;
 mod sefi_cli;
 mod world_cli;
