@@ -25,6 +25,7 @@
 #   train       persona train --method idea --steps 320 --batch-size 8 --resolution 512 on that folder, photos
 #               fixtures/faces/photos, face models: the tiny stand-ins of fixtures/faces (wall clock incl. load)
 #   diffusers   tools/bench/diffusers_gpu.py (diffusers from .whl/ installed into $WORK/site)
+# CHECK_ONLY="equality gradcheck …" runs only the stages named (unpack always runs); the others are skipped.
 # Exit status: 0 when every stage ran and the equality check passed.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -63,6 +64,10 @@ export SMOKE WORK PY LOGS PEER_ARGS ROOT
 # stage NAME SECONDS CMD…: stdout → $LOGS/NAME.out, stderr → $LOGS/NAME.log; within the overall deadline.
 stage() {
   local name=$1 limit=$2; shift 2
+  if [ -n "${CHECK_ONLY:-}" ] && [ "$name" != unpack ] && [[ " $CHECK_ONLY " != *" $name "* ]]; then
+    printf '%s\t%s\t%s\n' "$name" skipped 0 >> "$STAGES"
+    return 0
+  fi
   local left=$(( BUDGET - ($(date +%s) - T0) ))
   (( limit > left )) && limit=$left
   if (( limit < 5 )); then

@@ -1,12 +1,15 @@
 """Trains the world's models from scratch and writes them where persona loads them (`world/`).
 
-    python tools/world/train.py all            # every stage in order (about an hour on 2 CPU cores)
+    python tools/world/train.py all            # every stage in order (about 2.5 hours on 2 CPU cores)
     python tools/world/train.py STAGE [...]    # data | recognizer | clip | vae | encode | unet | assemble | samples
+    tools/world/gpu.sh                         # the GPU profile: every stage in about 8 minutes on one H200
 
 Each stage reads the previous stages' outputs from the work folder (`--work`, default /tmp/persona-world) and is
 deterministic for its seed. The pinned reference stack (tools/fixtures/requirements.txt) plus `onnx` (for the
 recogniser's export) is all it needs. Timings and final losses go to `world/training.json`."""
 import argparse
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -29,9 +32,13 @@ TOKENIZER = ROOT / "fixtures" / "clip-tokenizer"
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
-# Stage sizes: what fits about an hour on this machine's 2 cores (docs/world.md).
+# Stage sizes: the CPU profile is what fits this machine's 2 cores; the GPU profile trains on four times the data,
+# with larger batches, each training stage for a wall-clock budget (`--budget`) rather than a step count.
 SIZES = dict(sd_images=60000, recognizer_per_person=40, recognizer_epochs=4, clip_steps=1500, clip_batch=128,
-             vae_steps=5000, vae_batch=16, unet_steps=6000, unet_batch=32)
+             vae_steps=5000, vae_batch=16, unet_steps=6000, unet_batch=32, unet_lr=4e-4)
+GPU_SIZES = dict(sd_images=240000, recognizer_per_person=60, recognizer_epochs=12, clip_steps=200000,
+                 clip_batch=512, vae_steps=200000, vae_batch=128, unet_steps=200000, unet_batch=256, unet_lr=8e-4)
+CALIBRATE = 40  # steps timed before a budgeted stage fixes its length (all warm-ups are longer)
 
 
 def log(stage, **values):
@@ -41,10 +48,13 @@ def log(stage, **values):
 
 
 def record(out: Path, stage: str, **values):
+    """Adds a stage's figures to `training.json` (locked: the GPU profile trains three stages at once)."""
     path = out / "training.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data[stage] = values
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    with open(out / ".training.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data[stage] = values
+        path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def previous_rounds(out: Path, stage: str) -> list:
@@ -68,20 +78,75 @@ def set_lr(opt, lr):
 
 
 def to_float(images_u8):
-    """uint8 [N, H, W, 3] → float [N, 3, H, W] in [0, 1]."""
-    return torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 255.0
+    """uint8 [N, H, W, 3] (numpy or torch) → float [N, 3, H, W] in [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images_u8)) if isinstance(images_u8, np.ndarray) else images_u8
+    return x.permute(0, 3, 1, 2).float() / 255.0
+
+
+class Images:
+    """A rendered image set, on the training device when that is a GPU (the whole set fits in its memory, and
+    batches then never cross the bus), else memory-mapped."""
+
+    def __init__(self, path: Path, device):
+        self.device = device
+        data = np.load(path, mmap_mode="r")
+        self.data = torch.from_numpy(np.ascontiguousarray(data)).to(device) if device.type == "cuda" else data
+
+    def __len__(self):
+        return len(self.data)
+
+    def batch(self, idx):
+        """Images `idx` (a sorted CPU index tensor) as float [N, 3, H, W] in [0, 1] on the device."""
+        if self.device.type == "cuda":
+            return to_float(self.data[idx.to(self.device)])
+        return to_float(self.data[idx.numpy()])
+
+
+class Steps:
+    """How long a training stage runs: its step count, or, under a time budget, as many steps as fit in it,
+    timed over steps 10..CALIBRATE (the first ones pay for warm-up and kernel selection). Learning-rate
+    warm-ups are longer than CALIBRATE steps, so the schedule before the length is fixed does not depend on it."""
+
+    def __init__(self, steps: int, budget_s: float | None, device):
+        self.total, self.budget, self.device, self.start, self.mark = steps, budget_s, device, time.time(), None
+
+    def _now(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.time()
+
+    def done(self, step: int) -> bool:
+        if self.budget and step == 10:
+            self.mark = self._now()
+        if self.budget and step == CALIBRATE:
+            now = self._now()
+            per_step = (now - self.mark) / (CALIBRATE - 10)
+            self.total = min(self.total, CALIBRATE + int((self.budget - (now - self.start)) / per_step))
+        return step >= self.total
+
+
+def amp(a):
+    """bf16 autocast on a GPU (or with `--amp` on the CPU, to try that path here); f32 otherwise."""
+    if a.amp:
+        return torch.autocast(a.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def random_batch(gen, n: int, batch: int):
+    return torch.sort(torch.randint(n, (batch,), generator=gen)).values
 
 
 # ---------------------------------------------------------------- data
 
 
 def stage_data(a):
-    """Renders the training sets with the world renderer (two processes: one per core)."""
+    """Renders the training sets with the world renderer, on every core."""
+    w = max(1, a.workers - 2)
     jobs = [
         [sys.executable, str(WORLD_PY), "dataset", "--n", str(a.sizes["sd_images"]), "--seed", "0",
-         "--out", str(a.work / "sd")],
+         "--out", str(a.work / "sd"), "--workers", str(w)],
         [sys.executable, str(WORLD_PY), "recognizer-data", "--per-person", str(a.sizes["recognizer_per_person"]),
-         "--out", str(a.work / "recognizer")],
+         "--out", str(a.work / "recognizer"), "--workers", str(a.workers - w if a.workers > 2 else 1)],
     ]
     procs = [subprocess.Popen(j) for j in jobs]
     if any(p.wait() for p in procs):
@@ -92,15 +157,15 @@ def stage_data(a):
 # ---------------------------------------------------------------- recogniser
 
 
-def recognizer_batch(images_u8, train):
-    """The input persona gives the recogniser: the 64-pixel image resized to 112, (x − 127.5) / 127.5; training
-    jitters scale and position a little (persona's resize filter differs from this one)."""
-    x = to_float(images_u8)
+def recognizer_batch(x, train):
+    """The input persona gives the recogniser: the 64-pixel image (float [N, 3, H, W] in [0, 1]) resized to 112,
+    (x − 127.5) / 127.5; training jitters scale and position a little (persona's resize filter differs from
+    this one)."""
+    n = x.shape[0]
     if train:
-        n = x.shape[0]
-        scale = 1 + (torch.rand(n) - 0.5) * 0.12
-        shift = (torch.rand(n, 2) - 0.5) * 0.08
-        theta = torch.zeros(n, 2, 3)
+        scale = 1 + (torch.rand(n, device=x.device) - 0.5) * 0.12
+        shift = (torch.rand(n, 2, device=x.device) - 0.5) * 0.08
+        theta = torch.zeros(n, 2, 3, device=x.device)
         theta[:, 0, 0] = theta[:, 1, 1] = scale
         theta[:, :, 2] = shift
         grid = F.affine_grid(theta, (n, 3, models.RECOGNIZER_INPUT, models.RECOGNIZER_INPUT), align_corners=False)
@@ -110,19 +175,16 @@ def recognizer_batch(images_u8, train):
     return x * 2 - 1
 
 
-def held_out_verification(net, people_dir: Path):
+def held_out_verification(net, people_dir: Path, device):
     """Same-person vs different-person cosine on the held-out people (never trained on)."""
     from PIL import Image
-    embs, who = [], []
-    for i, d in enumerate(sorted(p for p in people_dir.iterdir() if p.is_dir())):
-        for f in sorted(d.glob("*.png")):
-            img = np.asarray(Image.open(f).convert("RGB"))[None]
-            with torch.no_grad():
-                embs.append(F.normalize(net(recognizer_batch(img, False)))[0])
-            who.append(i)
-    e = torch.stack(embs)
+    files = [(i, f) for i, d in enumerate(sorted(p for p in people_dir.iterdir() if p.is_dir()))
+             for f in sorted(d.glob("*.png"))]
+    images = np.stack([np.asarray(Image.open(f).convert("RGB")) for _, f in files])
+    with torch.no_grad():
+        e = F.normalize(net(recognizer_batch(to_float(images).to(device), False))).float().cpu()
+    who = torch.tensor([i for i, _ in files])
     sim = e @ e.t()
-    who = torch.tensor(who)
     same = (who[:, None] == who[None]) & ~torch.eye(len(who), dtype=torch.bool)
     diff = who[:, None] != who[None]
     # rank-1: the most similar other photo is the same person
@@ -134,37 +196,41 @@ def held_out_verification(net, people_dir: Path):
 def stage_recognizer(a):
     torch.manual_seed(1)
     data = a.work / "recognizer"
-    images = np.load(data / "images.npy")
+    images = Images(data / "images.npy", a.device)
     labels = torch.from_numpy(np.load(data / "labels.npy")).long()
     classes = int(labels.max()) + 1
-    net, head = models.Recognizer(), models.CosFace(models.EMBEDDING, classes)
+    net, head = models.Recognizer().to(a.device), models.CosFace(models.EMBEDDING, classes).to(a.device)
     params = list(net.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=5e-4)
-    batch, epochs = 128, a.sizes["recognizer_epochs"]
-    total = epochs * (len(labels) // batch)
+    batch, epochs = 128 * a.batch_scale, a.sizes["recognizer_epochs"]
+    per_epoch = len(labels) // batch
+    steps = Steps(epochs * per_epoch, a.budget.get("recognizer"), a.device)
     step, start = 0, time.time()
-    for epoch in range(epochs):
-        net.train()
-        order = torch.randperm(len(labels))
-        for k in range(len(labels) // batch):
-            idx = order[k * batch:(k + 1) * batch]
-            set_lr(opt, cosine_lr(step, total, 2e-3, 100))
-            loss = head(net(recognizer_batch(images[idx.numpy()], True)), labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-        net.eval()
-        same, diff, rank1 = held_out_verification(net, a.out / "people")
-        log("recognizer", epoch=epoch + 1, loss=loss.item(), same=same, different=diff, rank1=rank1,
-            minutes=(time.time() - start) / 60)
+    while not steps.done(step):
+        if step % per_epoch == 0:
+            net.train()
+            order = torch.randperm(len(labels))
+        idx = torch.sort(order[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]).values
+        set_lr(opt, cosine_lr(step, steps.total, 2e-3, 100))
+        with amp(a):
+            loss = head(net(recognizer_batch(images.batch(idx), True)).float(), labels[idx].to(a.device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % per_epoch == 0 or steps.done(step):
+            net.eval()
+            same, diff, rank1 = held_out_verification(net, a.out / "people", a.device)
+            log("recognizer", epoch=step / per_epoch, loss=loss.item(), same=same, different=diff, rank1=rank1,
+                minutes=(time.time() - start) / 60)
     out = a.out / "faces"
     out.mkdir(parents=True, exist_ok=True)
+    net = net.cpu().float().eval()
     torch.onnx.export(net, (torch.zeros(1, 3, models.RECOGNIZER_INPUT, models.RECOGNIZER_INPUT),),
                       str(out / "recognizer.onnx"), dynamo=False, input_names=["input"], output_names=["embedding"],
                       dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}}, opset_version=17)
     record(a.out, "recognizer", minutes=(time.time() - start) / 60, final_loss=loss.item(), held_out_same=same,
-           held_out_different=diff, held_out_rank1=rank1, steps=step, classes=classes)
+           held_out_different=diff, held_out_rank1=rank1, steps=step, batch=batch, classes=classes)
 
 
 # ---------------------------------------------------------------- CLIP
@@ -175,9 +241,10 @@ def tokenizer():
     return CLIPTokenizer(str(TOKENIZER / "vocab.json"), str(TOKENIZER / "merges.txt"), model_max_length=77)
 
 
-def clip_pixels(images_u8):
-    x = to_float(images_u8)
-    mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
+def clip_pixels(x):
+    """float [N, 3, H, W] in [0, 1] → CLIP's normalised pixels."""
+    mean = torch.tensor(CLIP_MEAN, device=x.device)[:, None, None]
+    std = torch.tensor(CLIP_STD, device=x.device)[:, None, None]
     return (x - mean) / std
 
 
@@ -185,64 +252,86 @@ def stage_clip(a):
     from transformers import CLIPModel
     torch.manual_seed(2)
     data = a.work / "sd"
-    images = np.load(data / "images.npy", mmap_mode="r")
+    images = Images(data / "images.npy", a.device)
     captions = json.loads((data / "captions.json").read_text())
     tok = tokenizer()
-    model = CLIPModel(models.clip_config())
+    model = CLIPModel(models.clip_config()).to(a.device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
                             lr=1e-3, betas=(0.9, 0.98), eps=1e-6)
-    steps, batch = a.sizes["clip_steps"], a.sizes["clip_batch"]
-    rng = np.random.default_rng(2)
-    start = time.time()
-    for step in range(steps):
-        idx = np.sort(rng.choice(len(captions), batch, replace=False))
-        ids = tok([captions[i] for i in idx], padding=True, truncation=True, max_length=77, return_tensors="pt")
-        set_lr(opt, cosine_lr(step, steps, 1e-3, 200))
-        out = model(input_ids=ids.input_ids, attention_mask=ids.attention_mask,
-                    pixel_values=clip_pixels(images[idx]), return_loss=True)
+    batch = a.sizes["clip_batch"]
+    steps = Steps(a.sizes["clip_steps"], a.budget.get("clip"), a.device)
+    gen = torch.Generator().manual_seed(2)
+    start, step = time.time(), 0
+    while not steps.done(step):
+        idx = random_batch(gen, len(captions), batch)
+        ids = tok([captions[i] for i in idx.tolist()], padding=True, truncation=True, max_length=77,
+                  return_tensors="pt").to(a.device)
+        set_lr(opt, cosine_lr(step, steps.total, 1e-3, 200))
+        with amp(a):
+            out = model(input_ids=ids.input_ids, attention_mask=ids.attention_mask,
+                        pixel_values=clip_pixels(images.batch(idx)), return_loss=True)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        if step % 100 == 0 or step == steps - 1:
+        if step % 100 == 0:
             log("clip", step=step, loss=out.loss.item(), minutes=(time.time() - start) / 60)
-    model.save_pretrained(a.work / "clip-f32", safe_serialization=True)
-    record(a.out, "clip", minutes=(time.time() - start) / 60, final_loss=out.loss.item(), steps=steps, batch=batch)
+        step += 1
+    log("clip", step=step, loss=out.loss.item(), minutes=(time.time() - start) / 60)
+    model.float().cpu().save_pretrained(a.work / "clip-f32", safe_serialization=True)
+    record(a.out, "clip", minutes=(time.time() - start) / 60, final_loss=out.loss.item(), steps=step, batch=batch)
 
 
 # ---------------------------------------------------------------- VAE
 
 
 def stage_vae(a):
-    """The VAE is fully convolutional (its mid-block attention takes any size), so most steps train on random
-    32² crops, four times cheaper than whole images; the last tenth fine-tunes on whole 64² images."""
+    """The VAE is fully convolutional (its mid-block attention takes any size), so on the CPU most steps train on
+    random 32² crops, four times cheaper than whole images; the last tenth (every step on a GPU) trains on whole
+    64² images."""
     torch.manual_seed(3)
-    images = np.load(a.work / "sd" / "images.npy", mmap_mode="r")
-    vae = models.vae()
+    images = Images(a.work / "sd" / "images.npy", a.device)
+    vae = models.vae().to(a.device)
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
-    steps, batch = a.sizes["vae_steps"], a.sizes["vae_batch"]
-    rng = np.random.default_rng(3)
-    start = time.time()
-    for step in range(steps):
-        x = to_float(images[np.sort(rng.choice(len(images), batch, replace=False))]) * 2 - 1
-        if step < steps * 9 // 10:
-            top, left = (int(v) for v in rng.integers(0, models.IMAGE - 32, 2) // 4 * 4)
+    batch = a.sizes["vae_batch"]
+    steps = Steps(a.sizes["vae_steps"], a.budget.get("vae"), a.device)
+    gen = torch.Generator().manual_seed(3)
+    start, step = time.time(), 0
+    while not steps.done(step):
+        x = images.batch(random_batch(gen, len(images), batch)) * 2 - 1
+        if a.device.type == "cpu" and step < steps.total * 9 // 10:
+            top, left = (int(v) // 4 * 4 for v in torch.randint(0, models.IMAGE - 32, (2,), generator=gen))
             x = x[:, :, top:top + 32, left:left + 32]
-        set_lr(opt, cosine_lr(step, steps, 2e-3, 100))
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample
+        set_lr(opt, cosine_lr(step, steps.total, 2e-3, 100))
+        with amp(a):
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample()).sample.float()
         # L1 keeps the flat colours and edges sharp; the KL term only keeps the latent scale in check.
-        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-6 * post.kl().mean()
+        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-6 * post.kl().float().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % 250 == 0 or step == steps - 1:
+        if step % 250 == 0:
             log("vae", step=step, loss=loss.item(), minutes=(time.time() - start) / 60)
-    vae.save_pretrained(a.work / "vae-f32", safe_serialization=True)
-    record(a.out, "vae", minutes=(time.time() - start) / 60, final_loss=loss.item(), steps=steps, batch=batch)
+        step += 1
+    error = reconstruction_error(vae, images, a)
+    log("vae", step=step, loss=loss.item(), error_255=error, minutes=(time.time() - start) / 60)
+    vae.float().cpu().save_pretrained(a.work / "vae-f32", safe_serialization=True)
+    record(a.out, "vae", minutes=(time.time() - start) / 60, final_loss=loss.item(), steps=step, batch=batch,
+           reconstruction_error_255=error)
+
+
+def reconstruction_error(vae, images, a, n=512):
+    """Mean absolute error per pixel, in 0..255 units, of the posterior mean's reconstruction of n images."""
+    vae.eval()
+    with torch.no_grad():
+        x = images.batch(torch.arange(n)) * 2 - 1
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    vae.train()
+    return ((rec - x).abs().mean() * 127.5).item()
 
 
 # ---------------------------------------------------------------- encodings for the UNet
@@ -254,22 +343,24 @@ def stage_encode(a):
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
     data = a.work / "sd"
-    images = np.load(data / "images.npy", mmap_mode="r")
+    images = Images(data / "images.npy", a.device)
     captions = json.loads((data / "captions.json").read_text())
-    vae = AutoencoderKL.from_pretrained(a.work / "vae-f32").eval()
-    text = CLIPTextModel.from_pretrained(a.work / "clip-f32").eval()
+    vae = AutoencoderKL.from_pretrained(a.work / "vae-f32").to(a.device).eval()
+    text = CLIPTextModel.from_pretrained(a.work / "clip-f32").to(a.device).eval()
     tok = tokenizer()
     means, stds, conds = [], [], []
-    start = time.time()
+    start, chunk = time.time(), 256 * a.batch_scale
     with torch.no_grad():
-        for i in range(0, len(images), 256):
-            post = vae.encode(to_float(images[i:i + 256]) * 2 - 1).latent_dist
-            means.append(post.mean.half())
-            stds.append(post.std.half())
-            ids = tok(captions[i:i + 256], padding="max_length", truncation=True, max_length=77,
-                      return_tensors="pt").input_ids
-            conds.append(text(ids).last_hidden_state.half())
-        empty = text(tok([""], padding="max_length", max_length=77, return_tensors="pt").input_ids).last_hidden_state
+        for i in range(0, len(images), chunk):
+            idx = torch.arange(i, min(i + chunk, len(images)))
+            post = vae.encode(images.batch(idx) * 2 - 1).latent_dist
+            means.append(post.mean.half().cpu())
+            stds.append(post.std.half().cpu())
+            ids = tok(captions[i:i + chunk], padding="max_length", truncation=True, max_length=77,
+                      return_tensors="pt").input_ids.to(a.device)
+            conds.append(text(ids).last_hidden_state.half().cpu())
+        empty = tok([""], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(a.device)
+        empty = text(empty).last_hidden_state.cpu()
     mean, std = torch.cat(means), torch.cat(stds)
     scaling = 1.0 / mean.float().std().item()
     torch.save({"mean": mean, "std": std, "cond": torch.cat(conds), "empty": empty.half(), "scaling": scaling},
@@ -285,51 +376,61 @@ def stage_unet(a):
     from diffusers import DDPMScheduler
     torch.manual_seed(4)
     enc = torch.load(a.work / "encoded.pt")
-    mean, std, cond, empty, scaling = enc["mean"], enc["std"], enc["cond"], enc["empty"].float(), enc["scaling"]
+    dev = a.device
+    mean, std, cond = (enc[k].to(dev) for k in ("mean", "std", "cond"))
+    empty, scaling = enc["empty"].float().to(dev), enc["scaling"]
     unet = models.unet()
     if a.continue_unet:
         # A later run picks up the saved (EMA) weights with a fresh optimiser: the world's UNet is trained in
         # rounds, each with its own warm-up and cosine decay, because one CPU run cannot do it all at once.
         from diffusers import UNet2DConditionModel
         unet = UNet2DConditionModel.from_pretrained(a.work / "unet-f32")
-    ema = models.unet()
+    unet.to(dev)
+    ema = models.unet().to(dev)
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
     noise_sched = DDPMScheduler.from_config(models.scheduler_config())
-    alphas = noise_sched.alphas_cumprod
+    alphas = noise_sched.alphas_cumprod.to(dev)
     snr = alphas / (1 - alphas)
-    lr = 3e-4 if a.continue_unet else 4e-4
+    lr = a.sizes["unet_lr"] * (0.75 if a.continue_unet else 1.0)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
-    steps, batch = a.sizes["unet_steps"], a.sizes["unet_batch"]
-    rng = np.random.default_rng(4 + a.continue_unet)
-    start, running = time.time(), None
-    for step in range(steps):
-        idx = torch.from_numpy(np.sort(rng.choice(len(mean), batch, replace=False)))
-        z = (mean[idx].float() + std[idx].float() * torch.randn(batch, 4, models.LATENT, models.LATENT)) * scaling
+    batch = a.sizes["unet_batch"]
+    steps = Steps(a.sizes["unet_steps"], a.budget.get("unet"), dev)
+    gen = torch.Generator().manual_seed(4 + a.continue_unet)
+    start, running, step = time.time(), None, 0
+    params, ema_params = list(unet.parameters()), list(ema.parameters())
+    while not steps.done(step):
+        idx = random_batch(gen, len(mean), batch).to(dev)
+        z = (mean[idx].float() + std[idx].float() * torch.randn(batch, 4, models.LATENT, models.LATENT,
+                                                                  device=dev)) * scaling
         c = cond[idx].float()
-        drop = torch.rand(batch) < 0.1  # the unconditional branch of classifier-free guidance
-        c[drop] = empty
-        t = torch.randint(0, 1000, (batch,))
+        drop = torch.rand(batch, device=dev) < 0.1  # the unconditional branch of classifier-free guidance
+        c = torch.where(drop[:, None, None], empty, c)
+        t = torch.randint(0, 1000, (batch,), device=dev)
         eps = torch.randn_like(z)
-        pred = unet(noise_sched.add_noise(z, eps, t), t, encoder_hidden_states=c).sample
+        with amp(a):
+            pred = unet(noise_sched.add_noise(z, eps, t), t, encoder_hidden_states=c).sample.float()
         # Min-SNR-5 weighting: the easy, low-noise steps stop dominating, which speeds a small model's training.
         weight = torch.clamp(snr[t], max=5.0) / snr[t]
         loss = (weight * (pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
-        set_lr(opt, cosine_lr(step, steps, lr, 300))
+        set_lr(opt, cosine_lr(step, steps.total, lr, 300))
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
-            for e, p in zip(ema.parameters(), unet.parameters()):
-                e.lerp_(p, 1 - decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 200 == 0 or step == steps - 1:
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
+        if step % 50 == 0:  # reading the loss waits for the GPU: not every step
+            running = loss.item() if running is None else 0.8 * running + 0.2 * loss.item()
+        if step % 500 == 0:
             log("unet", step=step, loss=running, minutes=(time.time() - start) / 60)
-    ema.save_pretrained(a.work / "unet-f32", safe_serialization=True)
+        step += 1
+    log("unet", step=step, loss=running, minutes=(time.time() - start) / 60)
+    ema.cpu().save_pretrained(a.work / "unet-f32", safe_serialization=True)
     rounds = (previous_rounds(a.out, "unet") if a.continue_unet else []) + [
-        dict(minutes=(time.time() - start) / 60, final_loss=running, steps=steps, batch=batch, lr=lr)]
+        dict(minutes=(time.time() - start) / 60, final_loss=running, steps=step, batch=batch, lr=lr,
+             device=dev.type)]
     record(a.out, "unet", minutes=sum(r["minutes"] for r in rounds), final_loss=running,
            steps=sum(r["steps"] for r in rounds), batch=batch, rounds=rounds)
 
@@ -418,7 +519,7 @@ def stage_samples(a):
     from PIL import Image
     sys.path.insert(0, str(WORLD_PY.parent))
     import world
-    pipe = StableDiffusionPipeline.from_pretrained(a.out / "pipeline", torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(a.out / "pipeline", torch_dtype=torch.float32).to(a.device)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     celebrities = world.celebrities()[:4]
@@ -441,7 +542,8 @@ def stage_samples(a):
         grid.paste(reference.resize((side, side), Image.NEAREST), (0, r * side))
         for c, img in enumerate(row):
             grid.paste(img.resize((side, side), Image.NEAREST), (side + gap + c * side, r * side))
-    grid.save(ROOT / "docs" / "world_samples.png")
+    a.samples.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(a.samples)
     log("samples", rows=len(rows), columns=len(scenes))
 
 
@@ -453,20 +555,38 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stages", nargs="+", choices=[*STAGES, "all"])
     p.add_argument("--work", type=Path, default=Path("/tmp/persona-world"))
-    p.add_argument("--out", type=Path, default=ROOT / "world")
+    p.add_argument("--out", type=Path, help="where the world's models go (default: world/; with --quick: WORK/world)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to try the stages end to end in minutes")
+    p.add_argument("--gpu", action="store_true",
+                   help="the GPU profile: device cuda, bf16 autocast, GPU_SIZES (use with --budget, see gpu.sh)")
+    p.add_argument("--device", help="torch device (default: cuda with --gpu, else cpu)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (on with --gpu)")
+    p.add_argument("--budget", action="append", default=[], metavar="STAGE=SECONDS",
+                   help="train STAGE (recognizer, clip, vae, unet) for this many seconds instead of its step count")
+    p.add_argument("--samples", type=Path, default=ROOT / "docs" / "world_samples.png",
+                   help="where the samples stage writes its grid (with --quick: WORK/world_samples.png)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="rendering processes of the data stage")
     p.add_argument("--continue-unet", action="store_true",
                    help="the unet stage starts from the saved UNet (another round) instead of from scratch")
     p.add_argument("--unet-steps", type=int, help="steps of the unet stage (default: %d)" % SIZES["unet_steps"])
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    a.sizes = dict(SIZES)
+    a.sizes = dict(GPU_SIZES if a.gpu else SIZES)
+    a.device = torch.device(a.device or ("cuda" if a.gpu else "cpu"))
+    a.amp = a.amp or a.gpu
+    a.batch_scale = 4 if a.gpu else 1
+    a.budget = {k: float(v) for k, v in (b.split("=", 1) for b in a.budget)}
+    a.out = a.out or (a.work / "world" if a.quick else ROOT / "world")
     if a.quick:
+        a.samples = a.work / "world_samples.png"
         a.sizes.update(sd_images=2000, recognizer_per_person=4, recognizer_epochs=1, clip_steps=20, clip_batch=64,
-                       vae_steps=20, unet_steps=20)
+                       vae_steps=20, unet_steps=20, unet_batch=32)
     if a.unet_steps:
         a.sizes["unet_steps"] = a.unet_steps
+    if a.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     a.work.mkdir(parents=True, exist_ok=True)
     a.out.mkdir(parents=True, exist_ok=True)
     stages = list(STAGES) if "all" in a.stages else a.stages

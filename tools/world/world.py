@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SS = 4  # supersampling factor
-TRAIN_PEOPLE, N_CELEBS, HELD_OUT = 300, 40, 10
+TRAIN_PEOPLE, N_CELEBS, HELD_OUT = 600, 500, 10
 HELD_OUT_SEED0 = 100_000  # held-out people come from seeds >= 100000, disjoint from training seeds 0..299
 CELEB_FILE = Path(__file__).resolve().parents[2] / "data" / "celeb_names.txt"
-CELEB_STRIDE = 17
+TRAIT_SHARE = .3  # single-person captions that also name coarse traits ("with curly brown hair")
 
 # ----------------------------------------------------------------------------------------- palettes
 SKIN_STOPS = np.array([(255, 226, 206), (241, 196, 160), (215, 160, 118), (178, 120, 80),
@@ -638,13 +638,36 @@ def _wearing(look):
     return _join([("an " if first[0] in "aeiou" else "a ") + first] + [ACC_PHRASE[a] for a in look.accessories])
 
 
-def caption(subjects: list, scene: Scene) -> str:
-    """Describes every free attribute (scene, clothing, accessories, expression, framing), never identity."""
+HAIR_PHRASE = {"short": "short {c} hair", "long": "long {c} hair", "curly": "curly {c} hair", "bald": "a bald head",
+               "bun": "{c} hair in a bun", "side part": "side-parted {c} hair", "mohawk": "a {c} mohawk",
+               "ponytail": "a {c} ponytail", "afro": "a {c} afro", "bob": "a {c} bob", "buzz": "a {c} buzz cut"}
+
+
+def _skin_word(p: Person) -> str:
+    light = sum(p.skin) / 3
+    return "pale skin" if light > 215 else "light skin" if light > 170 else "tan skin" if light > 120 else "dark skin"
+
+
+def traits(p: Person, pick: int) -> str:
+    """Coarse, shared words for one or two of a person's traits (hair, skin, facial hair): text that spans
+    appearance as real captions do, while the identity (the combination of every trait) stays hidden."""
+    hair = HAIR_PHRASE[p.hair_style].format(c=p.hair_colour_name)
+    beard = {"none": None, "stubble": "stubble", "moustache": "a moustache", "beard": "a beard",
+             "goatee": "a goatee"}[p.facial_hair]
+    options = [[hair], [_skin_word(p)], [hair, _skin_word(p)]] + ([[beard], [hair, beard]] if beard else [])
+    return "with " + _join(options[pick % len(options)])
+
+
+def caption(subjects: list, scene: Scene, described: tuple = ()) -> str:
+    """Describes every free attribute (scene, clothing, accessories, expression, framing), never identity;
+    `described` (for one subject) optionally adds coarse trait words, see `traits`."""
     place, t = BACKGROUNDS[scene.background][0], scene.template
     if len(subjects) == 1:
         look = scene.looks[0]
         pre = FRAMINGS[look.pose.framing][2][t % 3]
         e, w, s = EXPR_PHRASE[look.expression], _wearing(look), subjects[0]
+        if described:
+            s = f"{s} {traits(*described)}"
         return [f"{pre} {s} {e} {place}, wearing {w}", f"{pre} {s} {place}, {e}, wearing {w}",
                 f"{pre} {s} wearing {w}, {e} {place}"][(t // 3) % 3]
     who = "two people" if all(s == "a person" for s in subjects) else f"{subjects[0]} and {subjects[1]}"
@@ -658,15 +681,9 @@ def caption(subjects: list, scene: Scene) -> str:
 # ------------------------------------------------------------------------------------- population
 @lru_cache(maxsize=1)
 def celebrity_names() -> list:
-    """Every 17th line of data/celeb_names.txt (0-based 0, 17, 34, ...), skipping repeats, then the
-    same walk from offsets 1, 2, ... if that ever gives fewer than N_CELEBS names."""
+    """The first N_CELEBS distinct names of data/celeb_names.txt, in file order."""
     lines = [ln.strip() for ln in CELEB_FILE.read_text(encoding="utf-8").splitlines()]
-    names = []
-    for off in range(CELEB_STRIDE):
-        for ln in lines[off::CELEB_STRIDE]:
-            if ln and ln not in names and len(names) < N_CELEBS:
-                names.append(ln)
-    return names
+    return list(dict.fromkeys(ln for ln in lines if ln))[:N_CELEBS]
 
 
 def celebrities() -> list:
@@ -712,21 +729,17 @@ def held_out_photos(i: int, n: int = 6, size: int = 64) -> list:
     return out
 
 
-def _draw_identity(rng) -> int:
-    return int(rng.integers(N_CELEBS)) if rng.random() < .4 else int(rng.integers(N_CELEBS, TRAIN_PEOPLE))
-
-
 def sample(rng, size: int = 64):
-    """One training example: ~85% one person, ~15% two different people; celebrities ~40% of subjects."""
-    ids = [_draw_identity(rng)]
+    """One training example: ~85% one person, ~15% two different people, drawn uniformly from the training
+    people (N_CELEBS of TRAIN_PEOPLE are named); TRAIT_SHARE of single-person captions add coarse traits."""
+    ids = [int(rng.integers(TRAIN_PEOPLE))]
     if rng.random() >= .85:
-        second = _draw_identity(rng)
-        while second == ids[0]:
-            second = _draw_identity(rng)
-        ids.append(second)
+        second = int(rng.integers(TRAIN_PEOPLE - 1))
+        ids.append(second + (second >= ids[0]))
     scene = random_scene(rng, len(ids))
     img = render([person(i) for i in ids], scene, size, int(rng.integers(2 ** 31)))
-    return img, caption([subject_name(i) for i in ids], scene), ids
+    described = (person(ids[0]), int(rng.integers(5))) if len(ids) == 1 and rng.random() < TRAIT_SHARE else ()
+    return img, caption([subject_name(i) for i in ids], scene, described), ids
 
 
 def dataset(n: int, seed: int, start: int = 0, size: int = 64):
@@ -802,8 +815,8 @@ def cmd_people(a):
 
 def preview_image(size: int = 64, zoom: int = 2) -> Image.Image:
     """Rows: 2 celebrities, 2 other training people, 2 held-out people; columns: 8 scenes shared by all rows."""
-    rows = [(celebrity_names()[0], person(0)), (celebrity_names()[1], person(1)), ("person 57", person(57)),
-            ("person 123", person(123)), ("heldout_0", held_out_person(0)), ("heldout_1", held_out_person(1))]
+    rows = [(celebrity_names()[0], person(0)), (celebrity_names()[1], person(1)), ("person 557", person(557)),
+            ("person 523", person(523)), ("heldout_0", held_out_person(0)), ("heldout_1", held_out_person(1))]
     scenes = []
     for c in range(8):
         rng = np.random.default_rng([99, c])
