@@ -25,7 +25,8 @@
 #   train       persona train --method idea --steps 320 --batch-size 8 --resolution 512 on that folder, photos
 #               fixtures/faces/photos, face models: the tiny stand-ins of fixtures/faces (wall clock incl. load)
 #   diffusers   tools/bench/diffusers_gpu.py (diffusers from .whl/ installed into $WORK/site)
-# CHECK_ONLY="equality gradcheck …" runs only the stages named (unpack always runs); the others are skipped.
+# CHECK_ONLY="equality gradcheck …" runs only the stages named (unpack always runs); the others are skipped;
+# PEER_ONLY="unet,train_step" likewise limits the diffusers stage to those of its parts.
 # Exit status: 0 when every stage ran and the equality check passed.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -57,6 +58,7 @@ else
   [ -x "$PY" ] || PY=python3
   PEER_ARGS="--device cuda --dtype bf16 --run-steps $RUN_STEPS --steps-gen $GEN_STEPS --batch $BATCH"
 fi
+[ -n "${PEER_ONLY:-}" ] && PEER_ARGS="$PEER_ARGS --only $PEER_ONLY"   # a subset of diffusers_gpu.py's parts
 echo "gpu-check: mode $MODE, logs in $LOGS, python $PY" >&2
 # What the stages' helper functions (run by `timeout` in a child bash) read.
 export SMOKE WORK PY LOGS PEER_ARGS ROOT
