@@ -60,9 +60,9 @@ pub fn method<'a>(sd: &StableDiffusion, name: MethodName) -> Result<Box<dyn Meth
     Ok(built.method)
 }
 
-/// Gives `to` the values of `from` (initialisers may draw on the device), with ID-EA's gate opened so that
-/// its Enhancer and Adapter get gradients too.
-pub fn align(from: &dyn Method, to: &dyn Method) -> Result<()> {
+/// Gives `to` the values and anchors of `from` (initialisers may draw, and anchors are computed, on the
+/// device), with ID-EA's gate opened so that its Enhancer and Adapter get gradients too.
+pub fn align(from: &dyn Method, to: &mut dyn Method) -> Result<()> {
     let targets: HashMap<String, Var> = to.vars().into_iter().collect();
     for (name, var) in from.vars() {
         if name == "adapter.gamma" {
@@ -72,6 +72,9 @@ pub fn align(from: &dyn Method, to: &dyn Method) -> Result<()> {
             .get(&name)
             .ok_or_else(|| Error::Msg(format!("{name} exists in one method only")))?;
         target.set(&var.as_tensor().to_device(target.device())?)?;
+    }
+    for (name, value) in from.extra_tensors() {
+        to.set_extra_tensor(&name, &value)?;
     }
     Ok(())
 }

@@ -253,8 +253,8 @@ fn training_step(
     rows: &mut Vec<Row>,
 ) -> Result<()> {
     let ma = probe::method(sa, name)?;
-    let mb = probe::method(sb, name)?;
-    probe::align(ma.as_ref(), mb.as_ref())?;
+    let mut mb = probe::method(sb, name)?;
+    probe::align(ma.as_ref(), mb.as_mut())?;
     let inputs = probe::inputs(sa, ma.as_ref(), name)?;
     let (la, ga) = probe::loss_and_grads(sa, ma, &inputs, name)?;
     let (lb, gb) = probe::loss_and_grads(sb, mb, &inputs, name)?;

@@ -52,6 +52,12 @@ pub trait Method {
     fn extra_tensors(&self) -> BTreeMap<String, Tensor> {
         BTreeMap::new()
     }
+    /// Replaces one of [`Method::extra_tensors`]: a device check starts both devices from the same anchors,
+    /// since Cross Init's regulariser `‖E − init + 1e-6‖` turns rounding in `init` into a new gradient
+    /// direction at `E = init`.
+    fn set_extra_tensor(&mut self, name: &str, _value: &Tensor) -> Result<()> {
+        Err(Error::Msg(format!("{} has no tensor {name}", self.name())))
+    }
     /// What the identity file stores: pseudo-token names, their embeddings `[n, d]`, and method modules; an
     /// error when a stored tensor cannot be computed (never a panic, never a part silently left out).
     fn identity_parts(&self) -> Result<IdentityParts>;
@@ -248,6 +254,16 @@ impl Method for TokenMethod {
             t.insert("anchor.init_2".to_string(), init.clone());
         }
         t
+    }
+
+    fn set_extra_tensor(&mut self, name: &str, value: &Tensor) -> Result<()> {
+        let device = self.init.device().clone();
+        match (name, &mut self.init_2) {
+            ("anchor.init", _) => self.init = value.to_device(&device)?,
+            ("anchor.init_2", Some(init)) => *init = value.to_device(&device)?,
+            _ => return Err(Error::Msg(format!("{} has no tensor {name}", self.name()))),
+        }
+        Ok(())
     }
 
     fn identity_parts(&self) -> Result<IdentityParts> {

@@ -261,6 +261,14 @@ impl Method for Idea {
         out
     }
 
+    fn set_extra_tensor(&mut self, name: &str, value: &Tensor) -> Result<()> {
+        if name == FACE_EMBEDDING {
+            self.face = value.to_device(self.face.device())?;
+            return Ok(());
+        }
+        self.tokens.set_extra_tensor(name, value)
+    }
+
     fn identity_parts(&self) -> Result<IdentityParts> {
         // The tokens' parts: names, rows, anchors and (SDXL) the second table's rows.
         let (names, rows, mut modules) = self.tokens.identity_parts()?;

@@ -331,6 +331,9 @@ impl<M: Method> Method for WithAttentionLoss<M> {
     fn extra_tensors(&self) -> BTreeMap<String, Tensor> {
         self.inner.extra_tensors()
     }
+    fn set_extra_tensor(&mut self, name: &str, value: &Tensor) -> Result<()> {
+        self.inner.set_extra_tensor(name, value)
+    }
     fn identity_parts(&self) -> Result<IdentityParts> {
         self.inner.identity_parts()
     }
