@@ -1,6 +1,7 @@
 """A deterministic procedural "world" of cartoon people, for training tiny models from scratch.
 
-Identity is a hidden combination of face traits (`Person`), never spelled out by captions; everything
+Identity is a hidden combination of face traits (`Person`), never spelled out by captions (some name a
+coarse trait or two, `traits`); everything
 else (background, clothing, accessories, expression, pose) is free variation that captions always
 describe (`Scene`).  Images are drawn at 4x with Pillow and box-downsampled, so they are antialiased
 and a pure function of (people, scene, size, seed).  See README.md for the CLI.
@@ -20,7 +21,7 @@ from PIL import Image, ImageDraw
 
 SS = 4  # supersampling factor
 TRAIN_PEOPLE, N_CELEBS, HELD_OUT = 600, 500, 10
-HELD_OUT_SEED0 = 100_000  # held-out people come from seeds >= 100000, disjoint from training seeds 0..299
+HELD_OUT_SEED0 = 100_000  # held-out people come from seeds >= 100000, disjoint from training seeds 0..599
 CELEB_FILE = Path(__file__).resolve().parents[2] / "data" / "celeb_names.txt"
 TRAIT_SHARE = .3  # single-person captions that also name coarse traits ("with curly brown hair")
 
