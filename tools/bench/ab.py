@@ -6,8 +6,9 @@ still gives a fair ratio: the machine's slow stretches fall on both sides alike.
 
 Each round starts both sides afresh (one process each: model build, one warm-up, `--runs` timed runs) and takes
 the best of that round's runs; the report is the median over rounds of each side, their ratio (persona / peer)
-and the peak resident memory. Parts: text-encoder, unet (64×64 latents: 512² images), train-step (one
-textual-inversion forward + backward). Same architecture (random weights, `--arch`), fp32, the same threads
+and the peak resident memory. Parts: text-encoder, unet (64×64 latents: 512² images), vae-encode and vae-decode
+(512² images), generate (one whole 512² image: `--steps` DDIM steps with guidance), train-step (one forward +
+backward of textual inversion / Cross Init, or of ID-EA with `--method idea`). Same architecture (random weights, `--arch`), fp32, the same threads
 (both default to every core).
 """
 import argparse
@@ -23,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PARTS = {
     "text-encoder": ("text-encoder", "unet.py", ["--part", "text-encoder"]),
     "unet": ("unet", "unet.py", ["--part", "unet"]),
+    "vae-encode": ("vae-encode", "unet.py", ["--part", "vae-encode"]),
+    "vae-decode": ("vae-decode", "unet.py", ["--part", "vae-decode"]),
+    "generate": ("generate", "unet.py", ["--part", "generate"]),
     "train-step": ("train-step", "train_step.py", []),
 }
 
@@ -47,15 +51,22 @@ def main():
     ap.add_argument("--size", type=int, default=64, help="latent side (64: 512² images)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--runs", type=int, default=2, help="timed runs per side and round (after one warm-up)")
+    ap.add_argument("--steps", type=int, default=10, help="generate: DDIM steps")
+    ap.add_argument("--method", choices=["tokens", "idea"], default="tokens", help="train-step: what is learned")
     ap.add_argument("--rounds", type=int, default=3, help="A B rounds")
     ap.add_argument("--persona", default=str(ROOT / "target/release/persona"))
     ap.add_argument("--json", type=Path, help="also write every round and the summary here")
     a = ap.parse_args()
     sub, script, peer_extra = PARTS[a.part]
-    shape = ["--arch", a.arch, "--size", str(a.size), "--batch", str(a.batch), "--runs", str(a.runs)]
+    shape = ["--arch", a.arch, "--size", str(a.size), "--runs", str(a.runs)]
+    if a.part == "generate":
+        shape += ["--steps", str(a.steps)]
+    else:
+        shape += ["--batch", str(a.batch)]
+    method = ["--method", a.method] if a.part == "train-step" else []
     sides = {
-        "persona": [a.persona, "bench", sub, *shape],
-        "pytorch": [sys.executable, str(ROOT / "tools/bench" / script), *peer_extra, *shape],
+        "persona": [a.persona, "bench", sub, *shape, *method],
+        "pytorch": [sys.executable, str(ROOT / "tools/bench" / script), *peer_extra, *shape, *method],
     }
     rounds = []
     for r in range(a.rounds):
@@ -66,7 +77,8 @@ def main():
     median = {n: statistics.median(r[n]["best_s"] for r in rounds) for n in sides}
     peak = {n: max((r[n].get("peak_rss_gb") or 0.0) for r in rounds) or None for n in sides}
     ratio = median["persona"] / median["pytorch"]
-    summary = {"part": a.part, "arch": a.arch, "size": a.size, "batch": a.batch, "rounds": a.rounds,
+    summary = {"part": a.part, "method": a.method if method else None, "steps": a.steps if a.part == "generate" else None,
+               "arch": a.arch, "size": a.size, "batch": a.batch, "rounds": a.rounds,
                "runs": a.runs, "median_best_s": median, "ratio": round(ratio, 3), "peak_rss_gb": peak}
     print(f"{a.part} (batch {a.batch}): persona {median['persona']:.3f} s, pytorch {median['pytorch']:.3f} s "
           f"(medians of {a.rounds} rounds' best) → {ratio:.2f}×")

@@ -2,6 +2,7 @@
 
     python tools/world/train.py all            # every stage in order (about 2.5 hours on 2 CPU cores)
     python tools/world/train.py STAGE [...]    # data | recognizer | clip | vae | encode | unet | assemble | samples
+                                               # (resume: the work folder's models from an assembled world)
     tools/world/gpu.sh                         # the GPU profile: every stage in about 8 minutes on one H200
 
 Each stage reads the previous stages' outputs from the work folder (`--work`, default /tmp/persona-world) and is
@@ -547,8 +548,24 @@ def stage_samples(a):
     log("samples", rows=len(rows), columns=len(scenes))
 
 
+def stage_resume(a):
+    """The work folder's f32 models from an assembled world (`--out`): the VAE, the CLIP model and the UNet, so
+    that `encode` and `unet --continue-unet` can go on from a world trained elsewhere (an f32 UNet already in the
+    work folder, e.g. the EMA weights brought back from a GPU machine, is kept)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPModel
+    AutoencoderKL.from_pretrained(a.out / "pipeline" / "vae").float().save_pretrained(
+        a.work / "vae-f32", safe_serialization=True)
+    CLIPModel.from_pretrained(a.out / "clip").float().save_pretrained(a.work / "clip-f32", safe_serialization=True)
+    if not (a.work / "unet-f32").exists():
+        UNet2DConditionModel.from_pretrained(a.out / "pipeline" / "unet").float().save_pretrained(
+            a.work / "unet-f32", safe_serialization=True)
+    log("resume", world=str(a.out))
+
+
 STAGES = {"data": stage_data, "recognizer": stage_recognizer, "clip": stage_clip, "vae": stage_vae,
-          "encode": stage_encode, "unet": stage_unet, "assemble": stage_assemble, "samples": stage_samples}
+          "encode": stage_encode, "unet": stage_unet, "assemble": stage_assemble, "samples": stage_samples,
+          "resume": stage_resume}
 
 
 def main():
@@ -589,7 +606,7 @@ def main():
         torch.backends.cudnn.benchmark = True
     a.work.mkdir(parents=True, exist_ok=True)
     a.out.mkdir(parents=True, exist_ok=True)
-    stages = list(STAGES) if "all" in a.stages else a.stages
+    stages = [s for s in STAGES if s != "resume"] if "all" in a.stages else a.stages
     for s in stages:
         t = time.time()
         STAGES[s](a)

@@ -36,6 +36,10 @@ enum Part {
     Unet(parts::ModelArgs),
     /// Text-encoder forward on [B, 77] token ids.
     TextEncoder(parts::ModelArgs),
+    /// VAE encoder on [B, 3, 8S, 8S] images (the posterior, as training encodes its photos).
+    VaeEncode(parts::ModelArgs),
+    /// VAE decoder on [B, 4, S, S] latents (the end of every generation).
+    VaeDecode(parts::ModelArgs),
     /// One training step: text encoder with 2 learned rows (+ ID-EA's modules for --method idea / idea-kv) and
     /// UNet, forward and backward to the learned tensors (timed without the optimizer update, which is
     /// negligible). Reports peak memory: the GPU's on CUDA (weights included), the process's peak RSS on the CPU.
@@ -249,6 +253,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     match a.part {
         Part::Unet(m) => parts::run(parts::Which::Unet, &m),
         Part::TextEncoder(m) => parts::run(parts::Which::TextEncoder, &m),
+        Part::VaeEncode(m) => parts::run(parts::Which::VaeEncode, &m),
+        Part::VaeDecode(m) => parts::run(parts::Which::VaeDecode, &m),
         Part::TrainStep(m) => parts::run(parts::Which::TrainStep, &m),
         Part::Generate(g) => generate::run(&g),
         Part::MakeModel(m) => make_model::run(&m),

@@ -1,11 +1,12 @@
-//! `persona bench unet | text-encoder | train-step`: seconds per forward (or forward + backward) of model parts.
+//! `persona bench unet | text-encoder | vae-encode | vae-decode | train-step`: seconds per forward (or forward +
+//! backward) of model parts.
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
 use persona_diffusion::device::{peak_memory_gb, peak_rss_gb, reset_peak_memory};
 use persona_diffusion::models::clip_text::Output;
-use persona_diffusion::models::{ClipTextModel, UNet2DConditionModel};
+use persona_diffusion::models::{AutoencoderKL, ClipTextModel, UNet2DConditionModel};
 use persona_diffusion::nn::grad::{mse_loss, place_rows};
 use persona_diffusion::nn::{AttentionControl, Condition, Weights};
 use persona_identity::adapter::Adapter;
@@ -20,6 +21,8 @@ use crate::device_flags::DeviceArgs;
 pub enum Which {
     Unet,
     TextEncoder,
+    VaeEncode,
+    VaeDecode,
     TrainStep,
 }
 
@@ -28,7 +31,7 @@ pub struct ModelArgs {
     /// Which real architecture to build (random weights).
     #[arg(long, value_enum, default_value = "sd21-base")]
     pub arch: Arch,
-    /// Latent size (64 = 512² images).
+    /// Latent size (64 = 512² images; the VAE parts encode or decode images of 8× this side).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
     #[arg(long, default_value_t = 1, value_parser = crate::values::positive)]
@@ -57,6 +60,7 @@ pub fn run(which: Which, a: &ModelArgs) -> Result<()> {
     let (dev, dtype) = (&place.device, place.dtype);
     let w = Weights::random_as(0, dev, dtype);
     let timing = match which {
+        Which::VaeEncode | Which::VaeDecode => vae(which, &w, a, dev)?,
         _ if a.arch.is_sdxl() => super::sdxl::run(which, a, &w, dev)?,
         Which::Unet => {
             let c = a.arch.unet_config()?;
@@ -98,6 +102,27 @@ pub fn run(which: Which, a: &ModelArgs) -> Result<()> {
     }
     emit(fields, Some(timing), dev, dtype);
     Ok(())
+}
+
+/// The VAE's encoder (posterior mean, as training encodes its photos) on `[B, 3, 8S, 8S]` images, or its
+/// decoder on `[B, 4, S, S]` latents (what ends every generation).
+pub(super) fn vae(which: Which, w: &Weights, a: &ModelArgs, dev: &Device) -> Result<Timing> {
+    let c = a.arch.vae_config()?;
+    let model = AutoencoderKL::load(w, &c)?;
+    let side = a.size * c.downscale_factor();
+    if matches!(which, Which::VaeEncode) {
+        let x = Tensor::randn(0f32, 1., (a.batch, c.in_channels, side, side), dev)?;
+        time(dev, a.runs, || {
+            model.encode(&x)?;
+            Ok(())
+        })
+    } else {
+        let z = Tensor::randn(0f32, 1., (a.batch, c.latent_channels, a.size, a.size), dev)?;
+        time(dev, a.runs, || {
+            model.decode(&z)?;
+            Ok(())
+        })
+    }
 }
 
 fn round2(x: Option<f64>) -> Option<f64> {

@@ -54,6 +54,8 @@ pub fn run(which: Which, a: &ModelArgs, w: &Weights, dev: &Device) -> Result<Tim
         .unsqueeze(0)?
         .repeat((a.batch, 1))?;
     match which {
+        // SDXL's VAE is SD's architecture with its own config.
+        Which::VaeEncode | Which::VaeDecode => super::parts::vae(which, w, a, dev),
         Which::TextEncoder => {
             let te = Encoders::load(w, a.arch)?;
             let (e1, e2) = (te.first.embed(&ids)?, te.second.model.embed(&ids)?);
