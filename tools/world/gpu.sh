@@ -11,7 +11,8 @@
 # Environment: PYTHON (default python3; needs torch, transformers, diffusers, onnx), WORK (default
 # /tmp/persona-world), LOGS (default WORK/logs), BUDGET_RECOGNIZER / BUDGET_CLIP / BUDGET_VAE / BUDGET_UNET
 # (seconds; defaults 100 / 150 / 150 / 240), DEADLINE_S (the whole run's seconds: the UNet's budget shrinks to
-# end in time, leaving 45 s for the last stages), WORLD_ARGS (more train.py flags; a CPU smoke test of this script:
+# end in time, leaving 45 s for the last stages), UNET_COMPILE=1 (torch.compile the UNet's training forward:
+# fewer, larger kernels; not yet tried on a GPU), WORLD_ARGS (more train.py flags; a CPU smoke test of this script:
 # `WORLD_ARGS="--device cpu --quick" WORK=/tmp/wq PYTHON=/work/venv-ref/bin/python tools/world/gpu.sh`, which
 # writes its world to WORK/world).
 set -euo pipefail
@@ -43,7 +44,7 @@ if [ -n "${DEADLINE_S:-}" ]; then
   (( left < unet )) && unet=$left
 fi
 say "unet for $unet s"
-train unet --budget "unet=$unet" > "$LOGS/unet.log" 2>&1
+train unet --budget "unet=$unet" ${UNET_COMPILE:+--compile} > "$LOGS/unet.log" 2>&1
 say "unet done"
 train assemble samples > "$LOGS/assemble.log" 2>&1
 say "assemble, samples done"

@@ -400,6 +400,9 @@ def stage_unet(a):
     gen = torch.Generator().manual_seed(4 + a.continue_unet)
     start, running, step = time.time(), None, 0
     params, ema_params = list(unet.parameters()), list(ema.parameters())
+    # The world's UNet is so small that a GPU step is bound by Python and kernel launches (13.6 steps/s on an
+    # H200 in eager mode); compiling fuses its element-wise work into fewer, larger kernels.
+    forward = torch.compile(unet) if a.compile else unet
     while not steps.done(step):
         idx = random_batch(gen, len(mean), batch).to(dev)
         z = (mean[idx].float() + std[idx].float() * torch.randn(batch, 4, models.LATENT, models.LATENT,
@@ -410,7 +413,7 @@ def stage_unet(a):
         t = torch.randint(0, 1000, (batch,), device=dev)
         eps = torch.randn_like(z)
         with amp(a):
-            pred = unet(noise_sched.add_noise(z, eps, t), t, encoder_hidden_states=c).sample.float()
+            pred = forward(noise_sched.add_noise(z, eps, t), t, encoder_hidden_states=c).sample.float()
         # Min-SNR-5 weighting: the easy, low-noise steps stop dominating, which speeds a small model's training.
         weight = torch.clamp(snr[t], max=5.0) / snr[t]
         loss = (weight * (pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
@@ -582,6 +585,7 @@ def main():
                    help="train STAGE (recognizer, clip, vae, unet) for this many seconds instead of its step count")
     p.add_argument("--samples", type=Path, default=ROOT / "docs" / "world_samples.png",
                    help="where the samples stage writes its grid (with --quick: WORK/world_samples.png)")
+    p.add_argument("--compile", action="store_true", help="unet stage: torch.compile the UNet's training forward")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=2, help="rendering processes of the data stage")
     p.add_argument("--continue-unet", action="store_true",
