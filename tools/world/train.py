@@ -76,7 +76,7 @@ def stage_data(a):
         [sys.executable, str(WORLD_PY), "dataset", "--n", str(a.sizes["sd_images"]), "--seed", "0",
          "--out", str(a.work / "sd"), "--workers", str(w)],
         [sys.executable, str(WORLD_PY), "recognizer-data", "--per-person", str(a.sizes["recognizer_per_person"]),
-         "--out", str(a.work / "recognizer"), "--workers", str(a.workers - w if a.workers > 2 else 1)],
+         "--out", str(a.work / "recognizer"), "--workers", str(max(1, a.workers - w))],
     ]
     procs = [subprocess.Popen(j) for j in jobs]
     if any(p.wait() for p in procs):

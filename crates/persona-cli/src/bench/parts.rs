@@ -104,7 +104,7 @@ pub fn run(which: Which, a: &ModelArgs) -> Result<()> {
     Ok(())
 }
 
-/// The VAE's encoder (posterior mean, as training encodes its photos) on `[B, 3, 8S, 8S]` images, or its
+/// The VAE's encoder (the posterior, as training encodes its photos) on `[B, 3, 8S, 8S]` images, or its
 /// decoder on `[B, 4, S, S]` latents (what ends every generation).
 pub(super) fn vae(which: Which, w: &Weights, a: &ModelArgs, dev: &Device) -> Result<Timing> {
     let c = a.arch.vae_config()?;
