@@ -8,6 +8,7 @@
 
 use candle_core::{DType, Module, Tensor, D};
 
+use super::conv;
 use super::grad::{in_f32, input_grad_only, normalized_backward, upcast};
 use super::weights::Weights;
 use crate::Result;
@@ -129,7 +130,13 @@ impl Conv2d {
             w.broadcast_matmul(&x.reshape((b, c, h * wd))?)?
                 .reshape((b, (), h, wd))?
         } else {
-            conv2d(x, &self.weight, self.padding, self.stride)?
+            return conv2d(
+                x,
+                &self.weight,
+                self.bias.as_ref(),
+                self.padding,
+                self.stride,
+            );
         };
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
@@ -203,6 +210,10 @@ pub fn conv_input_grad_with(
             .narrow(2, 0, h)?
             .narrow(3, 0, wd);
     }
+    if stride == 1 && conv::applies(g) {
+        // The implicit-GEMM kernel reads the kernel flipped and transposed as it repacks it.
+        return in_cpu_f32(g, |g| conv::conv2d_input_grad(g, w, padding));
+    }
     let rev = Tensor::new((0..k as u32).rev().collect::<Vec<_>>(), w.device())?;
     let flipped = w
         .index_select(&rev, 2)?
@@ -210,7 +221,7 @@ pub fn conv_input_grad_with(
         .transpose(0, 1)?
         .contiguous()?;
     if stride == 1 {
-        return conv2d(g, &flipped, k - 1 - padding, 1);
+        return conv2d(g, &flipped, None, k - 1 - padding, 1);
     }
     // Rows/columns the strided forward skipped at the end get their (zero-input) share through extra
     // padding at the bottom/right; the result is trimmed to the input's size.
@@ -221,21 +232,39 @@ pub fn conv_input_grad_with(
     let padded = g
         .pad_with_zeros(2, lo, lo + eh)?
         .pad_with_zeros(3, lo, lo + ew)?;
-    conv2d(&padded, &flipped, 0, 1)?
+    conv2d(&padded, &flipped, None, 0, 1)?
         .narrow(2, 0, h)?
         .narrow(3, 0, wd)
 }
 
-/// candle's convolution, widened to f32 for bf16 on the CPU, whose im2col path has no bf16 matrix product
-/// (candle's own bf16 `matmul` widens the same way).
-fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> candle_core::Result<Tensor> {
-    if x.dtype() == DType::BF16 && x.device().is_cpu() {
-        return x
-            .to_dtype(DType::F32)?
-            .conv2d(&w.to_dtype(DType::F32)?, padding, stride, 1, 1)?
-            .to_dtype(DType::BF16);
+/// `conv2d(x, w) + bias`: on the CPU the implicit-GEMM kernel ([`conv`]), elsewhere candle's.
+fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+) -> candle_core::Result<Tensor> {
+    if conv::applies(x) {
+        return in_cpu_f32(x, |x| conv::conv2d(x, w, bias, stride, padding));
     }
-    x.conv2d(w, padding, stride, 1, 1)
+    let y = x.conv2d(w, padding, stride, 1, 1)?;
+    match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// `f(x)` computed in f32 and returned in `x`'s dtype: the CPU convolution kernel is f32 only (candle's own
+/// bf16 `matmul` on the CPU widens the same way).
+fn in_cpu_f32(
+    x: &Tensor,
+    f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    if x.dtype() == DType::F32 {
+        return f(x);
+    }
+    f(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())
 }
 
 /// `[B, C, H, W]` → `[B, C, (H−1)s+1, (W−1)s+1]` with `s − 1` zeros between neighbouring values.

@@ -186,6 +186,34 @@ pub fn finite_differences(device: &Device) -> Result<Vec<Outcome>> {
         });
     }
     outcomes.extend(strided_methods_agree(device)?);
+    outcomes.extend(single_precision(device)?);
+    Ok(outcomes)
+}
+
+/// Every block in f32 against the same block in f64, whose gradient the finite differences above check:
+/// f32 runs other kernels (on the CPU the implicit-GEMM convolution and the fused GroupNorm, which f64
+/// leaves to candle), so their values and input gradients are held to the checked ones, `‖a − b‖ / ‖b‖`
+/// within 1e-5 (a few units of f32 rounding over sums of a few dozen terms).
+fn single_precision(device: &Device) -> Result<Vec<Outcome>> {
+    let reference = blocks(device, DType::F64)?
+        .into_iter()
+        .chain(constant_ops(device, DType::F64)?);
+    let single = blocks(device, DType::F32)?
+        .into_iter()
+        .chain(constant_ops(device, DType::F32)?);
+    let mut outcomes = Vec::new();
+    for ((name, shape, f64_block), (_, _, f32_block)) in reference.zip(single) {
+        let x = Var::from_tensor(&randn(&shape, 1, device)?.to_dtype(DType::F32)?)?;
+        let (y_ref, g_ref) = value_and_grad(&x, &f64_block, DType::F64, device)?;
+        let (y, g) = value_and_grad(&x, &f32_block, DType::F32, device)?;
+        for (what, a, b) in [("value", &y, &y_ref), ("gradient", &g, &g_ref)] {
+            outcomes.push(Outcome {
+                name: format!("{name} f32 = f64 {what}"),
+                error: norm_error(a, b)?,
+                limit: 1e-5,
+            });
+        }
+    }
     Ok(outcomes)
 }
 
