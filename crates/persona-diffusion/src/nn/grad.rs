@@ -209,7 +209,9 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
         DType::BF16 | DType::F16 => xd.device().is_cuda(),
         _ => false,
     };
-    let value = if fused {
+    let value = if xd.dtype() == DType::F32 && xd.device().is_cpu() {
+        super::kernels::softmax_last_dim_f32(&xd)?
+    } else if fused {
         candle_nn::ops::softmax_last_dim(&xd)?
     } else {
         in_f32(&xd, |x| {

@@ -2,8 +2,284 @@
 //! Forward only: on a training path their value is attached through `grad::input_grad_only`, whose backward
 //! is written separately (and checked by finite differences).
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
+use gemm::Parallelism;
 use rayon::prelude::*;
+
+/// `eˣ` in f32, within 1e-7 relative (measured 8.3e-8 over [−87, 0]), written without branches or calls so
+/// that it vectorises: candle's CPU softmax and SiLU call libm's scalar `expf` per element, which took 9 % of
+/// a UNet forward. Range reduction `x = n·ln 2 + r` (ln 2 in two parts), a degree-7 polynomial for `eʳ`
+/// (Cephes' `expf`), `2ⁿ` built in the exponent bits. Results below f32's normal range are 0, NaN stays NaN.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const SHIFTER: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
+    let xc = x.clamp(-87.33, 88.0);
+    let n = (xc * std::f32::consts::LOG2_E + SHIFTER) - SHIFTER;
+    let r = xc - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let mut p = 1.987_569_1e-4f32;
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        p = p * r + c;
+    }
+    let p = (p * r) * r + r + 1.0;
+    let scaled = f32::from_bits(((n as i32 + 127) as u32) << 23) * p;
+    if x < -87.33 {
+        0.0
+    } else {
+        scaled
+    }
+}
+
+/// Runs `$body` compiled for AVX2 + FMA when the CPU has them (the release build targets baseline x86-64,
+/// whose SSE2 would vectorise four lanes at a time), else as built.
+macro_rules! with_avx2 {
+    ($name:ident ( $($arg:ident : $ty:ty),* ) $body:block) => {
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn portable($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    portable($($arg),*)
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has the features `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            portable($($arg),*)
+        }
+    };
+}
+
+/// Lanes of the row reductions: separate accumulators let the loops vectorise (one running sum would
+/// have to be added in order).
+const LANES: usize = 16;
+
+with_avx2!(exp_rows(rows: &mut [f32], len: usize, inv_sums: &mut [f32]) {
+    // Each row becomes `exp(x − max)`; its 1 / Σ goes to `inv_sums`.
+    for (row, inv) in rows.chunks_mut(len).zip(inv_sums.iter_mut()) {
+        let (body, tail) = row.split_at_mut(len / LANES * LANES);
+        let mut m = [f32::NEG_INFINITY; LANES];
+        for c in body.chunks_exact(LANES) {
+            for j in 0..LANES {
+                m[j] = if c[j] > m[j] { c[j] } else { m[j] };
+            }
+        }
+        let max = m.iter().chain(tail.iter()).fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut acc = [0f32; LANES];
+        for c in body.chunks_exact_mut(LANES) {
+            for j in 0..LANES {
+                c[j] = exp(c[j] - max);
+                acc[j] += c[j];
+            }
+        }
+        let mut sum: f32 = acc.iter().sum();
+        for v in tail.iter_mut() {
+            *v = exp(*v - max);
+            sum += *v;
+        }
+        *inv = 1.0 / sum;
+    }
+});
+
+with_avx2!(silu_slice(x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = v / (1.0 + exp(-v));
+    }
+});
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("{op}: f32 input expected")
+    };
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: contiguous input expected")))?;
+    Ok(&data[start..end])
+}
+
+struct SoftmaxF32;
+
+impl CustomOp1 for SoftmaxF32 {
+    fn name(&self) -> &'static str {
+        "softmax-f32"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let len = l.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut out = x.to_vec();
+        // Rows in groups of ~64 KiB per task: one row per task would cost more in scheduling than a short
+        // row's work.
+        let group = (16384 / len).max(1) * len;
+        out.par_chunks_mut(group).for_each(|rows| {
+            let mut inv = vec![0f32; rows.len() / len];
+            exp_rows(rows, len, &mut inv);
+            for (row, inv) in rows.chunks_mut(len).zip(&inv) {
+                row.iter_mut().for_each(|v| *v *= inv);
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension of an f32 CPU tensor.
+pub fn softmax_last_dim_f32(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&SoftmaxF32)
+}
+
+struct SiluF32;
+
+impl CustomOp1 for SiluF32 {
+    fn name(&self) -> &'static str {
+        "silu-f32"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14))
+            .for_each(|(o, x)| silu_slice(x, o));
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// `x·σ(x)` of an f32 CPU tensor.
+pub fn silu_f32(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&SiluF32)
+}
+
+/// Query rows per attention task: their scores (`QUERY_BLOCK × L`, 4 MiB for 4096 keys) stay in cache
+/// between the three steps.
+const QUERY_BLOCK: usize = 256;
+
+/// `softmax(q kᵀ) v` without materialising the scores of a whole head: each task takes one head's block of
+/// query rows, computes their scores with one matrix product, exponentiates them in place, multiplies by
+/// `v`, and scales each output row by its 1 / Σ (64 values instead of the 4096 probabilities). Tasks run
+/// in parallel, each product single-threaded: at 64×64 latents this is 0.34 s per self-attention layer
+/// against 0.70 s for the same steps over whole heads (and PyTorch's fused CPU kernel's 0.27 s).
+struct AttentionF32;
+
+impl CustomOp3 for AttentionF32 {
+    fn name(&self) -> &'static str {
+        "attention-f32"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            contiguous_f32(s1, l1, self.name())?,
+            contiguous_f32(s2, l2, self.name())?,
+            contiguous_f32(s3, l3, self.name())?,
+        );
+        let (g, n, d) = l1.shape().dims3()?;
+        let (g2, l, d2) = l2.shape().dims3()?;
+        let (g3, l3_, dv) = l3.shape().dims3()?;
+        if g2 != g || g3 != g || d2 != d || l3_ != l || l == 0 {
+            candle_core::bail!(
+                "attention: q {:?}, k {:?}, v {:?} do not fit",
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            )
+        }
+        let mut out = vec![0f32; g * n * dv];
+        let rows = QUERY_BLOCK.min(n.max(1));
+        out.par_chunks_mut(n * dv)
+            .enumerate()
+            .for_each(|(h, out_head)| {
+                let (qh, kh, vh) = (&q[h * n * d..], &k[h * l * d..], &v[h * l * dv..]);
+                out_head
+                    .par_chunks_mut(rows * dv)
+                    .enumerate()
+                    .for_each_init(
+                        || (vec![0f32; rows * l], vec![0f32; rows]),
+                        |(scores, inv), (b, o)| {
+                            let m = o.len() / dv;
+                            let scores = &mut scores[..m * l];
+                            // SAFETY: q's block is `m × d` (row stride d) from row `b·rows` of head h, kᵀ
+                            // reads k `[l, d]` with swapped strides, `scores` is `m × l`; all in bounds.
+                            unsafe {
+                                product(
+                                    m,
+                                    l,
+                                    d,
+                                    scores,
+                                    (qh[b * rows * d..].as_ptr(), 1, d),
+                                    (kh.as_ptr(), d, 1),
+                                );
+                            }
+                            exp_rows(scores, l, inv);
+                            // SAFETY: scores `m × l`, v `[l, dv]`, o `m × dv`.
+                            unsafe {
+                                product(m, dv, l, o, (scores.as_ptr(), 1, l), (vh.as_ptr(), 1, dv));
+                            }
+                            for (row, &inv) in o.chunks_mut(dv).zip(inv.iter()) {
+                                row.iter_mut().for_each(|x| *x *= inv);
+                            }
+                        },
+                    );
+            });
+        Ok((CpuStorage::F32(out), Shape::from((g, n, dv))))
+    }
+}
+
+/// `dst (m × n, row-major) = lhs (m × k) · rhs (k × n)`, operands as (pointer, column stride, row stride),
+/// single-threaded (the attention tasks are the parallelism).
+///
+/// # Safety
+/// Every element the strides address must be inside its allocation.
+unsafe fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.as_mut_ptr(),
+        1,
+        n as isize,
+        false,
+        lhs.0,
+        lhs.1 as isize,
+        lhs.2 as isize,
+        rhs.0,
+        rhs.1 as isize,
+        rhs.2 as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}
+
+/// `softmax(q kᵀ) v` for f32 CPU tensors `q` `[G, N, d]`, `k` `[G, L, d]`, `v` `[G, L, dv]`.
+pub fn attention_f32(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    q.contiguous()?
+        .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &AttentionF32)
+}
 
 /// GroupNorm with its per-channel affine in one pass per group (plus one for the statistics): each
 /// (sample, group) block of an NCHW tensor is contiguous, so the blocks are normalised in parallel.
@@ -115,5 +391,71 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(err < 1e-5, "max difference {err}");
+    }
+
+    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn exp_is_within_a_unit_of_f32_rounding() {
+        let mut worst = 0f64;
+        for i in 0..200_000 {
+            let x = -87.0 + i as f32 * (87.0 + 10.0) / 200_000.0;
+            let want = (x as f64).exp();
+            worst = worst.max(((super::exp(x) as f64 - want) / want).abs());
+        }
+        assert!(worst < 2e-7, "largest relative error {worst}");
+        assert_eq!(super::exp(-100.0), 0.0);
+        assert_eq!(super::exp(f32::NEG_INFINITY), 0.0);
+        assert!(super::exp(f32::NAN).is_nan());
+    }
+
+    /// Rows longer and shorter than the lane count, and a masked entry (−inf, as causal masks give).
+    #[test]
+    fn softmax_and_silu_match_the_composites() {
+        let dev = Device::Cpu;
+        let x = (Tensor::randn(0f32, 4.0, (3, 5, 37), &dev).unwrap() + 2.0).unwrap();
+        let e = x
+            .broadcast_sub(&x.max_keepdim(D::Minus1).unwrap())
+            .unwrap()
+            .exp()
+            .unwrap();
+        let want = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
+        assert!(max_abs(&super::softmax_last_dim_f32(&x).unwrap(), &want) < 1e-6);
+        let masked = Tensor::new(&[[0.5f32, f32::NEG_INFINITY, -0.5]], &dev).unwrap();
+        let p = super::softmax_last_dim_f32(&masked)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(p[0][1], 0.0);
+        let silu = super::silu_f32(&x).unwrap();
+        assert!(max_abs(&silu, &candle_nn::ops::silu(&x).unwrap()) < 1e-5);
+    }
+
+    /// Two query blocks, the second partial, against `softmax(q kᵀ) v` over whole heads.
+    #[test]
+    fn attention_matches_the_plain_graph() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 0.5, (3, super::QUERY_BLOCK + 44, 8), &dev).unwrap();
+        let k = Tensor::randn(0f32, 0.5, (3, 77, 8), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (3, 77, 5), &dev).unwrap();
+        let got = super::attention_f32(&q, &k, &v).unwrap();
+        let scores = q.matmul(&k.t().unwrap()).unwrap();
+        let want = candle_nn::ops::softmax_last_dim(&scores)
+            .unwrap()
+            .matmul(&v)
+            .unwrap();
+        assert_eq!(got.dims(), want.dims());
+        assert!(max_abs(&got, &want) < 1e-5);
     }
 }
