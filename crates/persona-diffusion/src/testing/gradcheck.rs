@@ -85,6 +85,7 @@ fn blocks(device: &Device, dtype: DType) -> Result<Vec<(String, Vec<usize>, Bloc
         &[1, 2, 3, 4],
         Box::new(|x| upsample_nearest(x, 7, 9)),
     );
+    push("geglu", &[2, 3, 8], Box::new(crate::nn::grad::geglu));
     for a in [Activation::Gelu, Activation::QuickGelu, Activation::Silu] {
         push(&format!("{a:?}"), &[3, 4], Box::new(move |x| a.forward(x)));
     }

@@ -26,12 +26,7 @@ impl FeedForward {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let hg = self.proj.forward(x)?;
-        let half = hg.dim(candle_core::D::Minus1)? / 2;
-        let (h, g) = (
-            hg.narrow(candle_core::D::Minus1, 0, half)?,
-            hg.narrow(candle_core::D::Minus1, half, half)?,
-        );
-        Ok(self.out.forward(&(h * crate::nn::grad::gelu_erf(&g)?)?)?)
+        Ok(self.out.forward(&crate::nn::grad::geglu(&hg)?)?)
     }
 }
 
