@@ -57,11 +57,12 @@ enum Part {
     /// when an f32 tolerance is exceeded.
     Equality(equality::EqualityArgs),
     /// The building blocks' gradient checks on a device: every differentiable op in f64 against finite
-    /// differences (and only the input in the gradient store), and in bf16 and f16 against f32 (value and
-    /// input gradient). The same suites `cargo test` runs on the CPU; exits non-zero when one fails.
+    /// differences (and only the input in the gradient store), in f32 against the checked f64 (the CPU's own
+    /// f32 kernels), and in bf16 and f16 against f32 (value and input gradient). The same suites `cargo test`
+    /// runs on the CPU; exits non-zero when one fails.
     Gradcheck(gradcheck::GradcheckArgs),
     /// The input gradient of SD's stride-2 downsampling convolutions, two ways: persona's (zero-dilated
-    /// gradient, flipped kernel, im2col + matrix product) and candle's `conv_transpose2d`; seconds of each and
+    /// gradient, flipped kernel, one stride-1 convolution) and candle's `conv_transpose2d`; seconds of each and
     /// their largest difference, one JSON line per downsampler.
     ConvGrad(conv_grad::ConvGradArgs),
 }

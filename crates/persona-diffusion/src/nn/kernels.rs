@@ -2,8 +2,7 @@
 //! Forward only: on a training path their value is attached through `grad::input_grad_only`, whose backward
 //! is written separately (and checked by finite differences).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
-use gemm::Parallelism;
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `eˣ` in f32, within 1e-7 relative (measured 8.3e-8 over [−87, 0]), written without branches or calls so
@@ -38,8 +37,8 @@ fn exp(x: f32) -> f32 {
 /// Runs `$body` compiled for AVX2 + FMA when the CPU has them (the release build targets baseline x86-64,
 /// whose SSE2 would vectorise four lanes at a time), else as built.
 macro_rules! with_avx2 {
-    ($name:ident ( $($arg:ident : $ty:ty),* ) $body:block) => {
-        fn $name($($arg: $ty),*) {
+    ($vis:vis $name:ident ( $($arg:ident : $ty:ty),* ) $body:block) => {
+        $vis fn $name($($arg: $ty),*) {
             #[inline(always)]
             fn portable($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
@@ -62,7 +61,7 @@ macro_rules! with_avx2 {
 /// have to be added in order).
 const LANES: usize = 16;
 
-with_avx2!(exp_rows(rows: &mut [f32], len: usize, inv_sums: &mut [f32]) {
+with_avx2!(pub(super) exp_rows(rows: &mut [f32], len: usize, inv_sums: &mut [f32]) {
     // Each row becomes `exp(x − max)`; its 1 / Σ goes to `inv_sums`.
     for (row, inv) in rows.chunks_mut(len).zip(inv_sums.iter_mut()) {
         let (body, tail) = row.split_at_mut(len / LANES * LANES);
@@ -118,7 +117,11 @@ with_avx2!(geglu_rows(hg: &[f32], out: &mut [f32], inner: usize) {
     }
 });
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+pub(super) fn contiguous_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else {
         candle_core::bail!("{op}: f32 input expected")
     };
@@ -208,130 +211,6 @@ impl CustomOp1 for GegluF32 {
 /// pass (candle's erf GELU is scalar, and the halves are strided views).
 pub fn geglu_f32(hg: &Tensor) -> candle_core::Result<Tensor> {
     hg.contiguous()?.apply_op1_no_bwd(&GegluF32)
-}
-
-/// Query rows per attention task: their scores (`QUERY_BLOCK × L`, 4 MiB for 4096 keys) stay in cache
-/// between the three steps.
-const QUERY_BLOCK: usize = 256;
-
-/// `softmax(q kᵀ) v` without materialising the scores of a whole head: each task takes one head's block of
-/// query rows, computes their scores with one matrix product, exponentiates them in place, multiplies by
-/// `v`, and scales each output row by its 1 / Σ (64 values instead of the 4096 probabilities). Tasks run
-/// in parallel, each product single-threaded: at 64×64 latents this is 0.34 s per self-attention layer
-/// against 0.70 s for the same steps over whole heads (and PyTorch's fused CPU kernel's 0.27 s).
-struct AttentionF32;
-
-impl CustomOp3 for AttentionF32 {
-    fn name(&self) -> &'static str {
-        "attention-f32"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (
-            contiguous_f32(s1, l1, self.name())?,
-            contiguous_f32(s2, l2, self.name())?,
-            contiguous_f32(s3, l3, self.name())?,
-        );
-        let (g, n, d) = l1.shape().dims3()?;
-        let (g2, l, d2) = l2.shape().dims3()?;
-        let (g3, l3_, dv) = l3.shape().dims3()?;
-        if g2 != g || g3 != g || d2 != d || l3_ != l || l == 0 {
-            candle_core::bail!(
-                "attention: q {:?}, k {:?}, v {:?} do not fit",
-                l1.shape(),
-                l2.shape(),
-                l3.shape()
-            )
-        }
-        let mut out = vec![0f32; g * n * dv];
-        let rows = QUERY_BLOCK.min(n.max(1));
-        out.par_chunks_mut(n * dv)
-            .enumerate()
-            .for_each(|(h, out_head)| {
-                let (qh, kh, vh) = (&q[h * n * d..], &k[h * l * d..], &v[h * l * dv..]);
-                out_head
-                    .par_chunks_mut(rows * dv)
-                    .enumerate()
-                    .for_each_init(
-                        || (vec![0f32; rows * l], vec![0f32; rows]),
-                        |(scores, inv), (b, o)| {
-                            let m = o.len() / dv;
-                            let scores = &mut scores[..m * l];
-                            // SAFETY: q's block is `m × d` (row stride d) from row `b·rows` of head h, kᵀ
-                            // reads k `[l, d]` with swapped strides, `scores` is `m × l`; all in bounds.
-                            unsafe {
-                                product(
-                                    m,
-                                    l,
-                                    d,
-                                    scores,
-                                    (qh[b * rows * d..].as_ptr(), 1, d),
-                                    (kh.as_ptr(), d, 1),
-                                );
-                            }
-                            exp_rows(scores, l, inv);
-                            // SAFETY: scores `m × l`, v `[l, dv]`, o `m × dv`.
-                            unsafe {
-                                product(m, dv, l, o, (scores.as_ptr(), 1, l), (vh.as_ptr(), 1, dv));
-                            }
-                            for (row, &inv) in o.chunks_mut(dv).zip(inv.iter()) {
-                                row.iter_mut().for_each(|x| *x *= inv);
-                            }
-                        },
-                    );
-            });
-        Ok((CpuStorage::F32(out), Shape::from((g, n, dv))))
-    }
-}
-
-/// `dst (m × n, row-major) = lhs (m × k) · rhs (k × n)`, operands as (pointer, column stride, row stride),
-/// single-threaded (the attention tasks are the parallelism).
-///
-/// # Safety
-/// Every element the strides address must be inside its allocation.
-unsafe fn product(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    lhs: (*const f32, usize, usize),
-    rhs: (*const f32, usize, usize),
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst.as_mut_ptr(),
-        1,
-        n as isize,
-        false,
-        lhs.0,
-        lhs.1 as isize,
-        lhs.2 as isize,
-        rhs.0,
-        rhs.1 as isize,
-        rhs.2 as isize,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    )
-}
-
-/// `softmax(q kᵀ) v` for f32 CPU tensors `q` `[G, N, d]`, `k` `[G, L, d]`, `v` `[G, L, dv]`.
-pub fn attention_f32(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
-    q.contiguous()?
-        .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &AttentionF32)
 }
 
 /// GroupNorm with its per-channel affine in one pass per group (plus one for the statistics): each
@@ -502,22 +381,5 @@ mod tests {
         let (h, g) = (hg.narrow(2, 0, 37).unwrap(), hg.narrow(2, 37, 37).unwrap());
         let want = (h * g.gelu_erf().unwrap()).unwrap();
         assert!(max_abs(&super::geglu_f32(&hg).unwrap(), &want) < 2e-6);
-    }
-
-    /// Two query blocks, the second partial, against `softmax(q kᵀ) v` over whole heads.
-    #[test]
-    fn attention_matches_the_plain_graph() {
-        let dev = Device::Cpu;
-        let q = Tensor::randn(0f32, 0.5, (3, super::QUERY_BLOCK + 44, 8), &dev).unwrap();
-        let k = Tensor::randn(0f32, 0.5, (3, 77, 8), &dev).unwrap();
-        let v = Tensor::randn(0f32, 1.0, (3, 77, 5), &dev).unwrap();
-        let got = super::attention_f32(&q, &k, &v).unwrap();
-        let scores = q.matmul(&k.t().unwrap()).unwrap();
-        let want = candle_nn::ops::softmax_last_dim(&scores)
-            .unwrap()
-            .matmul(&v)
-            .unwrap();
-        assert_eq!(got.dims(), want.dims());
-        assert!(max_abs(&got, &want) < 1e-5);
     }
 }

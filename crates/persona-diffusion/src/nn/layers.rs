@@ -150,14 +150,15 @@ impl Conv2d {
 pub enum StridedGrad {
     /// candle's `conv_transpose2d`.
     Transposed,
-    /// A stride-1 convolution of the zero-dilated gradient with the flipped kernel: im2col + one matrix
-    /// product, with (s² − 1)/s² of the products on zeros.
+    /// A stride-1 convolution of the zero-dilated gradient with the flipped kernel (one convolution, with
+    /// (s² − 1)/s² of the products on zeros).
     Dilated,
 }
 
 impl StridedGrad {
     /// The faster on `device`, by `persona bench conv-grad`: on the CPU candle's transposed convolution
-    /// (0.6–0.8× the dilated one's time for SD's three downsamplers, 2026-11-30); on a GPU the dilated
+    /// (0.5–0.9× the dilated one's time for SD's three downsamplers at batch 8, even with the dilated one on
+    /// the implicit-GEMM kernel, 2026-11-30); on a GPU the dilated
     /// convolution, since candle's CUDA transposed convolution is a direct kernel without tiling or tensor
     /// cores, where the dilated one is im2col + cuBLAS.
     pub fn for_device(device: &candle_core::Device) -> Self {
@@ -170,8 +171,9 @@ impl StridedGrad {
 }
 
 /// Gradient of a convolution's input from the output gradient `g`: a transposed convolution with the same
-/// kernel. Stride 1 is a plain convolution with the flipped, channel-transposed kernel (candle's im2col path,
-/// much faster than its direct transposed convolution); larger strides as [`StridedGrad::for_device`] says.
+/// kernel. Stride 1 is a plain convolution with the flipped, channel-transposed kernel (on the CPU the
+/// implicit-GEMM kernel, elsewhere candle's im2col path; both much faster than candle's direct transposed
+/// convolution); larger strides as [`StridedGrad::for_device`] says.
 pub fn conv_input_grad(
     g: &Tensor,
     x: &Tensor,

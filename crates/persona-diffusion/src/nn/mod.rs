@@ -6,6 +6,7 @@ pub mod grad;
 mod kernels;
 mod layers;
 pub mod sdpa;
+mod sdpa_cpu;
 mod weights;
 
 pub use attention::{attend, Attention, AttentionControl, Condition, LayerId};

@@ -59,7 +59,7 @@ fn heads_per_block(q: &Tensor, k: &Tensor, block: usize) -> candle_core::Result<
 fn forward(q: &Tensor, k: &Tensor, v: &Tensor, block: usize) -> candle_core::Result<Tensor> {
     if q.device().is_cpu() && q.dtype() == DType::F32 {
         // The CPU kernel blocks by query rows itself, with the scores of a block kept in cache.
-        return super::kernels::attention_f32(q, k, v);
+        return super::sdpa_cpu::attention_f32(q, k, v);
     }
     let g = q.dim(0)?;
     let step = heads_per_block(q, k, block)?;
