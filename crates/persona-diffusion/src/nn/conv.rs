@@ -17,6 +17,8 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::kernels::contiguous_f32;
+
 /// How the op reads its `[A, B, k, k]` kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
@@ -122,17 +124,6 @@ struct ImplicitGemmConv {
     kernel: Kernel,
 }
 
-/// A contiguous f32 slice of a CPU tensor.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("conv2d: f32 {what} expected")
-    };
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("conv2d: contiguous {what} expected")))?;
-    Ok(&data[start..end])
-}
-
 impl ImplicitGemmConv {
     /// The kernel as `k²` tap matrices `[out, in]`, row-major: what the products read as their left operand.
     fn repack(&self, w: &[f32], a: usize, b: usize, k: usize) -> Vec<f32> {
@@ -176,9 +167,9 @@ impl CustomOp3 for ImplicitGemmConv {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, bias) = (
-            f32_slice(s1, l1, "input")?,
-            f32_slice(s2, l2, "kernel")?,
-            f32_slice(s3, l3, "bias")?,
+            contiguous_f32(s1, l1, self.name())?,
+            contiguous_f32(s2, l2, self.name())?,
+            contiguous_f32(s3, l3, self.name())?,
         );
         let (batch, cin, h, wd) = l1.shape().dims4()?;
         let (a, b, k, k2) = l2.shape().dims4()?;
@@ -337,20 +328,8 @@ fn apply(
 
 #[cfg(test)]
 mod tests {
+    use crate::testing::max_abs_error;
     use candle_core::{Device, Tensor};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     fn randn(shape: &[usize]) -> Tensor {
         Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
@@ -383,7 +362,7 @@ mod tests {
                 want.dims(),
                 "{cin}→{cout} {h}×{w} k{k} s{s} p{p}"
             );
-            let err = max_diff(&got, &want);
+            let err = max_abs_error(&got, &want).unwrap();
             assert!(err < 1e-4, "{cin}→{cout} {h}×{w} k{k} s{s} p{p}: {err}");
         }
     }
@@ -396,7 +375,7 @@ mod tests {
         let wt = randn(&[4096, 8, 3, 3]);
         let got = super::conv2d(&x, &wt, None, 1, 1).unwrap();
         let want = x.conv2d(&wt, 1, 1, 1, 1).unwrap();
-        assert!(max_diff(&got, &want) < 1e-4);
+        assert!(max_abs_error(&got, &want).unwrap() < 1e-4);
     }
 
     /// The stride-1 input gradient equals candle's transposed convolution with the same kernel.
@@ -408,7 +387,10 @@ mod tests {
             let got = super::conv2d_input_grad(&g, &wt, p).unwrap();
             let want = g.conv_transpose2d(&wt, p, 0, 1, 1).unwrap();
             assert_eq!(got.dims(), &[2, cin, h, h]);
-            assert!(max_diff(&got, &want) < 1e-4, "{cin}→{cout} k{k} p{p}");
+            assert!(
+                max_abs_error(&got, &want).unwrap() < 1e-4,
+                "{cin}→{cout} k{k} p{p}"
+            );
         }
     }
 

@@ -290,6 +290,7 @@ pub fn group_norm_f32(
 
 #[cfg(test)]
 mod tests {
+    use crate::testing::max_abs_error;
     use candle_core::{Device, Tensor, D};
 
     #[test]
@@ -325,19 +326,6 @@ mod tests {
         assert!(err < 1e-5, "max difference {err}");
     }
 
-    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     #[test]
     fn exp_is_within_a_unit_of_f32_rounding() {
         let mut worst = 0f64;
@@ -363,7 +351,7 @@ mod tests {
             .exp()
             .unwrap();
         let want = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
-        assert!(max_abs(&super::softmax_last_dim_f32(&x).unwrap(), &want) < 1e-6);
+        assert!(max_abs_error(&super::softmax_last_dim_f32(&x).unwrap(), &want).unwrap() < 1e-6);
         let masked = Tensor::new(&[[0.5f32, f32::NEG_INFINITY, -0.5]], &dev).unwrap();
         let p = super::softmax_last_dim_f32(&masked)
             .unwrap()
@@ -371,7 +359,7 @@ mod tests {
             .unwrap();
         assert_eq!(p[0][1], 0.0);
         let silu = super::silu_f32(&x).unwrap();
-        assert!(max_abs(&silu, &candle_nn::ops::silu(&x).unwrap()) < 1e-5);
+        assert!(max_abs_error(&silu, &candle_nn::ops::silu(&x).unwrap()).unwrap() < 1e-5);
     }
 
     #[test]
@@ -380,6 +368,6 @@ mod tests {
         let hg = Tensor::randn(0f32, 2.0, (2, 3, 2 * 37), &dev).unwrap();
         let (h, g) = (hg.narrow(2, 0, 37).unwrap(), hg.narrow(2, 37, 37).unwrap());
         let want = (h * g.gelu_erf().unwrap()).unwrap();
-        assert!(max_abs(&super::geglu_f32(&hg).unwrap(), &want) < 2e-6);
+        assert!(max_abs_error(&super::geglu_f32(&hg).unwrap(), &want).unwrap() < 2e-6);
     }
 }

@@ -135,20 +135,8 @@ pub fn attention_f32(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<
 
 #[cfg(test)]
 mod tests {
+    use crate::testing::max_abs_error;
     use candle_core::{Device, Tensor};
-
-    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Two query blocks, the second partial, against `softmax(q kᵀ) v` over whole heads.
     #[test]
@@ -164,6 +152,6 @@ mod tests {
             .matmul(&v)
             .unwrap();
         assert_eq!(got.dims(), want.dims());
-        assert!(max_abs(&got, &want) < 1e-5);
+        assert!(max_abs_error(&got, &want).unwrap() < 1e-5);
     }
 }

@@ -31,6 +31,18 @@ pub fn shared(rel: &str) -> Option<PathBuf> {
 
 /// `max|a − b| / max|b|`: the relative error the parity tests bound (1e-4 for modules).
 pub fn rel_error(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let scale = b
+        .to_dtype(candle_core::DType::F64)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f64>()?
+        .max(1e-12);
+    Ok(max_abs_error(a, b)? / scale)
+}
+
+/// `max|a − b|` in f64, an error when the shapes differ.
+pub fn max_abs_error(a: &Tensor, b: &Tensor) -> Result<f64> {
     if a.dims() != b.dims() {
         return Err(Error::Msg(format!(
             "shapes differ: {:?} vs {:?}",
@@ -40,18 +52,11 @@ pub fn rel_error(a: &Tensor, b: &Tensor) -> Result<f64> {
     }
     let a = a.to_dtype(candle_core::DType::F64)?;
     let b = b.to_dtype(candle_core::DType::F64)?;
-    let diff = (&a - &b)?
+    Ok((&a - &b)?
         .abs()?
         .flatten_all()?
         .max(0)?
-        .to_scalar::<f64>()?;
-    let scale = b
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f64>()?
-        .max(1e-12);
-    Ok(diff / scale)
+        .to_scalar::<f64>()?)
 }
 
 /// Loads one reference safetensors file of the fixtures.
