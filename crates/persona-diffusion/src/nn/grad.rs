@@ -209,7 +209,7 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
         DType::BF16 | DType::F16 => xd.device().is_cuda(),
         _ => false,
     };
-    let value = if xd.dtype() == DType::F32 && xd.device().is_cpu() {
+    let value = if super::kernels::serves(&xd) {
         super::kernels::softmax_last_dim_f32(&xd)?
     } else if fused {
         candle_nn::ops::softmax_last_dim(&xd)?
@@ -311,7 +311,7 @@ pub fn geglu(hg: &Tensor) -> candle_core::Result<Tensor> {
             t.narrow(D::Minus1, half, half)?,
         ))
     };
-    if !(hg.dtype() == DType::F32 && hg.device().is_cpu()) {
+    if !super::kernels::serves(hg) {
         let (h, g) = halves(hg)?;
         return h * gelu_erf(&g)?;
     }

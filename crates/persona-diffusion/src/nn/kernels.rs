@@ -117,6 +117,12 @@ with_avx2!(geglu_rows(hg: &[f32], out: &mut [f32], inner: usize) {
     }
 });
 
+/// Whether the kernels of this module (and `sdpa_cpu`) serve `x`: f32 on the CPU. Other dtypes and
+/// devices keep candle's kernels.
+pub fn serves(x: &Tensor) -> bool {
+    x.dtype() == candle_core::DType::F32 && x.device().is_cpu()
+}
+
 pub(super) fn contiguous_f32<'a>(
     s: &'a CpuStorage,
     l: &Layout,

@@ -123,25 +123,17 @@ impl Conv2d {
     }
 
     fn value(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = if self.is_pointwise()? {
-            // A 1×1 convolution is a matrix product over channels; candle's im2col path would copy for nothing.
-            let (b, c, h, wd) = x.dims4()?;
-            let w = self.weight.squeeze(3)?.squeeze(2)?;
-            w.broadcast_matmul(&x.reshape((b, c, h * wd))?)?
-                .reshape((b, (), h, wd))?
-        } else {
-            return conv2d(
-                x,
-                &self.weight,
-                self.bias.as_ref(),
-                self.padding,
-                self.stride,
-            );
-        };
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-            None => Ok(y),
+        let bias = self.bias.as_ref();
+        if !self.is_pointwise()? {
+            return conv2d(x, &self.weight, bias, self.padding, self.stride);
         }
+        // A 1×1 convolution is a matrix product over channels; a convolution kernel would copy for nothing.
+        let (b, c, h, wd) = x.dims4()?;
+        let w = self.weight.squeeze(3)?.squeeze(2)?;
+        let y = w
+            .broadcast_matmul(&x.reshape((b, c, h * wd))?)?
+            .reshape((b, (), h, wd))?;
+        add_channel_bias(y, bias)
     }
 }
 
@@ -250,7 +242,11 @@ fn conv2d(
     if conv::applies(x) {
         return in_cpu_f32(x, |x| conv::conv2d(x, w, bias, stride, padding));
     }
-    let y = x.conv2d(w, padding, stride, 1, 1)?;
+    add_channel_bias(x.conv2d(w, padding, stride, 1, 1)?, bias)
+}
+
+/// `y + bias` over the channels of `[B, C, H, W]`.
+fn add_channel_bias(y: Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
         None => Ok(y),
@@ -343,7 +339,7 @@ impl Module for GroupNorm {
             per_channel(&self.bias, rank)?,
         );
         let xd = x.detach();
-        let value = if xd.dtype() == DType::F32 && xd.device().is_cpu() {
+        let value = if super::kernels::serves(&xd) {
             super::kernels::group_norm_f32(&xd, &self.weight, &self.bias, groups, eps)?
         } else {
             in_f32(&xd, |x| {
@@ -439,7 +435,7 @@ impl Module for Activation {
 /// `x·σ(x)`: on the CPU in f32 a vectorised kernel (candle's calls the scalar `expf`), with the backward
 /// `g·σ(x)·(1 + x·(1 − σ(x)))`.
 fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
-    if !(x.dtype() == DType::F32 && x.device().is_cpu()) {
+    if !super::kernels::serves(x) {
         return x.silu();
     }
     let value = super::kernels::silu_f32(&x.detach())?;

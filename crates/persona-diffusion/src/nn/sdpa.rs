@@ -6,7 +6,7 @@
 //! backward recomputes each block's probabilities from q and k (one extra `q kᵀ`, as flash attention does)
 //! and returns the gradients of exactly the operands that need one.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, D};
 
 use super::grad::{softmax_last_dim, upcast, PrecomputedValue};
 
@@ -57,7 +57,7 @@ fn heads_per_block(q: &Tensor, k: &Tensor, block: usize) -> candle_core::Result<
 }
 
 fn forward(q: &Tensor, k: &Tensor, v: &Tensor, block: usize) -> candle_core::Result<Tensor> {
-    if q.device().is_cpu() && q.dtype() == DType::F32 {
+    if super::kernels::serves(q) {
         // The CPU kernel blocks by query rows itself, with the scores of a block kept in cache.
         return super::sdpa_cpu::attention_f32(q, k, v);
     }
