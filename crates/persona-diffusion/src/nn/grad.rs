@@ -317,6 +317,9 @@ pub fn geglu(hg: &Tensor) -> candle_core::Result<Tensor> {
     }
     let value = super::kernels::geglu_f32(&hg.detach())?;
     input_grad_only(hg, value, move |hg, _, g_out| {
+        if super::kernels::serves(g_out) {
+            return super::kernels::geglu_backward_f32(hg, g_out);
+        }
         let (h, g) = halves(hg)?;
         let (cdf, pdf) = normal_cdf_pdf(&g)?;
         let dh = (g_out * g.gelu_erf()?)?;

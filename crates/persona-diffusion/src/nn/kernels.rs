@@ -2,7 +2,7 @@
 //! Forward only: on a training path their value is attached through `grad::input_grad_only`, whose backward
 //! is written separately (and checked by finite differences).
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `eˣ` in f32, within 1e-7 relative (measured 8.3e-8 over [−87, 0]), written without branches or calls so
@@ -13,7 +13,8 @@ use rayon::prelude::*;
 fn exp(x: f32) -> f32 {
     const SHIFTER: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
     let xc = x.clamp(-87.33, 88.0);
-    let n = (xc * std::f32::consts::LOG2_E + SHIFTER) - SHIFTER;
+    let shifted = xc * std::f32::consts::LOG2_E + SHIFTER;
+    let n = shifted - SHIFTER;
     let r = xc - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let mut p = 1.987_569_1e-4f32;
     for c in [
@@ -26,7 +27,14 @@ fn exp(x: f32) -> f32 {
         p = p * r + c;
     }
     let p = (p * r) * r + r + 1.0;
-    let scaled = f32::from_bits(((n as i32 + 127) as u32) << 23) * p;
+    // `shifted`'s low mantissa bits hold n + 2²² (its bits are 0x4B40_0000 + n): 2ⁿ's exponent comes from
+    // them with integer operations, which vectorise (`n as i32` is a saturating conversion, which does not).
+    let two_n = shifted
+        .to_bits()
+        .wrapping_sub(0x4B40_0000)
+        .wrapping_add(127)
+        << 23;
+    let scaled = f32::from_bits(two_n) * p;
     if x < -87.33 {
         0.0
     } else {
@@ -88,6 +96,54 @@ with_avx2!(pub(super) exp_rows(rows: &mut [f32], len: usize, inv_sums: &mut [f32
     }
 });
 
+with_avx2!(pub(super) exp_columns(t: &mut [f32], width: usize, inv_sums: &mut [f32]) {
+    // `t` is `len × width`: each column becomes `exp(x − max)`, its 1 / Σ goes to `inv_sums`. Strips of
+    // `LANES` columns, walked down the rows, keep a strip's maxima and sums in registers.
+    let mut first = 0;
+    while first + LANES <= width {
+        exp_strip::<LANES>(t, width, first, &mut inv_sums[first..first + LANES]);
+        first += LANES;
+    }
+    while first < width {
+        exp_strip::<1>(t, width, first, &mut inv_sums[first..first + 1]);
+        first += 1;
+    }
+});
+
+/// [`exp_columns`] on columns `first..first + W`.
+#[inline(always)]
+fn exp_strip<const W: usize>(t: &mut [f32], width: usize, first: usize, inv_sums: &mut [f32]) {
+    let mut m = [f32::NEG_INFINITY; W];
+    for row in t.chunks(width) {
+        let row = &row[first..first + W];
+        for j in 0..W {
+            m[j] = if row[j] > m[j] { row[j] } else { m[j] };
+        }
+    }
+    let mut s = [0f32; W];
+    for row in t.chunks_mut(width) {
+        let row = &mut row[first..first + W];
+        for j in 0..W {
+            row[j] = exp(row[j] - m[j]);
+            s[j] += row[j];
+        }
+    }
+    for (inv, s) in inv_sums.iter_mut().zip(s) {
+        *inv = 1.0 / s;
+    }
+}
+
+with_avx2!(pub(super) softmax_backward_columns(p: &mut [f32], ds: &mut [f32], width: usize, inv: &[f32], di: &[f32]) {
+    // Columns of `p` hold `exp(x − max)` (as `exp_columns` leaves them) and become the probabilities `P`;
+    // columns of `ds` hold `dP` and become `dS = P ⊙ (dP − Dᵢ)`, `Dᵢ = rowsum(dO ⊙ O)` (= Σ P ⊙ dP).
+    for (p, ds) in p.chunks_mut(width).zip(ds.chunks_mut(width)) {
+        for ((p, ds), (&inv, &di)) in p.iter_mut().zip(ds.iter_mut()).zip(inv.iter().zip(di)) {
+            *p *= inv;
+            *ds = *p * (*ds - di);
+        }
+    }
+});
+
 with_avx2!(silu_slice(x: &[f32], out: &mut [f32]) {
     for (o, &v) in out.iter_mut().zip(x) {
         *o = v / (1.0 + exp(-v));
@@ -113,6 +169,21 @@ with_avx2!(geglu_rows(hg: &[f32], out: &mut [f32], inner: usize) {
         let (h, g) = row.split_at(inner);
         for ((o, &h), &g) in o.iter_mut().zip(h).zip(g) {
             *o = h * (0.5 * g * (1.0 + erf(g * std::f32::consts::FRAC_1_SQRT_2)));
+        }
+    }
+});
+
+with_avx2!(geglu_backward_rows(hg: &[f32], grad: &[f32], out: &mut [f32], inner: usize) {
+    // Row r of `out` is `[dh, dg]`: `dh = dy · gelu(g)`, `dg = dy · h · (Φ(g) + g·φ(g))`.
+    let pdf_scale = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
+    for ((o, row), dy) in out.chunks_mut(2 * inner).zip(hg.chunks(2 * inner)).zip(grad.chunks(inner)) {
+        let (h, g) = row.split_at(inner);
+        let (dh, dg) = o.split_at_mut(inner);
+        for ((((dh, dg), &h), &g), &dy) in dh.iter_mut().zip(dg.iter_mut()).zip(h).zip(g).zip(dy) {
+            let cdf = 0.5 * (1.0 + erf(g * std::f32::consts::FRAC_1_SQRT_2));
+            let pdf = exp(-0.5 * g * g) * pdf_scale;
+            *dh = dy * g * cdf;
+            *dg = dy * h * (cdf + g * pdf);
         }
     }
 });
@@ -217,6 +288,52 @@ impl CustomOp1 for GegluF32 {
 /// pass (candle's erf GELU is scalar, and the halves are strided views).
 pub fn geglu_f32(hg: &Tensor) -> candle_core::Result<Tensor> {
     hg.contiguous()?.apply_op1_no_bwd(&GegluF32)
+}
+
+struct GegluBackwardF32;
+
+impl CustomOp2 for GegluBackwardF32 {
+    fn name(&self) -> &'static str {
+        "geglu-backward-f32"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (hg, grad) = (
+            contiguous_f32(s1, l1, self.name())?,
+            contiguous_f32(s2, l2, self.name())?,
+        );
+        let inner = l2.shape().dims().last().copied().unwrap_or(0);
+        if inner == 0
+            || hg.len() != 2 * grad.len()
+            || l1.shape().dims().last() != Some(&(2 * inner))
+        {
+            candle_core::bail!(
+                "geglu backward: input {:?} and gradient {:?} do not fit",
+                l1.shape(),
+                l2.shape()
+            )
+        }
+        let mut out = vec![0f32; hg.len()];
+        let rows = (8192 / inner).max(1);
+        out.par_chunks_mut(rows * 2 * inner)
+            .zip(hg.par_chunks(rows * 2 * inner))
+            .zip(grad.par_chunks(rows * inner))
+            .for_each(|((o, hg), g)| geglu_backward_rows(hg, g, o, inner));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// The input gradient of [`geglu_f32`] given its output's gradient `grad`, in one pass (the composite made
+/// a dozen, with a scalar erf).
+pub fn geglu_backward_f32(hg: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
+    hg.contiguous()?
+        .apply_op2_no_bwd(&grad.contiguous()?, &GegluBackwardF32)
 }
 
 /// GroupNorm with its per-channel affine in one pass per group (plus one for the statistics): each
