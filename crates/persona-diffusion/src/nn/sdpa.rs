@@ -4,7 +4,8 @@
 //! backward: at 64×64 latents that is 5 heads × 4096² floats, ~0.7 GB per self-attention layer, for each of
 //! the UNet's five such layers. Here the forward runs a few heads at a time and keeps only its output; the
 //! backward recomputes each block's probabilities from q and k (one extra `q kᵀ`, as flash attention does)
-//! and returns the gradients of exactly the operands that need one.
+//! and returns the gradients of exactly the operands that need one. In f32 on the CPU both directions run
+//! by blocks of query rows (`sdpa_cpu`); elsewhere by blocks of heads, as below.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, D};
 
