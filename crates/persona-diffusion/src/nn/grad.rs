@@ -339,6 +339,10 @@ fn normal_cdf_pdf(x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
 /// Exact (erf) GELU with an exact backward `Φ(x) + x·φ(x)`. candle's own backward rounds 1/√(2π) to six
 /// digits, a 7e-7 relative error that finite-difference checks in f64 see.
 pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
+    if super::kernels::serves(x) {
+        let value = super::kernels::gelu_f32(&x.detach())?;
+        return input_grad_only(x, value, |x, _, g| super::kernels::gelu_backward_f32(x, g));
+    }
     let value = x.detach().gelu_erf()?;
     input_grad_only(x, value, |x, _, g| {
         let dtype = x.dtype();
