@@ -167,15 +167,8 @@ fn train_step(w: &Weights, a: &ModelArgs, dev: &Device) -> Result<Timing> {
             .as_ref()
             .and_then(|m| m.kv.as_ref())
             .map(|k| k as &dyn AttentionControl);
-        let t0 = std::time::Instant::now();
         let pred = model.forward(&x, &t, &cond, control)?;
-        let t1 = std::time::Instant::now();
         let grads = mse_loss(&pred, &target)?.backward()?;
-        eprintln!(
-            "PHASE fwd {:.2} bwd {:.2}",
-            (t1 - t0).as_secs_f64(),
-            t1.elapsed().as_secs_f64()
-        );
         if grads.get(rows.as_tensor()).is_none() {
             bail!("no gradient reached the learned rows");
         }
