@@ -10,6 +10,7 @@ use candle_core::{DType, Module, Tensor, D};
 
 use super::conv;
 use super::grad::{in_f32, input_grad_only, normalized_backward, upcast};
+use super::norm_cpu::{self, Norm};
 use super::weights::Weights;
 use crate::Result;
 
@@ -340,7 +341,7 @@ impl Module for GroupNorm {
         );
         let xd = x.detach();
         let value = if super::kernels::serves(&xd) {
-            super::kernels::group_norm_f32(&xd, &self.weight, &self.bias, groups, eps)?
+            norm_cpu::group_norm_f32(&xd, &self.weight, &self.bias, groups, eps)?
         } else {
             in_f32(&xd, |x| {
                 let normed =
@@ -350,7 +351,11 @@ impl Module for GroupNorm {
                     .broadcast_add(&upcast(&beta)?)
             })?
         };
+        let weight = self.weight.clone();
         input_grad_only(x, value, move |x, _, g| {
+            if super::kernels::serves(x) && super::kernels::serves(g) {
+                return norm_cpu::norm_backward_f32(x, g, &weight, Norm::Group(groups), eps);
+            }
             let g_hat = g.broadcast_mul(&gamma)?.reshape((b, groups, ()))?;
             normalized_backward(&x.reshape((b, groups, ()))?, &g_hat, eps)?.reshape(x.shape())
         })
@@ -396,6 +401,9 @@ impl Module for LayerNorm {
         };
         let (gamma, eps) = (self.weight.clone(), self.eps);
         input_grad_only(x, value, move |x, _, g| {
+            if super::kernels::serves(x) && super::kernels::serves(g) {
+                return norm_cpu::norm_backward_f32(x, g, &gamma, Norm::Layer, eps);
+            }
             normalized_backward(x, &g.broadcast_mul(&gamma)?, eps)
         })
     }

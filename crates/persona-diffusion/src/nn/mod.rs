@@ -5,6 +5,7 @@ mod conv;
 pub mod grad;
 mod kernels;
 mod layers;
+mod norm_cpu;
 pub mod sdpa;
 mod sdpa_cpu;
 mod weights;
