@@ -448,6 +448,9 @@ fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
     }
     let value = super::kernels::silu_f32(&x.detach())?;
     input_grad_only(x, value, |x, _, g| {
+        if super::kernels::serves(g) {
+            return super::kernels::silu_backward_f32(x, g);
+        }
         let s = sigmoid(x)?;
         let slope = ((x * (1.0 - &s)?)? + 1.0)?;
         g * (s * slope)?
@@ -469,6 +472,9 @@ pub fn upsample_nearest(x: &Tensor, th: usize, tw: usize) -> candle_core::Result
     let (rows, cols) = (source(h, th), source(w, tw));
     input_grad_only(x, value, move |x, _, g| {
         let (b, c, h, w) = x.dims4()?;
+        if super::kernels::serves(g) {
+            return super::kernels::upsample_nearest_backward_f32(g, &rows, &cols, h, w);
+        }
         let dev = g.device();
         let g = g.contiguous()?;
         let summed_cols = Tensor::zeros((b, c, g.dim(2)?, w), g.dtype(), dev)?.index_add(
