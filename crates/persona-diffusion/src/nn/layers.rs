@@ -163,13 +163,13 @@ impl StridedGrad {
     }
 }
 
-/// Gradient of a convolution's input from the output gradient `g`: a transposed convolution with the same
-/// kernel. Stride 1 is a plain convolution with the flipped, channel-transposed kernel (on the CPU the
+/// Gradient of a convolution's input (of height and width `input_hw`) from the output gradient `g`: a
+/// transposed convolution with the same kernel. Stride 1 is a plain convolution with the flipped, channel-transposed kernel (on the CPU the
 /// implicit-GEMM kernel, elsewhere candle's im2col path; both much faster than candle's direct transposed
 /// convolution); larger strides as [`StridedGrad::for_device`] says.
 pub fn conv_input_grad(
     g: &Tensor,
-    x: &Tensor,
+    input_hw: (usize, usize),
     w: &Tensor,
     stride: usize,
     padding: usize,
@@ -177,7 +177,7 @@ pub fn conv_input_grad(
     conv_input_grad_with(
         StridedGrad::for_device(g.device()),
         g,
-        x,
+        input_hw,
         w,
         stride,
         padding,
@@ -188,13 +188,12 @@ pub fn conv_input_grad(
 pub fn conv_input_grad_with(
     method: StridedGrad,
     g: &Tensor,
-    x: &Tensor,
+    (h, wd): (usize, usize),
     w: &Tensor,
     stride: usize,
     padding: usize,
 ) -> candle_core::Result<Tensor> {
     let k = w.dim(2)?;
-    let (h, wd) = (x.dim(2)?, x.dim(3)?);
     if stride > 1 && method == StridedGrad::Transposed {
         // Rows/columns the strided forward skipped at the end come back as output padding; candle takes one
         // value for both dimensions, so pad by the larger and trim.
@@ -282,27 +281,60 @@ fn dilate(g: &Tensor, s: usize) -> candle_core::Result<Tensor> {
         .narrow(2, 0, (h - 1) * s + 1)
 }
 
+impl Conv2d {
+    /// The gradient of the layer's input, of height and width `input_hw`, from its output's gradient `g` (the
+    /// weights are frozen: no gradient of theirs is ever formed).
+    fn input_grad(&self, g: &Tensor, input_hw: (usize, usize)) -> candle_core::Result<Tensor> {
+        if self.is_pointwise()? {
+            let (b, co, h, wd) = g.dims4()?;
+            let wt = self.weight.squeeze(3)?.squeeze(2)?.t()?;
+            return wt
+                .broadcast_matmul(&g.reshape((b, co, h * wd))?)?
+                .reshape((b, (), h, wd));
+        }
+        conv_input_grad(g, input_hw, &self.weight, self.stride, self.padding)
+    }
+}
+
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = &to_weight_dtype(x, &self.weight)?;
         let value = self.value(&x.detach())?;
-        let (w, stride, padding, pointwise) = (
-            self.weight.clone(),
-            self.stride,
-            self.padding,
-            self.is_pointwise()?,
-        );
+        let conv = self.clone();
         input_grad_only(x, value, move |x, _, g| {
-            if pointwise {
-                let (b, co, h, wd) = g.dims4()?;
-                let wt = w.squeeze(3)?.squeeze(2)?.t()?;
-                return wt
-                    .broadcast_matmul(&g.reshape((b, co, h * wd))?)?
-                    .reshape(x.shape());
-            }
-            conv_input_grad(g, x, &w, stride, padding)
+            conv.input_grad(g, (x.dim(2)?, x.dim(3)?))
         })
     }
+}
+
+/// `conv(act(norm(x)))`, the two halves of a ResNet block, keeping only `x` for the backward. Composed of
+/// three layers, the graph would keep `norm(x)` for the activation's backward and `act(norm(x))` for the
+/// convolution's as well: two more activations of the block's full size, which is where a training step's
+/// memory goes. The backward recomputes `norm(x)` (two passes) instead. Fused for SiLU on f32 CPU tensors
+/// (with the kernels of `norm_cpu` and `kernels`); otherwise the three layers.
+pub fn norm_act_conv(
+    norm: &GroupNorm,
+    act: Activation,
+    conv: &Conv2d,
+    x: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let fused = matches!(act, Activation::Silu | Activation::Swish)
+        && super::kernels::serves(x)
+        && conv.dtype() == DType::F32
+        && norm.weight.dtype() == DType::F32;
+    if !fused {
+        return conv.forward(&act.forward(&norm.forward(x)?)?);
+    }
+    let normed =
+        |x: &Tensor| norm_cpu::group_norm_f32(x, &norm.weight, &norm.bias, norm.groups, norm.eps);
+    let value = conv.value(&super::kernels::silu_f32(&normed(&x.detach())?)?)?;
+    let (norm, conv) = (norm.clone(), conv.clone());
+    input_grad_only(x, value, move |x, _, g| {
+        let d_act = conv.input_grad(g, (x.dim(2)?, x.dim(3)?))?;
+        let y = norm_cpu::group_norm_f32(x, &norm.weight, &norm.bias, norm.groups, norm.eps)?;
+        let d_norm = super::kernels::silu_backward_f32(&y, &d_act)?;
+        norm_cpu::norm_backward_f32(x, &d_norm, &norm.weight, Norm::Group(norm.groups), norm.eps)
+    })
 }
 
 /// GroupNorm over NCHW (or any `[B, C, …]`) with an affine per channel.

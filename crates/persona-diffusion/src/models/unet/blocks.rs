@@ -6,7 +6,8 @@ use candle_core::{Module, Tensor};
 use super::transformer::{Transformer2D, TransformerOptions};
 use crate::nn::grad::{add, cat2};
 use crate::nn::{
-    upsample_nearest, Activation, AttentionControl, Condition, Conv2d, GroupNorm, Linear, Weights,
+    norm_act_conv, upsample_nearest, Activation, AttentionControl, Condition, Conv2d, GroupNorm,
+    Linear, Weights,
 };
 use crate::Result;
 
@@ -54,16 +55,12 @@ impl ResnetBlock2D {
     }
 
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let mut h = self
-            .conv1
-            .forward(&self.act.forward(&self.norm1.forward(x)?)?)?;
+        let mut h = norm_act_conv(&self.norm1, self.act, &self.conv1, x)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(&self.act.forward(temb)?)?;
             h = add(&h, &t.unsqueeze(2)?.unsqueeze(3)?)?;
         }
-        let h = self
-            .conv2
-            .forward(&self.act.forward(&self.norm2.forward(&h)?)?)?;
+        let h = norm_act_conv(&self.norm2, self.act, &self.conv2, &h)?;
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
