@@ -61,17 +61,39 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// The gradient of the layer's input from its output's gradient `g` (the weight is frozen).
+    fn input_grad(&self, g: &Tensor) -> candle_core::Result<Tensor> {
+        let mut dims = g.dims().to_vec();
+        let out = dims.pop().unwrap_or(1);
+        let rows = g.elem_count() / out.max(1);
+        dims.push(self.weight.dim(1)?);
+        g.reshape((rows, out))?.matmul(&self.weight)?.reshape(dims)
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = &to_weight_dtype(x, &self.weight)?;
         let value = self.value(&x.detach())?;
-        let w = self.weight.clone();
-        input_grad_only(x, value, move |x, _, g| {
-            let out = g.dim(D::Minus1)?;
-            let rows = g.elem_count() / out;
-            g.reshape((rows, out))?.matmul(&w)?.reshape(x.shape())
-        })
+        let layer = self.clone();
+        input_grad_only(x, value, move |_, _, g| layer.input_grad(g))
     }
+}
+
+/// `out(h · gelu(g))` with `[h, g]` the halves of `hg`, a GEGLU feed-forward's second half, keeping only `hg`
+/// for the backward: as two layers the graph would also keep the GEGLU's output, half `hg`'s size, for the
+/// linear layer (which needs it only to form its weight's gradient, never wanted here). f32 on the CPU, where
+/// both halves have kernels; otherwise the two layers.
+pub fn geglu_linear(hg: &Tensor, out: &Linear) -> candle_core::Result<Tensor> {
+    if !(super::kernels::serves(hg) && out.weight.dtype() == DType::F32) {
+        return out.forward(&super::grad::geglu(hg)?);
+    }
+    let value = out.value(&super::kernels::geglu_f32(&hg.detach())?)?;
+    let out = out.clone();
+    input_grad_only(hg, value, move |hg, _, g| {
+        super::kernels::geglu_backward_f32(hg, &out.input_grad(g)?)
+    })
 }
 
 /// `x` in the dtype of the layer's weight: what enters a reduced-precision model (latents, a learned

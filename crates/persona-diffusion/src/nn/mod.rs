@@ -13,7 +13,7 @@ mod weights;
 pub use attention::{attend, Attention, AttentionControl, Condition, LayerId};
 pub use grad::softmax_last_dim;
 pub use layers::{
-    conv_input_grad, conv_input_grad_with, norm_act_conv, sigmoid, upsample_nearest, Activation,
-    Conv2d, GroupNorm, LayerNorm, Linear, StridedGrad,
+    conv_input_grad, conv_input_grad_with, geglu_linear, norm_act_conv, sigmoid, upsample_nearest,
+    Activation, Conv2d, GroupNorm, LayerNorm, Linear, StridedGrad,
 };
 pub use weights::{all_finite, read_json, Weights};

@@ -14,8 +14,8 @@ use super::grad_count;
 use crate::nn::grad::{add, cat2, matmul, mse_loss, place_rows, softmax_last_dim};
 use crate::nn::sdpa::sdpa_blocked;
 use crate::nn::{
-    conv_input_grad_with, norm_act_conv, upsample_nearest, Activation, Conv2d, GroupNorm,
-    LayerNorm, Linear, StridedGrad, Weights,
+    conv_input_grad_with, geglu_linear, norm_act_conv, upsample_nearest, Activation, Conv2d,
+    GroupNorm, LayerNorm, Linear, StridedGrad, Weights,
 };
 use crate::Result;
 
@@ -98,6 +98,13 @@ fn blocks(device: &Device, dtype: DType) -> Result<Vec<(String, Vec<usize>, Bloc
         Box::new(|x| upsample_nearest(x, 7, 9)),
     );
     push("geglu", &[2, 3, 8], Box::new(crate::nn::grad::geglu));
+    // A feed-forward's second half; in f32 on the CPU one op that keeps only its input for the backward.
+    let l = Linear::load(&w.pp("ff"), 4, 3, true)?;
+    push(
+        "geglu → linear",
+        &[2, 3, 8],
+        Box::new(move |x| geglu_linear(x, &l)),
+    );
     for a in [Activation::Gelu, Activation::QuickGelu, Activation::Silu] {
         push(&format!("{a:?}"), &[3, 4], Box::new(move |x| a.forward(x)));
     }

@@ -5,7 +5,8 @@ use candle_core::{Module, Tensor};
 
 use crate::nn::grad::add;
 use crate::nn::{
-    Attention, AttentionControl, Condition, Conv2d, GroupNorm, LayerId, LayerNorm, Linear, Weights,
+    geglu_linear, Attention, AttentionControl, Condition, Conv2d, GroupNorm, LayerId, LayerNorm,
+    Linear, Weights,
 };
 use crate::Result;
 
@@ -25,8 +26,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let hg = self.proj.forward(x)?;
-        Ok(self.out.forward(&crate::nn::grad::geglu(&hg)?)?)
+        Ok(geglu_linear(&self.proj.forward(x)?, &self.out)?)
     }
 }
 
