@@ -186,9 +186,9 @@ impl StridedGrad {
 }
 
 /// Gradient of a convolution's input (of height and width `input_hw`) from the output gradient `g`: a
-/// transposed convolution with the same kernel. Stride 1 is a plain convolution with the flipped, channel-transposed kernel (on the CPU the
-/// implicit-GEMM kernel, elsewhere candle's im2col path; both much faster than candle's direct transposed
-/// convolution); larger strides as [`StridedGrad::for_device`] says.
+/// transposed convolution with the same kernel. Stride 1 is a plain convolution with the flipped,
+/// channel-transposed kernel (on the CPU the implicit-GEMM kernel, elsewhere candle's im2col path; both much
+/// faster than candle's direct transposed convolution); larger strides as [`StridedGrad::for_device`] says.
 pub fn conv_input_grad(
     g: &Tensor,
     input_hw: (usize, usize),
@@ -347,14 +347,11 @@ pub fn norm_act_conv(
     if !fused {
         return conv.forward(&act.forward(&norm.forward(x)?)?);
     }
-    let normed =
-        |x: &Tensor| norm_cpu::group_norm_f32(x, &norm.weight, &norm.bias, norm.groups, norm.eps);
-    let value = conv.value(&super::kernels::silu_f32(&normed(&x.detach())?)?)?;
+    let value = conv.value(&super::kernels::silu_f32(&norm.value_f32(&x.detach())?)?)?;
     let (norm, conv) = (norm.clone(), conv.clone());
     input_grad_only(x, value, move |x, _, g| {
         let d_act = conv.input_grad(g, (x.dim(2)?, x.dim(3)?))?;
-        let y = norm_cpu::group_norm_f32(x, &norm.weight, &norm.bias, norm.groups, norm.eps)?;
-        let d_norm = super::kernels::silu_backward_f32(&y, &d_act)?;
+        let d_norm = super::kernels::silu_backward_f32(&norm.value_f32(x)?, &d_act)?;
         norm_cpu::norm_backward_f32(x, &d_norm, &norm.weight, Norm::Group(norm.groups), norm.eps)
     })
 }
@@ -379,6 +376,13 @@ impl GroupNorm {
     }
 }
 
+impl GroupNorm {
+    /// The value of an f32 CPU `x`, by the kernel of `norm_cpu`.
+    fn value_f32(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        norm_cpu::group_norm_f32(x, &self.weight, &self.bias, self.groups, self.eps)
+    }
+}
+
 /// `[C]` → `[1, C, 1, …]` so a per-channel vector broadcasts over `[B, C, …]`.
 fn per_channel(v: &Tensor, rank: usize) -> candle_core::Result<Tensor> {
     let mut shape = vec![1, v.dim(0)?];
@@ -395,7 +399,7 @@ impl Module for GroupNorm {
         );
         let xd = x.detach();
         let value = if super::kernels::serves(&xd) {
-            norm_cpu::group_norm_f32(&xd, &self.weight, &self.bias, groups, eps)?
+            self.value_f32(&xd)?
         } else {
             in_f32(&xd, |x| {
                 let normed =
