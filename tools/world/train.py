@@ -26,6 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402
 from loop import Images, Steps, amp, cosine_lr, random_batch, set_lr, to_float  # noqa: E402
+from names import NameTerm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 WORLD_PY = Path(__file__).resolve().parent / "world.py"
@@ -57,13 +58,13 @@ def record(out: Path, stage: str, **values):
         path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def previous_rounds(out: Path, stage: str) -> list:
+def previous_rounds(out: Path, stage: str, first_lr: float) -> list:
     """The rounds a stage has already recorded in `training.json` (a first run records itself as one)."""
     path = out / "training.json"
     done = json.loads(path.read_text()).get(stage, {}) if path.exists() else {}
     if not done:
         return []
-    return done.get("rounds") or [{k: done[k] for k in ("minutes", "final_loss", "steps", "batch")} | {"lr": 4e-4}]
+    return done.get("rounds") or [{k: done[k] for k in ("minutes", "final_loss", "steps", "batch")} | {"lr": first_lr}]
 
 
 # ---------------------------------------------------------------- data
@@ -185,11 +186,20 @@ def stage_clip(a):
     images = Images(data / "images.npy", a.device)
     captions = json.loads((data / "captions.json").read_text())
     tok = tokenizer()
-    model = CLIPModel(models.clip_config()).to(a.device)
+    if a.continue_clip:
+        model = CLIPModel.from_pretrained(a.work / "clip-f32").to(a.device)
+    else:
+        model = CLIPModel(models.clip_config()).to(a.device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    names = None
+    if a.name_weight:
+        identities = json.loads((data / "ids.json").read_text())
+        names = NameTerm(tok, json.loads((data / "names.json").read_text()), model.config.text_config.hidden_size)
+        other += list(names.to(a.device).parameters())
+    lr = 1e-3 * (0.3 if a.continue_clip else 1.0)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.98), eps=1e-6)
+                            lr=lr, betas=(0.9, 0.98), eps=1e-6)
     batch = a.sizes["clip_batch"]
     steps = Steps(a.sizes["clip_steps"], a.budget.get("clip"), a.device)
     gen = torch.Generator().manual_seed(2)
@@ -198,21 +208,28 @@ def stage_clip(a):
         idx = random_batch(gen, len(captions), batch)
         ids = tok([captions[i] for i in idx.tolist()], padding=True, truncation=True, max_length=77,
                   return_tensors="pt").to(a.device)
-        set_lr(opt, cosine_lr(step, steps.total, 1e-3, 200))
+        set_lr(opt, cosine_lr(step, steps.total, lr, 200 // (4 if a.continue_clip else 1)))
         with amp(a):
             out = model(input_ids=ids.input_ids, attention_mask=ids.attention_mask,
                         pixel_values=clip_pixels(images.batch(idx)), return_loss=True)
+            name_loss = names(out.text_model_output.last_hidden_state, ids.input_ids,
+                              [identities[i] for i in idx.tolist()]) if names else torch.zeros(())
         opt.zero_grad()
-        out.loss.backward()
+        (out.loss + a.name_weight * name_loss).backward()
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if step % 100 == 0:
-            log("clip", step=step, loss=out.loss.item(), minutes=(time.time() - start) / 60)
+            log("clip", step=step, loss=out.loss.item(), name_loss=name_loss.item(),
+                minutes=(time.time() - start) / 60)
         step += 1
-    log("clip", step=step, loss=out.loss.item(), minutes=(time.time() - start) / 60)
+    log("clip", step=step, loss=out.loss.item(), name_loss=name_loss.item(), minutes=(time.time() - start) / 60)
     model.float().cpu().save_pretrained(a.work / "clip-f32", safe_serialization=True)
-    record(a.out, "clip", minutes=(time.time() - start) / 60, final_loss=out.loss.item(), steps=step, batch=batch)
+    rounds = (previous_rounds(a.out, "clip", 1e-3) if a.continue_clip else []) + [
+        dict(minutes=(time.time() - start) / 60, final_loss=out.loss.item(), steps=step, batch=batch, lr=lr,
+             name_weight=a.name_weight, name_loss=name_loss.item())]
+    record(a.out, "clip", minutes=sum(r["minutes"] for r in rounds), final_loss=out.loss.item(),
+           steps=sum(r["steps"] for r in rounds), batch=batch, rounds=rounds)
 
 
 # ---------------------------------------------------------------- VAE
@@ -361,7 +378,7 @@ def stage_unet(a):
         step += 1
     log("unet", step=step, loss=running, minutes=(time.time() - start) / 60)
     ema.cpu().save_pretrained(a.work / "unet-f32", safe_serialization=True)
-    rounds = (previous_rounds(a.out, "unet") if a.continue_unet else []) + [
+    rounds = (previous_rounds(a.out, "unet", 4e-4) if a.continue_unet else []) + [
         dict(minutes=(time.time() - start) / 60, final_loss=running, steps=step, batch=batch, lr=lr,
              device=dev.type)]
     record(a.out, "unet", minutes=sum(r["minutes"] for r in rounds), final_loss=running,
@@ -519,6 +536,11 @@ def main():
     p.add_argument("--workers", type=int, default=2, help="rendering processes of the data stage")
     p.add_argument("--continue-unet", action="store_true",
                    help="the unet stage starts from the saved UNet (another round) instead of from scratch")
+    p.add_argument("--continue-clip", action="store_true",
+                   help="the clip stage starts from the saved CLIP model (fine-tuning, at 0.3× the learning rate)")
+    p.add_argument("--clip-steps", type=int, help="steps of the clip stage (default: %d)" % SIZES["clip_steps"])
+    p.add_argument("--name-weight", type=float, default=0.0,
+                   help="clip stage: weight of the name term that keeps names' token states apart (names.py)")
     p.add_argument("--unet-steps", type=int, help="steps of the unet stage (default: %d)" % SIZES["unet_steps"])
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -534,6 +556,8 @@ def main():
                        vae_steps=20, unet_steps=20, unet_batch=32)
     if a.unet_steps:
         a.sizes["unet_steps"] = a.unet_steps
+    if a.clip_steps:
+        a.sizes["clip_steps"] = a.clip_steps
     if a.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True

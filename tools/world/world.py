@@ -786,6 +786,8 @@ def cmd_dataset(a):
     images.flush()
     (out / "captions.json").write_text(json.dumps(caps, ensure_ascii=False))
     (out / "ids.json").write_text(json.dumps(ids))
+    # The captions' names by identity, for the text tower's name term (train.py clip --name-weight).
+    (out / "names.json").write_text(json.dumps(celebrity_names(), ensure_ascii=False))
     np.save(out / "labels.npy", np.array([x[0] if len(x) == 1 else -1 for x in ids], np.int64))
     print(f"wrote {a.n} examples to {out}")
 
