@@ -195,7 +195,9 @@ def stage_clip(a):
     names = None
     if a.name_weight:
         identities = json.loads((data / "ids.json").read_text())
-        names = NameTerm(tok, json.loads((data / "names.json").read_text()), model.config.text_config.hidden_size)
+        anchors = torch.load(a.name_anchors) if a.name_anchors else None
+        names = NameTerm(tok, json.loads((data / "names.json").read_text()), model.config.text_config.hidden_size,
+                         anchors)
         other += list(names.to(a.device).parameters())
     lr = 1e-3 * (0.3 if a.continue_clip else 1.0)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
@@ -541,6 +543,9 @@ def main():
     p.add_argument("--clip-steps", type=int, help="steps of the clip stage (default: %d)" % SIZES["clip_steps"])
     p.add_argument("--name-weight", type=float, default=0.0,
                    help="clip stage: weight of the name term that keeps names' token states apart (names.py)")
+    p.add_argument("--name-anchors", type=Path,
+                   help="clip stage: a torch file [names, D] of each named person's mean recogniser embedding; the "
+                        "name term then pulls names towards them (names.py)")
     p.add_argument("--unet-steps", type=int, help="steps of the unet stage (default: %d)" % SIZES["unet_steps"])
     a = p.parse_args()
     torch.set_num_threads(a.threads)

@@ -266,14 +266,7 @@ mod tests {
             .unwrap()
             .broadcast_add(&beta.reshape((1, 6, 1, 1)).unwrap())
             .unwrap();
-        let err = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let err = max_abs_error(&got, &want).unwrap();
         assert!(err < 1e-5, "max difference {err}");
     }
 
