@@ -240,6 +240,15 @@ pub(super) fn contiguous_f32<'a>(
     Ok(&data[start..end])
 }
 
+/// [`contiguous_f32`] of a two-input op's operands.
+pub(super) fn contiguous_f32_pair<'a>(
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    op: &str,
+) -> candle_core::Result<(&'a [f32], &'a [f32])> {
+    Ok((contiguous_f32(s1, l1, op)?, contiguous_f32(s2, l2, op)?))
+}
+
 struct SoftmaxF32;
 
 impl CustomOp1 for SoftmaxF32 {
@@ -295,9 +304,21 @@ impl CustomOp1 for ElementwiseF32 {
     }
 }
 
+impl ElementwiseF32 {
+    fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(&self)
+    }
+}
+
 struct GradientF32 {
     name: &'static str,
     map: fn(&[f32], &[f32], &mut [f32]),
+}
+
+impl GradientF32 {
+    fn apply(self, x: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
+        x.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &self)
+    }
 }
 
 impl CustomOp2 for GradientF32 {
@@ -312,10 +333,7 @@ impl CustomOp2 for GradientF32 {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, g) = (
-            contiguous_f32(s1, l1, self.name)?,
-            contiguous_f32(s2, l2, self.name)?,
-        );
+        let (x, g) = contiguous_f32_pair((s1, l1), (s2, l2), self.name)?;
         if l1.shape() != l2.shape() {
             candle_core::bail!(
                 "{}: input {:?} and gradient {:?} differ",
@@ -335,40 +353,40 @@ impl CustomOp2 for GradientF32 {
 
 /// `x·σ(x)` of an f32 CPU tensor.
 pub fn silu_f32(x: &Tensor) -> candle_core::Result<Tensor> {
-    let op = ElementwiseF32 {
+    ElementwiseF32 {
         name: "silu-f32",
         map: silu_slice,
-    };
-    x.contiguous()?.apply_op1_no_bwd(&op)
+    }
+    .apply(x)
 }
 
 /// The input gradient of [`silu_f32`], `grad · σ(x) · (1 + x·(1 − σ(x)))`, in one pass (the composite made
 /// ten, one of them with libm's scalar `expf`).
 pub fn silu_backward_f32(x: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
-    let op = GradientF32 {
+    GradientF32 {
         name: "silu-backward-f32",
         map: silu_backward_slice,
-    };
-    x.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &op)
+    }
+    .apply(x, grad)
 }
 
 /// Exact (erf) GELU `x·Φ(x)` of an f32 CPU tensor, with PyTorch's vectorised erf (candle's is scalar and
 /// single-threaded: a tenth of SD 2.x's text-encoder forward).
 pub fn gelu_f32(x: &Tensor) -> candle_core::Result<Tensor> {
-    let op = ElementwiseF32 {
+    ElementwiseF32 {
         name: "gelu-f32",
         map: gelu_slice,
-    };
-    x.contiguous()?.apply_op1_no_bwd(&op)
+    }
+    .apply(x)
 }
 
 /// The input gradient of [`gelu_f32`], `grad · (Φ(x) + x·φ(x))`, in one pass.
 pub fn gelu_backward_f32(x: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
-    let op = GradientF32 {
+    GradientF32 {
         name: "gelu-backward-f32",
         map: gelu_backward_slice,
-    };
-    x.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &op)
+    }
+    .apply(x, grad)
 }
 
 /// The input gradient of a nearest-neighbour resize: each source pixel sums the gradient of its copies, given
@@ -475,10 +493,7 @@ impl CustomOp2 for GegluBackwardF32 {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (hg, grad) = (
-            contiguous_f32(s1, l1, self.name())?,
-            contiguous_f32(s2, l2, self.name())?,
-        );
+        let (hg, grad) = contiguous_f32_pair((s1, l1), (s2, l2), self.name())?;
         let inner = l2.shape().dims().last().copied().unwrap_or(0);
         if inner == 0
             || hg.len() != 2 * grad.len()

@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernels::{contiguous_f32, with_avx2, LANES};
+use super::kernels::{contiguous_f32, contiguous_f32_pair, with_avx2, LANES};
 
 /// GroupNorm with its per-channel affine in one pass per group (plus one for the statistics): each
 /// (sample, group) block of an NCHW tensor is contiguous, so the blocks are normalised in parallel.
@@ -138,10 +138,7 @@ impl CustomOp2 for NormBackwardF32 {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, g) = (
-            contiguous_f32(s1, l1, self.name())?,
-            contiguous_f32(s2, l2, self.name())?,
-        );
+        let (x, g) = contiguous_f32_pair((s1, l1), (s2, l2), self.name())?;
         let (block, inner) = (self.block, self.inner);
         let runs = block.checked_div(inner).unwrap_or(0);
         if l1.shape() != l2.shape()
