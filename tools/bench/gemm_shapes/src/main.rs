@@ -2,6 +2,11 @@
 //! shapes: `cargo run --release -- /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0`
 //! (`THREADS`, default 2; set the library's own thread count to match).
 use std::time::Instant;
+
+/// CBLAS's enum values: row-major storage, operands not transposed.
+const CBLAS_ROW_MAJOR: i32 = 101;
+const CBLAS_NO_TRANS: i32 = 111;
+
 type Sgemm = unsafe extern "C" fn(
     i32,
     i32,
@@ -94,9 +99,9 @@ fn main() {
             time(
                 || unsafe {
                     f(
-                        101,
-                        111,
-                        111,
+                        CBLAS_ROW_MAJOR,
+                        CBLAS_NO_TRANS,
+                        CBLAS_NO_TRANS,
                         m as i32,
                         n as i32,
                         k as i32,
