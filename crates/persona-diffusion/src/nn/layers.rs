@@ -9,6 +9,7 @@
 use candle_core::{DType, Module, Tensor, D};
 
 use super::conv;
+use super::few_rows;
 use super::grad::{in_f32, input_grad_only, normalized_backward, upcast};
 use super::norm_cpu::{self, Norm};
 use super::weights::Weights;
@@ -43,25 +44,23 @@ impl Linear {
 
 impl Linear {
     fn value(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = match x.dims() {
-            [b1, b2, m, k] => x
-                .reshape((b1 * b2 * m, *k))?
-                .matmul(&self.weight.t()?)?
-                .reshape((*b1, *b2, *m, ()))?,
-            [b, m, k] => x
-                .reshape((b * m, *k))?
-                .matmul(&self.weight.t()?)?
-                .reshape((*b, *m, ()))?,
-            _ => x.matmul(&self.weight.t()?)?,
+        let k = x.dim(D::Minus1)?;
+        let rows = x.reshape((x.elem_count() / k.max(1), k))?;
+        let y = if few_rows::applies(&rows, &self.weight) {
+            few_rows::linear(&rows, &self.weight, self.bias.as_ref())?
+        } else {
+            let y = rows.matmul(&self.weight.t()?)?;
+            match &self.bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
         };
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
+        let mut dims = x.dims().to_vec();
+        dims.pop();
+        dims.push(self.weight.dim(0)?);
+        y.reshape(dims)
     }
-}
 
-impl Linear {
     /// The gradient of the layer's input from its output's gradient `g` (the weight is frozen).
     fn input_grad(&self, g: &Tensor) -> candle_core::Result<Tensor> {
         let mut dims = g.dims().to_vec();

@@ -2,6 +2,7 @@
 
 mod attention;
 mod conv;
+mod few_rows;
 pub mod grad;
 mod kernels;
 mod layers;
