@@ -17,6 +17,12 @@
 //!
 //! The same op computes a stride-1 convolution's input gradient: the kernel flipped in both spatial
 //! dimensions with its channel axes swapped, read that way while it is repacked (no flipped copy).
+//!
+//! The products read tap t's `[out, in]` matrix from a `[out, k², in]` layout. A kernel stored that way
+//! ([`tap_major`], what `Conv2d` keeps on the CPU, seen by everything else as an ordinary `[out, in, k, k]`
+//! tensor with other strides) is read in place, by the forward and, with its strides swapped, by the input
+//! gradient; any other kernel is repacked per call. The repack reads and writes the whole kernel, 59 MB for
+//! SD's 1 280-channel convolutions, as long as the products themselves take at 8² latents.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use gemm::Parallelism;
@@ -147,6 +153,52 @@ struct ImplicitGemmConv {
     kernel: Kernel,
 }
 
+/// The left operands of the k² products: tap t's `[out, in]` matrix starts at `first + t · step` in `data`,
+/// with column stride `cs` and row stride `rs`.
+struct Taps<'a> {
+    data: &'a [f32],
+    first: usize,
+    step: isize,
+    cs: isize,
+    rs: isize,
+}
+
+impl Taps<'_> {
+    /// A `[rows, k², cols]` buffer, taps in order: the repacked kernel, or a tap-major one read forwards.
+    fn in_order(data: &[f32], k: usize, cols: usize) -> Taps<'_> {
+        Taps {
+            data,
+            first: 0,
+            step: cols as isize,
+            cs: 1,
+            rs: (k * k * cols) as isize,
+        }
+    }
+
+    fn tap(&self, t: usize) -> *const f32 {
+        // `first + t·step` lies inside `data` for every tap t < k² (what each constructor sets up).
+        self.data[self.first..]
+            .as_ptr()
+            .wrapping_offset(t as isize * self.step)
+    }
+}
+
+/// `w` (`[out, in, k, k]`) stored as `[out, k, k, in]` and viewed again as `[out, in, k, k]`: the layout
+/// the products read in place. Same values, same shape; other ops read it through its strides.
+pub fn tap_major(w: &Tensor) -> candle_core::Result<Tensor> {
+    w.permute((0, 2, 3, 1))?.contiguous()?.permute((0, 3, 1, 2))
+}
+
+/// Whether `l` is a [`tap_major`] view of a `[a, b, k, k]` kernel.
+fn is_tap_major(l: &Layout) -> bool {
+    match (l.shape().dims(), l.stride()) {
+        (&[_, b, k, k2], &[s0, s1, s2, s3]) => {
+            k == k2 && s0 == k * k * b && s1 == 1 && s2 == k * b && s3 == b
+        }
+        _ => false,
+    }
+}
+
 impl ImplicitGemmConv {
     /// The kernel as `[out, k², in]`: tap t's matrix `[out, in]` starts at `t · in` with row stride
     /// `k² · in`, what the products read as their left operand. One task per output channel reads its
@@ -201,9 +253,8 @@ impl CustomOp3 for ImplicitGemmConv {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w, bias) = (
+        let (x, bias) = (
             contiguous_f32(s1, l1, self.name())?,
-            contiguous_f32(s2, l2, self.name())?,
             contiguous_f32(s3, l3, self.name())?,
         );
         let (batch, cin, h, wd) = l1.shape().dims4()?;
@@ -220,7 +271,27 @@ impl CustomOp3 for ImplicitGemmConv {
             )
         }
         let geo = Geometry::new(batch, (h, wd), k, self.stride, self.padding)?;
-        let taps = self.repack(w, a, b, k);
+        let repacked;
+        let taps = if is_tap_major(l2) {
+            let CpuStorage::F32(w) = s2 else {
+                candle_core::bail!("{}: f32 kernel expected", self.name())
+            };
+            let w = &w[l2.start_offset()..][..a * b * k * k];
+            match self.kernel {
+                Kernel::AsIs => Taps::in_order(w, k, b),
+                // Tap t is the stored tap k² − 1 − t, transposed: rows `b` apart by one, columns by k²·b.
+                Kernel::FlippedTransposed => Taps {
+                    data: w,
+                    first: (k * k - 1) * b,
+                    step: -(b as isize),
+                    cs: (k * k * b) as isize,
+                    rs: 1,
+                },
+            }
+        } else {
+            repacked = self.repack(contiguous_f32(s2, l2, self.name())?, a, b, k);
+            Taps::in_order(&repacked, k, kin)
+        };
         let mut phases = vec![0f32; self.stride * self.stride * cin * geo.channel()];
         geo.fill_phases(x, cin, &mut phases);
         let mut full = vec![0f32; cout * geo.channel()];
@@ -243,13 +314,13 @@ impl CustomOp3 for ImplicitGemmConv {
     }
 }
 
-/// `full[o, col] = Σ_t Σ_i taps[o, t, i] · phase(t)[i, col + offset(t)]`: the k² accumulated products.
+/// `full[o, col] = Σ_t Σ_i tap(t)[o, i] · phase(t)[i, col + offset(t)]`: the k² accumulated products.
 ///
 /// A large output is cut into column blocks of ~4 MiB, one per thread at a time (each block's nine
 /// accumulations stay in cache); a small one runs as a whole, with the `gemm` crate's own threading.
 fn products(
     geo: &Geometry,
-    taps: &[f32],
+    taps: &Taps,
     phases: &[f32],
     cin: usize,
     cout: usize,
@@ -268,8 +339,9 @@ fn products(
             // SAFETY: `full` is `cout × row`, columns `first..first + cols` lie within its first `n`, and
             // calls running at once get disjoint column blocks. Each tap's right operand is `cin` rows one
             // channel apart, columns `0..cols` from `offset + first`; `Geometry::columns` keeps the last
-            // row's window inside its channel, so every read is inside `phases`. Tap t's left operand
-            // (`cout` rows k²·cin apart, `cin` columns from t·cin) lies inside `taps` (`[cout, k², cin]`).
+            // row's window inside its channel, so every read is inside `phases`. Tap t's left operand,
+            // `cout` rows and `cin` columns with `taps`' strides from `taps.tap(t)`, lies inside its
+            // `[cout, k², cin]` or transposed tap-major kernel.
             unsafe {
                 gemm::gemm(
                     cout,
@@ -279,9 +351,9 @@ fn products(
                     1,
                     row,
                     t > 0,
-                    taps[t * cin..].as_ptr(),
-                    1,
-                    (geo.k * geo.k * cin) as isize,
+                    taps.tap(t),
+                    taps.cs,
+                    taps.rs,
                     rhs.as_ptr(),
                     1,
                     row,
@@ -356,8 +428,13 @@ fn apply(
         Some(b) => b.to_dtype(DType::F32)?.contiguous()?,
         None => Tensor::zeros(out_channels, DType::F32, x.device())?,
     };
-    x.contiguous()?
-        .apply_op3_no_bwd(&w.to_dtype(DType::F32)?.contiguous()?, &bias, &op)
+    let w = w.to_dtype(DType::F32)?;
+    let w = if is_tap_major(w.layout()) {
+        w
+    } else {
+        w.contiguous()?
+    };
+    x.contiguous()?.apply_op3_no_bwd(&w, &bias, &op)
 }
 
 #[cfg(test)]
@@ -369,8 +446,9 @@ mod tests {
         Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
     }
 
-    /// Every geometry the models use (3×3 at stride 1 and 2, padding 0 and 1, odd sizes, 1×1), against
-    /// candle's im2col convolution plus the bias.
+    /// Every geometry the models use (3×3 at stride 1 and 2, padding 0 and 1, odd sizes, 1×1), with the
+    /// kernel repacked and read in place ([`super::tap_major`]), against candle's im2col convolution plus
+    /// the bias.
     #[test]
     fn implicit_gemm_matches_candle() {
         for &(cin, cout, h, w, k, s, p) in &[
@@ -385,19 +463,21 @@ mod tests {
             let x = randn(&[2, cin, h, w]);
             let wt = randn(&[cout, cin, k, k]);
             let bias = randn(&[cout]);
-            let got = super::conv2d(&x, &wt, Some(&bias), s, p).unwrap();
             let want = x
                 .conv2d(&wt, p, s, 1, 1)
                 .unwrap()
                 .broadcast_add(&bias.reshape((1, cout, 1, 1)).unwrap())
                 .unwrap();
-            assert_eq!(
-                got.dims(),
-                want.dims(),
-                "{cin}→{cout} {h}×{w} k{k} s{s} p{p}"
-            );
-            let err = max_abs_error(&got, &want).unwrap();
-            assert!(err < 1e-4, "{cin}→{cout} {h}×{w} k{k} s{s} p{p}: {err}");
+            for wt in [wt.clone(), super::tap_major(&wt).unwrap()] {
+                let got = super::conv2d(&x, &wt, Some(&bias), s, p).unwrap();
+                assert_eq!(
+                    got.dims(),
+                    want.dims(),
+                    "{cin}→{cout} {h}×{w} k{k} s{s} p{p}"
+                );
+                let err = max_abs_error(&got, &want).unwrap();
+                assert!(err < 1e-4, "{cin}→{cout} {h}×{w} k{k} s{s} p{p}: {err}");
+            }
         }
     }
 
@@ -412,19 +492,22 @@ mod tests {
         assert!(max_abs_error(&got, &want).unwrap() < 1e-4);
     }
 
-    /// The stride-1 input gradient equals candle's transposed convolution with the same kernel.
+    /// The stride-1 input gradient equals candle's transposed convolution with the same kernel, repacked or
+    /// read in place.
     #[test]
     fn input_grad_matches_the_transposed_convolution() {
         for &(cin, cout, h, k, p) in &[(3, 5, 8, 3, 1), (4, 2, 7, 3, 0), (2, 3, 6, 1, 0)] {
             let g = randn(&[2, cout, h + 2 * p + 1 - k, h + 2 * p + 1 - k]);
             let wt = randn(&[cout, cin, k, k]);
-            let got = super::conv2d_input_grad(&g, &wt, p).unwrap();
             let want = g.conv_transpose2d(&wt, p, 0, 1, 1).unwrap();
-            assert_eq!(got.dims(), &[2, cin, h, h]);
-            assert!(
-                max_abs_error(&got, &want).unwrap() < 1e-4,
-                "{cin}→{cout} k{k} p{p}"
-            );
+            for wt in [wt.clone(), super::tap_major(&wt).unwrap()] {
+                let got = super::conv2d_input_grad(&g, &wt, p).unwrap();
+                assert_eq!(got.dims(), &[2, cin, h, h]);
+                assert!(
+                    max_abs_error(&got, &want).unwrap() < 1e-4,
+                    "{cin}→{cout} k{k} p{p}"
+                );
+            }
         }
     }
 

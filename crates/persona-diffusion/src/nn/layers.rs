@@ -124,6 +124,12 @@ impl Conv2d {
         padding: usize,
     ) -> Result<Self> {
         let weight = w.get((cout, cin, kernel, kernel), "weight")?;
+        // The CPU kernel reads a tap-major kernel in place instead of repacking it on every call.
+        let weight = if kernel > 1 && weight.device().is_cpu() && weight.dtype() == DType::F32 {
+            conv::tap_major(&weight)?
+        } else {
+            weight
+        };
         let bias = Some(w.get(cout, "bias")?);
         Ok(Self {
             weight,
