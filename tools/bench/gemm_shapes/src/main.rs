@@ -33,6 +33,7 @@ const SHAPES: &[(&str, usize, usize, usize)] = &[
     ("attn qk 64²", 4096, 4096, 64),
     ("attn pv 64²", 4096, 64, 4096),
     ("conv im2col 64²", 320, 4096, 2880),
+    ("square 2048³ (peak)", 2048, 2048, 2048),
 ];
 fn time(mut f: impl FnMut(), flops: f64) -> f64 {
     f();
