@@ -439,12 +439,7 @@ fn apply(
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::max_abs_error;
-    use candle_core::{Device, Tensor};
-
-    fn randn(shape: &[usize]) -> Tensor {
-        Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
-    }
+    use crate::testing::{max_abs_error, randn_f32 as randn};
 
     /// Every geometry the models use (3×3 at stride 1 and 2, padding 0 and 1, odd sizes, 1×1), with the
     /// kernel repacked and read in place ([`super::tap_major`]), against candle's im2col convolution plus

@@ -129,12 +129,7 @@ fn transpose_add(columns: &[f32], m: usize, bias: &[f32]) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::max_abs_error;
-    use candle_core::{Device, Tensor};
-
-    fn randn(shape: &[usize]) -> Tensor {
-        Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
-    }
+    use crate::testing::{max_abs_error, randn_f32 as randn};
 
     /// `x · Wᵀ + b` at odd sizes, with and without a bias, against candle's matmul.
     #[test]

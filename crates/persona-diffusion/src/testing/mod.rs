@@ -41,6 +41,11 @@ pub fn rel_error(a: &Tensor, b: &Tensor) -> Result<f64> {
     Ok(max_abs_error(a, b)? / scale)
 }
 
+/// Standard-normal f32 values on the CPU, for kernel tests that compare two ways of computing the same thing.
+pub fn randn_f32(shape: &[usize]) -> Tensor {
+    Tensor::randn(0f32, 1.0, shape, &candle_core::Device::Cpu).expect("randn on the CPU")
+}
+
 /// `max|a − b|` in f64, an error when the shapes differ.
 pub fn max_abs_error(a: &Tensor, b: &Tensor) -> Result<f64> {
     if a.dims() != b.dims() {
