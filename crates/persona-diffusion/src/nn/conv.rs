@@ -28,7 +28,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::kernels::contiguous_f32;
+use super::kernels::{contiguous_f32, gemm_parallelism};
 
 /// How the op reads its `[A, B, k, k]` kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -372,12 +372,7 @@ fn products(
             .into_par_iter()
             .for_each(|i| run(i * block, block.min(n - i * block), Parallelism::None));
     } else {
-        let par = if threads > 1 {
-            Parallelism::Rayon(threads)
-        } else {
-            Parallelism::None
-        };
-        run(0, n, par);
+        run(0, n, gemm_parallelism());
     }
 }
 

@@ -12,10 +12,9 @@
 //! nothing (candle's 340–410 GFLOP/s against 165–260 here), so it stays candle's.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::kernels::contiguous_f32;
+use super::kernels::{contiguous_f32, gemm_parallelism};
 
 /// Up to this many rows the product runs here (see the module's measurements).
 const MAX_ROWS: usize = 384;
@@ -73,12 +72,6 @@ impl CustomOp3 for FewRows {
             )
         }
         let mut columns = vec![0f32; n * m];
-        let threads = candle_core::utils::get_num_threads();
-        let par = if threads > 1 {
-            Parallelism::Rayon(threads)
-        } else {
-            Parallelism::None
-        };
         // SAFETY: `columns` is `m × n` column-major (column stride m); `x` is `m × k` row-major; the right
         // operand `wᵀ` is `k × n` with row stride 1 and column stride k inside the `n × k` weight.
         unsafe {
@@ -101,13 +94,14 @@ impl CustomOp3 for FewRows {
                 false,
                 false,
                 false,
-                par,
+                gemm_parallelism(),
             )
         }
         let out = transpose_add(&columns, m, bias);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
+
 /// The row-major `[m, n]` of a column-major `columns` (`[n, m]` row-major), plus `bias` on every row. Tiles
 /// of 16 rows keep the reads of each column's stretch in cache.
 fn transpose_add(columns: &[f32], m: usize, bias: &[f32]) -> Vec<f32> {

@@ -240,6 +240,14 @@ pub(super) fn contiguous_f32<'a>(
     Ok(&data[start..end])
 }
 
+/// How a `gemm` call that runs alone uses the cores: candle's thread count, as its own products do.
+pub(super) fn gemm_parallelism() -> gemm::Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        threads => gemm::Parallelism::Rayon(threads),
+    }
+}
+
 /// [`contiguous_f32`] of a two-input op's operands.
 pub(super) fn contiguous_f32_pair<'a>(
     (s1, l1): (&'a CpuStorage, &Layout),
