@@ -113,6 +113,7 @@ fn one_line(rendered: &str) -> String {
 
 fn main() {
     persona_diffusion::allocator::keep_freed_memory();
+    persona_diffusion::threads::decide_once();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PERSONA_LOG")

@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod safetensors_file;
 pub mod schedulers;
 pub mod testing;
+pub mod threads;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

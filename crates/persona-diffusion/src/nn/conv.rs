@@ -28,6 +28,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::buffers::zeroed;
 use super::kernels::{contiguous_f32, gemm_parallelism};
 
 /// How the op reads its `[A, B, k, k]` kernel.
@@ -107,7 +108,8 @@ impl Geometry {
         (phase, (ky / self.s) * self.wq + kx / self.s)
     }
 
-    /// The `[batch, c, h, w]` input as `s²` zero-padded phase images `[s², c, batch, hq, wq]`: phase
+    /// The `[batch, c, h, w]` input as `s²` zero-padded phase images `[s², c, batch, hq, wq]` in the zeroed
+    /// `phases`: phase
     /// `(a, b)` holds the padded input's pixels `(i·s + a, j·s + b)`.
     fn fill_phases(&self, x: &[f32], channels: usize, phases: &mut [f32]) {
         let (plane, hw) = (self.plane(), self.h * self.w);
@@ -122,7 +124,6 @@ impl Geometry {
                 );
                 let (a, b) = (phase / self.s, phase % self.s);
                 let src = &x[(n * channels + c) * hw..][..hw];
-                dst.fill(0.0);
                 for i in 0..self.hq {
                     let Some(y) = (i * self.s + a).checked_sub(self.p).filter(|&y| y < self.h)
                     else {
@@ -292,12 +293,12 @@ impl CustomOp3 for ImplicitGemmConv {
             repacked = self.repack(contiguous_f32(s2, l2, self.name())?, a, b, k);
             Taps::in_order(&repacked, k, kin)
         };
-        let mut phases = vec![0f32; self.stride * self.stride * cin * geo.channel()];
+        let mut phases = zeroed(self.stride * self.stride * cin * geo.channel());
         geo.fill_phases(x, cin, &mut phases);
-        let mut full = vec![0f32; cout * geo.channel()];
+        let mut full = zeroed(cout * geo.channel());
         products(&geo, &taps, &phases, cin, cout, &mut full);
         drop(phases);
-        let mut out = vec![0f32; batch * cout * geo.ho * geo.wo];
+        let mut out = zeroed(batch * cout * geo.ho * geo.wo);
         out.par_chunks_mut(geo.ho * geo.wo)
             .enumerate()
             .for_each(|(idx, dst)| {

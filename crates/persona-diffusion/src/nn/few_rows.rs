@@ -14,6 +14,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::buffers::zeroed;
 use super::kernels::{contiguous_f32, gemm_parallelism};
 
 /// Up to this many rows the product runs here (see the module's measurements).
@@ -71,7 +72,7 @@ impl CustomOp3 for FewRows {
                 bias.len()
             )
         }
-        let mut columns = vec![0f32; n * m];
+        let mut columns = zeroed(n * m);
         // SAFETY: `columns` is `m × n` column-major (column stride m); `x` is `m × k` row-major; the right
         // operand `wᵀ` is `k × n` with row stride 1 and column stride k inside the `n × k` weight.
         unsafe {
@@ -107,7 +108,7 @@ impl CustomOp3 for FewRows {
 fn transpose_add(columns: &[f32], m: usize, bias: &[f32]) -> Vec<f32> {
     const TILE: usize = 16;
     let n = bias.len();
-    let mut out = vec![0f32; m * n];
+    let mut out = zeroed(m * n);
     out.par_chunks_mut(TILE * n)
         .enumerate()
         .for_each(|(tile, rows)| {

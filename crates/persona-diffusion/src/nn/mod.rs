@@ -1,6 +1,7 @@
 //! Building blocks shared by the models: named-weight loading, layers, attention and its steering interface.
 
 mod attention;
+mod buffers;
 mod conv;
 mod few_rows;
 pub mod grad;

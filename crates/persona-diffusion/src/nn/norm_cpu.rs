@@ -5,6 +5,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::buffers::zeroed;
 use super::kernels::{contiguous_f32, contiguous_f32_pair, with_avx2, LANES};
 
 /// GroupNorm with its per-channel affine in one pass per group (plus one for the statistics): each
@@ -31,7 +32,7 @@ impl CustomOp1 for GroupNormF32 {
         let channels = dims[1];
         let per_channel: usize = dims[2..].iter().product();
         let block = channels / self.groups * per_channel;
-        let mut out = vec![0f32; x.len()];
+        let mut out = zeroed(x.len());
         out.par_chunks_mut(block)
             .zip(x.par_chunks(block))
             .enumerate()
@@ -158,7 +159,7 @@ impl CustomOp2 for NormBackwardF32 {
         // Consecutive blocks cycle through the affine weights (a sample's groups, or one row's weights).
         let cycle = self.gamma.len() / runs;
         let per_task = (16384 / self.block).max(1);
-        let mut out = vec![0f32; x.len()];
+        let mut out = zeroed(x.len());
         out.par_chunks_mut(per_task * self.block)
             .zip(x.par_chunks(per_task * self.block))
             .zip(g.par_chunks(per_task * self.block))

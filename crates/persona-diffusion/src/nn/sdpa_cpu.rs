@@ -5,6 +5,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::buffers::zeroed;
 use super::kernels::{contiguous_f32, exp_columns, exp_rows, softmax_backward_columns};
 
 /// Query rows per attention task: their scores (`QUERY_BLOCK × L`, 4 MiB for 4096 keys) stay in cache
@@ -55,7 +56,7 @@ impl CustomOp3 for AttentionF32 {
                 l3.shape()
             )
         }
-        let mut out = vec![0f32; g * n * dv];
+        let mut out = zeroed(g * n * dv);
         let rows = QUERY_BLOCK.min(n.max(1));
         out.par_chunks_mut(n * dv)
             .enumerate()
@@ -296,7 +297,7 @@ pub fn attention_backward_f32(
     // One share of consecutive tasks per thread, each with its own partial dK and dV: a fixed split (not
     // rayon's adaptive one) keeps the partials few and the sums' order, hence the result, reproducible.
     let threads = rayon::current_num_threads().clamp(1, tasks.len().max(1));
-    let mut dq = vec![0f32; g * n * d];
+    let mut dq = zeroed(g * n * d);
     let mut shares = Vec::with_capacity(threads);
     let mut rest = dq.as_mut_slice();
     for t in 0..threads {
