@@ -2,8 +2,8 @@
 //!
 //! `vec![0.0; n]` zeroes on the calling thread alone: with freed memory kept for reuse
 //! ([`crate::allocator`]) every large output is a `memset` while the other core waits, and a profile of a
-//! training step found the main thread working alone (zeroing, copying) for ~9 % of the step. These helpers split
-//! that work over the thread pool.
+//! training step found the main thread working alone (zeroing, copying) for ~9 % of the step. These helpers
+//! split that work over the thread pool.
 
 use rayon::prelude::*;
 
