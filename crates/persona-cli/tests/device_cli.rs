@@ -28,6 +28,7 @@ fn every_model_command_has_the_device_flags() {
         &["bench", "text-encoder"],
         &["bench", "train-step"],
         &["bench", "generate"],
+        &["bench", "conv"],
         &["bench", "make-model"],
     ];
     for cmd in commands {

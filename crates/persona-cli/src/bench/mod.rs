@@ -3,6 +3,7 @@
 //! pipelines on disk (`make-model`), and the CPU-vs-GPU equality check (`equality`). Every part prints one JSON
 //! line on stdout (tables and notes go to stderr), so scripts such as `tools/gpu/check.sh` can collect them.
 
+mod conv;
 mod conv_grad;
 mod equality;
 mod generate;
@@ -65,6 +66,10 @@ enum Part {
     /// gradient, flipped kernel, one stride-1 convolution) and candle's `conv_transpose2d`; seconds of each and
     /// their largest difference, one JSON line per downsampler.
     ConvGrad(conv_grad::ConvGradArgs),
+    /// SD's 3×3 stride-1 convolutions alone (UNet levels 64² to 8², the VAE's 128 channels at 256²): forward
+    /// and input gradient in GFLOP/s, best of --runs, one JSON line per shape; `tools/bench/conv.py` is the
+    /// PyTorch peer.
+    Conv(conv::ConvArgs),
 }
 
 /// A model architecture (random weights).
@@ -262,5 +267,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Part::Equality(e) => equality::run(&e),
         Part::Gradcheck(g) => gradcheck::run(&g),
         Part::ConvGrad(c) => conv_grad::run(&c),
+        Part::Conv(c) => conv::run(&c),
     }
 }

@@ -146,6 +146,12 @@ impl Conv2d {
         self.weight.dtype()
     }
 
+    /// The kernel `[out, in, k, k]` as the layer keeps it (on the CPU in f32 a tap-major view, which the
+    /// convolution kernels read in place).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     fn is_pointwise(&self) -> candle_core::Result<bool> {
         Ok(self.weight.dim(2)? == 1 && self.stride == 1 && self.padding == 0)
     }
