@@ -18,7 +18,7 @@ fn stdout_json(o: &std::process::Output) -> serde_json::Value {
 
 #[test]
 fn every_model_command_has_the_device_flags() {
-    let commands: [&[&str]; 10] = [
+    let commands: [&[&str]; 11] = [
         &["generate"],
         &["train"],
         &["eval"],
