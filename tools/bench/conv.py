@@ -6,23 +6,14 @@ after one warm-up; one JSON line per shape.
 """
 import argparse
 import json
-import time
 
 import torch
 import torch.nn.functional as F
 
+from unet import timed  # this folder's peer scripts share one timing loop
+
 # (channels, side, batch), as in crates/persona-cli/src/bench/conv.rs
 SHAPES = [(320, 64, 1), (320, 64, 2), (640, 32, 2), (1280, 16, 2), (1280, 8, 2), (128, 256, 1)]
-
-
-def best(f, runs):
-    f()
-    times = []
-    for _ in range(runs):
-        s = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - s)
-    return min(times)
 
 
 def main():
@@ -34,8 +25,8 @@ def main():
         for c, s, b in SHAPES:
             x, w = torch.randn(b, c, s, s), torch.randn(c, c, 3, 3) * 0.02
             gflop = 2 * b * c * c * 9 * s * s / 1e9
-            fwd = best(lambda: F.conv2d(x, w, padding=1), a.runs)
-            grad = best(lambda: torch.nn.grad.conv2d_input(x.shape, w, x, padding=1), a.runs)
+            fwd = timed(a.runs, lambda: F.conv2d(x, w, padding=1))[0]
+            grad = timed(a.runs, lambda: torch.nn.grad.conv2d_input(x.shape, w, x, padding=1))[0]
             print(json.dumps({"part": "Conv", "channels": c, "side": s, "batch": b,
                               "forward_gflops": round(gflop / fwd), "input_grad_gflops": round(gflop / grad),
                               "threads": torch.get_num_threads(), "torch": torch.__version__}))
