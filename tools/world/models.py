@@ -34,17 +34,33 @@ def vae():
         block_out_channels=(16, 32, 64), norm_num_groups=16)
 
 
-def unet(channels=(32, 64, 96), groups=32):
-    """SD 2.x's UNet family (linear projections, heads of 32 channels) at three levels; the 16×16 level has no
-    attention (SDXL's layout), the 8×8 and 4×4 levels and the mid block cross-attend to the text."""
+def unet(channels=(32, 64, 96), groups=32, attend_first=False):
+    """SD 2.x's UNet family (linear projections, heads of 32 channels) at three levels; the 8×8 and 4×4 levels and
+    the mid block cross-attend to the text. The 16×16 level, where a face is 8 × 9 latent pixels, has no attention
+    (SDXL's layout) unless `attend_first` (SD 1.x's and 2.x's: every level but the lowest)."""
     from diffusers import UNet2DConditionModel
+    first = ("CrossAttnDownBlock2D", "CrossAttnUpBlock2D") if attend_first else ("DownBlock2D", "UpBlock2D")
     return UNet2DConditionModel(
         sample_size=LATENT, in_channels=4, out_channels=4, layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=(first[0], "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", first[1]),
         block_out_channels=channels, cross_attention_dim=TEXT_WIDTH,
         attention_head_dim=tuple(max(1, c // 32) for c in channels), use_linear_projection=True,
         norm_num_groups=groups)
+
+
+def grow(saved, fresh):
+    """`fresh` (a UNet with more attention blocks) takes every weight of `saved`; each new transformer block's
+    output projection starts at zero, so that, its residual path aside, the grown UNet computes what the saved
+    one did and training starts from there."""
+    state = saved.state_dict()
+    missing = fresh.load_state_dict(state, strict=False).missing_keys
+    with torch.no_grad():
+        for name in {k.rsplit(".proj_out.", 1)[0] for k in missing if ".proj_out." in k}:
+            block = fresh.get_submodule(name)
+            block.proj_out.weight.zero_()
+            block.proj_out.bias.zero_()
+    return fresh
 
 
 def scheduler_config():
