@@ -65,37 +65,3 @@ class NameTerm(torch.nn.Module):
         cos = F.normalize(self.project(pooled.float()), dim=-1) @ F.normalize(self.classes, dim=-1).T
         cos = cos - MARGIN * F.one_hot(labels, cos.shape[1])
         return F.cross_entropy(SCALE * cos, labels)
-
-
-class NameTokens(torch.nn.Module):
-    """The text tower for `train.py unet --train-names`: frozen, except the token-table rows that only names use,
-    which the UNet's diffusion loss trains together with the UNet (the names' textual inversion, done jointly for
-    every named person, as LDM trained its text encoder with the UNet).
-
-    CLIP's contrastive loss left names in two clusters, light- and dark-skinned (docs/world.md, "the fourth
-    check"), so the UNet could not tell most celebrities apart. Only rows no other caption word uses are trained,
-    so every caption without a name, and CLIP's prompt score on it, is unchanged."""
-
-    def __init__(self, text_model, tok, names: list, captions: list):
-        super().__init__()
-        name_rows = {t for n in names for t in tok(n, add_special_tokens=False).input_ids}
-        other = set()
-        for c in captions:
-            for n in names:
-                if n in c:
-                    c = c.replace(n, " ")
-            other.update(tok(c, add_special_tokens=False).input_ids)
-        self.rows = sorted(name_rows - other)
-        self.text = text_model.requires_grad_(False)
-        table = self.table()
-        table.requires_grad_(True)
-        mask = torch.zeros(table.shape[0], 1, device=table.device)
-        mask[self.rows] = 1
-        self.register_buffer("mask", mask)
-        table.register_hook(lambda g: g * self.mask)
-
-    def table(self):
-        return self.text.get_input_embeddings().weight
-
-    def forward(self, input_ids):
-        return self.text(input_ids).last_hidden_state

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402
 from loop import Images, Steps, amp, cosine_lr, random_batch, set_lr, to_float  # noqa: E402
-from names import NameTerm, NameTokens  # noqa: E402
+from names import NameTerm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 WORLD_PY = Path(__file__).resolve().parent / "world.py"
@@ -287,9 +287,8 @@ def reconstruction_error(vae, images, a, n=512):
 
 
 def stage_encode(a):
-    """Latents of every training image (posterior mean and std), the token ids of every caption and the frozen
-    text tower's condition of it, computed once: the UNet stage then runs the UNet only (and, with
-    `--train-names`, the text tower)."""
+    """Latents of every training image (posterior mean and std) and the frozen text tower's condition of every
+    caption, computed once: the UNet stage then runs the UNet only."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
     data = a.work / "sd"
@@ -298,7 +297,7 @@ def stage_encode(a):
     vae = AutoencoderKL.from_pretrained(a.work / "vae-f32").to(a.device).eval()
     text = CLIPTextModel.from_pretrained(a.work / "clip-f32").to(a.device).eval()
     tok = tokenizer()
-    means, stds, conds, tokens = [], [], [], []
+    means, stds, conds = [], [], []
     start, chunk = time.time(), 256 * a.batch_scale
     with torch.no_grad():
         for i in range(0, len(images), chunk):
@@ -308,14 +307,13 @@ def stage_encode(a):
             stds.append(post.std.half().cpu())
             ids = tok(captions[i:i + chunk], padding="max_length", truncation=True, max_length=77,
                       return_tensors="pt").input_ids.to(a.device)
-            tokens.append(ids.int().cpu())
             conds.append(text(ids).last_hidden_state.half().cpu())
         empty = tok([""], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(a.device)
         empty = text(empty).last_hidden_state.cpu()
     mean, std = torch.cat(means), torch.cat(stds)
     scaling = 1.0 / mean.float().std().item()
-    torch.save({"mean": mean, "std": std, "cond": torch.cat(conds), "ids": torch.cat(tokens), "empty": empty.half(),
-                "scaling": scaling}, a.work / "encoded.pt")
+    torch.save({"mean": mean, "std": std, "cond": torch.cat(conds), "empty": empty.half(), "scaling": scaling},
+               a.work / "encoded.pt")
     log("encode", images=len(images), scaling=scaling, minutes=(time.time() - start) / 60)
     record(a.out, "encode", minutes=(time.time() - start) / 60, scaling_factor=scaling)
 
@@ -352,7 +350,6 @@ def stage_unet(a):
     snr = alphas / (1 - alphas)
     lr = a.sizes["unet_lr"] * (0.75 if a.continue_unet else 1.0)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
-    names = name_tokens(a, enc, opt) if a.train_names else None
     batch = a.sizes["unet_batch"]
     steps = Steps(a.sizes["unet_steps"], a.budget.get("unet"), dev)
     gen = torch.Generator().manual_seed(4 + a.continue_unet)
@@ -365,7 +362,7 @@ def stage_unet(a):
         idx = random_batch(gen, len(mean), batch).to(dev)
         z = (mean[idx].float() + std[idx].float() * torch.randn(batch, 4, models.LATENT, models.LATENT,
                                                                   device=dev)) * scaling
-        c = names(enc["ids"][idx.cpu()].long().to(dev)) if names else cond[idx].float()
+        c = cond[idx].float()
         drop = torch.rand(batch, device=dev) < 0.1  # the unconditional branch of classifier-free guidance
         c = torch.where(drop[:, None, None], empty, c)
         t = torch.randint(0, 1000, (batch,), device=dev)
@@ -376,8 +373,6 @@ def stage_unet(a):
         weight = torch.clamp(snr[t], max=5.0) / snr[t]
         loss = (weight * (pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
         set_lr(opt, cosine_lr(step, steps.total, lr, 300))
-        if names:
-            opt.param_groups[1]["lr"] *= NAME_LR / lr
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -392,38 +387,11 @@ def stage_unet(a):
         step += 1
     log("unet", step=step, loss=running, minutes=(time.time() - start) / 60)
     ema.cpu().save_pretrained(a.work / "unet-f32", safe_serialization=True)
-    if names:
-        save_name_rows(a, names)
     rounds = (previous_rounds(a.out, "unet", 4e-4) if a.continue_unet else []) + [
         dict(minutes=(time.time() - start) / 60, final_loss=running, steps=step, batch=batch, lr=lr,
-             device=dev.type, train_names=a.train_names)]
+             device=dev.type, attend_first=a.attend_first)]
     record(a.out, "unet", minutes=sum(r["minutes"] for r in rounds), final_loss=running,
            steps=sum(r["steps"] for r in rounds), batch=batch, rounds=rounds)
-
-
-NAME_LR = 2e-3  # the names' token rows (the UNet's own rate is 5-10 times lower, as in textual inversion)
-
-
-def name_tokens(a, enc, opt):
-    """`--train-names`: the text tower whose name rows train with the UNet (names.NameTokens); its table joins the
-    optimiser as a second group, without weight decay."""
-    from transformers import CLIPTextModel
-    data = a.work / "sd"
-    names = NameTokens(CLIPTextModel.from_pretrained(a.work / "clip-f32").to(a.device), tokenizer(),
-                       json.loads((data / "names.json").read_text()),
-                       json.loads((data / "captions.json").read_text()))
-    opt.add_param_group({"params": [names.table()], "weight_decay": 0.0})
-    log("unet", name_rows=len(names.rows))
-    return names
-
-
-def save_name_rows(a, names):
-    """Writes the trained token table into the work folder's CLIP model, whose text tower is the pipeline's."""
-    from transformers import CLIPModel
-    clip = CLIPModel.from_pretrained(a.work / "clip-f32")
-    with torch.no_grad():
-        clip.text_model.get_input_embeddings().weight.copy_(names.table().detach().cpu())
-    clip.save_pretrained(a.work / "clip-f32", safe_serialization=True)
 
 
 # ---------------------------------------------------------------- the folders persona loads
@@ -587,8 +555,6 @@ def main():
                         "name term then pulls names towards them (names.py)")
     p.add_argument("--attend-first", action="store_true",
                    help="unet stage: cross-attention at the 16² level too (grown from a saved UNet without it)")
-    p.add_argument("--train-names", action="store_true",
-                   help="unet stage: train the token rows only names use together with the UNet (names.NameTokens)")
     p.add_argument("--unet-steps", type=int, help="steps of the unet stage (default: %d)" % SIZES["unet_steps"])
     a = p.parse_args()
     torch.set_num_threads(a.threads)
