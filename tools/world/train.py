@@ -335,7 +335,7 @@ def stage_unet(a):
         # With --attend-first, a saved UNet without attention at 16² grows it (models.grow).
         from diffusers import UNet2DConditionModel
         saved = UNet2DConditionModel.from_pretrained(a.work / "unet-f32")
-        if saved.config.down_block_types == unet.config.down_block_types:
+        if list(saved.config.down_block_types) == list(unet.config.down_block_types):
             unet = saved
         elif a.attend_first:
             unet = models.grow(saved, unet)
