@@ -91,8 +91,9 @@ def main():
     pipe = StableDiffusionPipeline.from_pretrained(a.pipeline, torch_dtype=torch.float32)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    for label, subject in (("name", None), ("a person", "a person")):
-        e = torch.stack([recognize(draw(pipe, subject or name, k, a.guidance)) for k, name in enumerate(names)])
+    for label in ("name", "a person"):
+        e = torch.stack([recognize(draw(pipe, name if label == "name" else label, k, a.guidance))
+                         for k, name in enumerate(names)])
         own, rank1 = scores(e, refs)
         print(f"{label:>8}: cosine to the person {own:.3f}, rank-1 among {len(names)} {rank1:.3f} "
               f"(chance {1 / len(names):.3f})", flush=True)
