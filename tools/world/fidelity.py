@@ -69,7 +69,7 @@ def main():
     p.add_argument("--work", type=Path, default=Path("/tmp/persona-world"))
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (default 5, the world's)")
     p.add_argument("--names", type=int, default=40, help="the first N named people (default 40)")
-    p.add_argument("--vae-only", action="store_true")
+    p.add_argument("--vae-only", action="store_true", help="the VAE's share of the ceiling instead (no sampling)")
     a = p.parse_args()
     torch.set_num_threads(2)
     names = json.loads((a.work / "sd" / "names.json").read_text())[:a.names]
@@ -81,7 +81,8 @@ def main():
         from diffusers import AutoencoderKL
         vae = AutoencoderKL.from_pretrained(a.pipeline / "vae").float().eval()
         with torch.no_grad():
-            rec = [(vae.decode(vae.encode(r * 2 - 1).latent_dist.mean).sample.clamp(-1, 1) + 1) / 2 for r in ref_images]
+            rec = [(vae.decode(vae.encode(r * 2 - 1).latent_dist.mean).sample.clamp(-1, 1) + 1) / 2
+                   for r in ref_images]
         rec_each = torch.stack([recognize(r) for r in rec])
         own_originals = (ref_each * refs[:, None]).sum(-1).mean().item()
         print(f"references vs their person's mean {own_originals:.3f}; their VAE reconstructions "

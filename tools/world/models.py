@@ -51,8 +51,8 @@ def unet(channels=(32, 64, 96), groups=32, attend_first=False):
 
 def grow(saved, fresh):
     """`fresh` (a UNet with more attention blocks) takes every weight of `saved`; each new transformer block's
-    output projection starts at zero, so that, its residual path aside, the grown UNet computes what the saved
-    one did and training starts from there."""
+    output projection starts at zero, so the block adds nothing to its residual and the grown UNet computes
+    exactly what the saved one did: training starts from there."""
     state = saved.state_dict()
     missing = fresh.load_state_dict(state, strict=False).missing_keys
     with torch.no_grad():
