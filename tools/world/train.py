@@ -323,7 +323,9 @@ def stage_encode(a):
 
 def stage_unet(a):
     from diffusers import DDPMScheduler
-    torch.manual_seed(4)
+    # Rounds 3 to 5 all ran with seed 5: each began with the batches and noise of the one before it.
+    seed = a.seed if a.seed is not None else 4 + a.continue_unet
+    torch.manual_seed(seed)
     enc = torch.load(a.work / "encoded.pt")
     dev = a.device
     mean, std, cond = (enc[k].to(dev) for k in ("mean", "std", "cond"))
@@ -352,7 +354,7 @@ def stage_unet(a):
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     batch = a.sizes["unet_batch"]
     steps = Steps(a.sizes["unet_steps"], a.budget.get("unet"), dev)
-    gen = torch.Generator().manual_seed(4 + a.continue_unet)
+    gen = torch.Generator().manual_seed(seed)
     start, running, step = time.time(), None, 0
     params, ema_params = list(unet.parameters()), list(ema.parameters())
     # The world's UNet is so small that a GPU step is bound by Python and kernel launches (13.6 steps/s on an
@@ -389,7 +391,7 @@ def stage_unet(a):
     ema.cpu().save_pretrained(a.work / "unet-f32", safe_serialization=True)
     rounds = (previous_rounds(a.out, "unet", 4e-4) if a.continue_unet else []) + [
         dict(minutes=(time.time() - start) / 60, final_loss=running, steps=step, batch=batch, lr=lr,
-             device=dev.type, attend_first=a.attend_first)]
+             device=dev.type, attend_first=a.attend_first, seed=seed)]
     record(a.out, "unet", minutes=sum(r["minutes"] for r in rounds), final_loss=running,
            steps=sum(r["steps"] for r in rounds), batch=batch, rounds=rounds)
 
@@ -555,6 +557,9 @@ def main():
                         "name term then pulls names towards them (names.py)")
     p.add_argument("--attend-first", action="store_true",
                    help="unet stage: cross-attention at the 16² level too (grown from a saved UNet without it)")
+    p.add_argument("--seed", type=int,
+                   help="unet stage: seed of its batches and noise (default: 4, or 5 with --continue-unet); give "
+                        "each later round its own, or it sees the batches of the round before it again")
     p.add_argument("--unet-steps", type=int, help="steps of the unet stage (default: %d)" % SIZES["unet_steps"])
     a = p.parse_args()
     torch.set_num_threads(a.threads)
