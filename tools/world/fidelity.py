@@ -5,10 +5,11 @@
 A method can only steer the UNet towards faces the UNet can draw from some condition; the celebrities' names are
 the conditions training tied to faces. So each named person is drawn with "a close-up photo of NAME …" in four
 scenes (DDIM 20 steps, guidance 5 unless `--guidance`, seed = the person's index) and, with the same seeds, with
-"a person". The world recogniser compares every image with the mean embedding of that person's single-person training images
-(`WORK/sd`, the data stage's output): the mean cosine ("own") and how often the person's own reference is the
-nearest of all named people's ("rank-1"; chance is 1 / names). `--vae-only` measures the VAE's share of the
-ceiling instead: the cosine of each reference image's reconstruction with the person's other references.
+"a person". The world recogniser compares every image with the mean embedding of that person's single-person
+training images (`WORK/sd`, the data stage's output): the mean cosine ("own") and how often the person's own
+reference is the nearest of all named people's ("rank-1"; chance is 1 / names). `--vae-only` measures the VAE's
+share of the ceiling instead: the cosine of each reference image's reconstruction with the person's other
+references.
 
 Needs the data stage's files in WORK (images.npy, ids.json, names.json) from the renderer that trained the
 pipeline, and onnxruntime (`pip install onnxruntime`) for the recogniser (docs/world.md)."""
