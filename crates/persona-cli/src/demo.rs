@@ -70,6 +70,8 @@ struct World {
     pipeline: PathBuf,
     clip: PathBuf,
     recognizer: PathBuf,
+    /// The names the world's text encoder ties to faces: Cross Init's and ID-EA's celebrity anchor.
+    names: PathBuf,
     photos: PathBuf,
 }
 
@@ -84,6 +86,7 @@ impl World {
             pipeline: dir.join("pipeline"),
             clip: dir.join("clip"),
             recognizer: dir.join("faces/recognizer.onnx"),
+            names: dir.join("names.txt"),
             photos: dir.join("people").join(person),
         };
         for p in [&w.pipeline, &w.clip, &w.photos] {
@@ -91,8 +94,10 @@ impl World {
                 bail!("{}: missing; --world must be the trained world folder (tools/world/train.py) and --person one of its people/", p.display());
             }
         }
-        if !w.recognizer.is_file() {
-            bail!("{}: missing recogniser", w.recognizer.display());
+        for (p, what) in [(&w.recognizer, "recogniser"), (&w.names, "celebrity names")] {
+            if !p.is_file() {
+                bail!("{}: missing {what}", p.display());
+            }
         }
         Ok(w)
     }
@@ -150,6 +155,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
     t.extend(args(&["--resolution", "64", "--subject", "{tokens}"]));
     t.extend(args(&face));
     t.extend([path(&world.recognizer), "--out".into(), path(&identity)]);
+    if matches!(a.method, MethodName::CrossInit | MethodName::Idea) {
+        t.extend(["--names".into(), path(&world.names)]);
+    }
     if let Some(s) = a.steps {
         t.extend(["--steps".into(), s.to_string()]);
     }
