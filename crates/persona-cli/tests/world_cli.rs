@@ -1,8 +1,8 @@
 //! The trained world (`world/`, docs/world.md): `persona demo` runs end to end on it — trains, generates with
 //! and without the identity, scores, and writes a page whose every image exists — and the methods that learn
-//! a person on it (Textual Inversion, SeFi-IDE) beat "a person" on a trimmed run. Cross Initialization and
-//! ID-EA are not held to that: over five people they beat it only on the scene prompts (docs/world.md,
-//! "Method quality"), which a trimmed run cannot tell from noise.
+//! a person on it (Textual Inversion, SeFi-IDE, ID-EA) beat "a person" on a trimmed run. Cross Initialization
+//! is not held to that: on this world its tokens stay at the celebrity anchor and it does not learn a person
+//! (docs/world.md, "Method quality"), so a margin asserted for it would fail or assert nothing.
 
 use std::path::{Path, PathBuf};
 
