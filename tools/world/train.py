@@ -467,7 +467,7 @@ def stage_assemble(a):
         "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}, indent=2) + "\n")
     # The names this world's text encoder ties to faces, for Cross Init's anchor (`--names world/names.txt`).
-    names = json.loads((a.work / "sd" / "names.json").read_text())
+    names = json.loads((a.work / "sd" / "names.json").read_text(encoding="utf-8"))
     (a.out / "names.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
     sizes = {str(p.relative_to(a.out)): p.stat().st_size for p in a.out.rglob("*")
              if p.is_file() and not p.is_symlink()}
