@@ -4,6 +4,8 @@ conditions on CLIP's), and an identity recogniser (ONNX, ArcFace's input convent
 
 Sizes are chosen for two CPU cores and the repository's size budget (all models ≤ 15 MB in f16): the 49408-row
 token table of the real CLIP tokenizer dominates, so the text width is small."""
+import argparse
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -47,6 +49,17 @@ def unet(channels=(32, 64, 96), groups=32, attend_first=False):
         block_out_channels=channels, cross_attention_dim=TEXT_WIDTH,
         attention_head_dim=tuple(max(1, c // 32) for c in channels), use_linear_projection=True,
         norm_num_groups=groups)
+
+
+def unet_widths(text: str) -> tuple:
+    """`--unet-channels`: three comma-separated multiples of 32 (GroupNorm's 32 groups, heads of 32 channels)."""
+    try:
+        channels = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not three comma-separated integers") from None
+    if len(channels) != 3 or any(c <= 0 or c % 32 for c in channels):
+        raise argparse.ArgumentTypeError(f"{text!r}: give three positive multiples of 32, e.g. 32,64,96")
+    return channels
 
 
 def grow(saved, fresh):

@@ -330,13 +330,16 @@ def stage_unet(a):
     dev = a.device
     mean, std, cond = (enc[k].to(dev) for k in ("mean", "std", "cond"))
     empty, scaling = enc["empty"].float().to(dev), enc["scaling"]
-    unet = models.unet(attend_first=a.attend_first)
+    unet = models.unet(channels=a.unet_channels, attend_first=a.attend_first)
     if a.continue_unet:
         # A later run picks up the saved (EMA) weights with a fresh optimiser: the world's UNet is trained in
         # rounds, each with its own warm-up and cosine decay, because one CPU run cannot do it all at once.
         # With --attend-first, a saved UNet without attention at 16² grows it (models.grow).
         from diffusers import UNet2DConditionModel
         saved = UNet2DConditionModel.from_pretrained(a.work / "unet-f32")
+        if tuple(saved.config.block_out_channels) != a.unet_channels:
+            raise SystemExit(f"{a.work / 'unet-f32'} has widths {tuple(saved.config.block_out_channels)}: continue "
+                             f"it with --unet-channels {','.join(map(str, saved.config.block_out_channels))}")
         if list(saved.config.down_block_types) == list(unet.config.down_block_types):
             unet = saved
         elif a.attend_first:
@@ -344,7 +347,7 @@ def stage_unet(a):
         else:
             raise SystemExit(f"{a.work / 'unet-f32'} attends at 16²: continue it with --attend-first")
     unet.to(dev)
-    ema = models.unet(attend_first=a.attend_first).to(dev)
+    ema = models.unet(channels=a.unet_channels, attend_first=a.attend_first).to(dev)
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
     noise_sched = DDPMScheduler.from_config(models.scheduler_config())
@@ -391,7 +394,7 @@ def stage_unet(a):
     ema.cpu().save_pretrained(a.work / "unet-f32", safe_serialization=True)
     rounds = (previous_rounds(a.out, "unet", 4e-4) if a.continue_unet else []) + [
         dict(minutes=(time.time() - start) / 60, final_loss=running, steps=step, batch=batch, lr=lr,
-             device=dev.type, attend_first=a.attend_first, seed=seed)]
+             device=dev.type, attend_first=a.attend_first, channels=list(a.unet_channels), seed=seed)]
     record(a.out, "unet", minutes=sum(r["minutes"] for r in rounds), final_loss=running,
            steps=sum(r["steps"] for r in rounds), batch=batch, rounds=rounds)
 
@@ -560,6 +563,10 @@ def main():
                         "name term then pulls names towards them (names.py)")
     p.add_argument("--attend-first", action="store_true",
                    help="unet stage: cross-attention at the 16² level too (grown from a saved UNet without it)")
+    p.add_argument("--unet-channels", type=models.unet_widths, default=(32, 64, 96), metavar="C1,C2,C3",
+                   help="unet stage: the three levels' widths, multiples of 32 (default 32,64,96). world/ must stay "
+                        "within 15 MB, which leaves the UNet about 7 MB in f16: 64,64,96 with --attend-first is "
+                        "6.9 MB, 64,128,128 would be 13.7 (docs/world.md)")
     p.add_argument("--seed", type=int,
                    help="unet stage: seed of its batches and noise (default: 4, or 5 with --continue-unet); give "
                         "each later round its own, or it sees the batches of the round before it again")
