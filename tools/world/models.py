@@ -13,6 +13,7 @@ import torch.nn.functional as F
 IMAGE = 64          # world images are IMAGE × IMAGE
 LATENT = 16         # VAE factor 4
 TEXT_WIDTH = 48     # CLIP text tower = the pipeline's text encoder (cross_attention_dim)
+UNET_CHANNELS = (32, 64, 96)  # the committed UNet's widths (5.4 MB in f16; `train.py --unet-channels`)
 RECOGNIZER_INPUT = 112  # ArcFace's input side; persona resizes the whole image to it (`--detector none`)
 EMBEDDING = 128
 
@@ -36,7 +37,7 @@ def vae():
         block_out_channels=(16, 32, 64), norm_num_groups=16)
 
 
-def unet(channels=(32, 64, 96), groups=32, attend_first=False):
+def unet(channels=UNET_CHANNELS, groups=32, attend_first=False):
     """SD 2.x's UNet family (linear projections, heads of 32 channels) at three levels; the 8×8 and 4×4 levels and
     the mid block cross-attend to the text. The 16×16 level, where a face is 8 × 9 latent pixels, has no attention
     (SDXL's layout) unless `attend_first` (SD 1.x's and 2.x's: every level but the lowest)."""

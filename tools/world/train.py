@@ -563,7 +563,7 @@ def main():
                         "name term then pulls names towards them (names.py)")
     p.add_argument("--attend-first", action="store_true",
                    help="unet stage: cross-attention at the 16² level too (grown from a saved UNet without it)")
-    p.add_argument("--unet-channels", type=models.unet_widths, default=(32, 64, 96), metavar="C1,C2,C3",
+    p.add_argument("--unet-channels", type=models.unet_widths, default=models.UNET_CHANNELS, metavar="C1,C2,C3",
                    help="unet stage: the three levels' widths, multiples of 32 (default 32,64,96). world/ must stay "
                         "within 15 MB, which leaves the UNet about 7 MB in f16: 64,64,96 with --attend-first is "
                         "6.9 MB, 64,128,128 would be 13.7 (docs/world.md)")
