@@ -347,6 +347,8 @@ def stage_unet(a):
         else:
             raise SystemExit(f"{a.work / 'unet-f32'} attends at 16²: continue it with --attend-first")
     unet.to(dev)
+    # Built, not copied: its random init draws from the global generator the noise below uses, as in every
+    # recorded round, so that a round's `--seed` still reproduces it.
     ema = models.unet(channels=a.unet_channels, attend_first=a.attend_first).to(dev)
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
