@@ -1,6 +1,8 @@
 """The pieces every training stage of train.py shares: learning-rate schedule, image sets on the training
-device, stage lengths under a time budget, and autocast."""
+device, stage lengths under a time budget, autocast, and the run record (`training.json`)."""
 import contextlib
+import fcntl
+import json
 import math
 import time
 from pathlib import Path
@@ -79,3 +81,28 @@ def amp(a):
 
 def random_batch(gen, n: int, batch: int):
     return torch.sort(torch.randint(n, (batch,), generator=gen)).values
+
+
+def log(stage, **values):
+    """Prints a progress line and appends it to the run record."""
+    print(f"[{stage}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()),
+          flush=True)
+
+
+def record(out: Path, stage: str, **values):
+    """Adds a stage's figures to `training.json` (locked: the GPU profile trains three stages at once)."""
+    path = out / "training.json"
+    with open(out / ".training.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data[stage] = values
+        path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def previous_rounds(out: Path, stage: str, first_lr: float) -> list:
+    """The rounds a stage has already recorded in `training.json` (a first run records itself as one)."""
+    path = out / "training.json"
+    done = json.loads(path.read_text()).get(stage, {}) if path.exists() else {}
+    if not done:
+        return []
+    return done.get("rounds") or [{k: done[k] for k in ("minutes", "final_loss", "steps", "batch")} | {"lr": first_lr}]

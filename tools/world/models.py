@@ -5,6 +5,7 @@ conditions on CLIP's), and an identity recogniser (ONNX, ArcFace's input convent
 Sizes are chosen for two CPU cores and the repository's size budget (all models ≤ 15 MB in f16): the 49408-row
 token table of the real CLIP tokenizer dominates, so the text width is small."""
 import argparse
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,6 +17,14 @@ TEXT_WIDTH = 48     # CLIP text tower = the pipeline's text encoder (cross_atten
 UNET_CHANNELS = (32, 64, 96)  # the committed UNet's widths (5.4 MB in f16; `train.py --unet-channels`)
 RECOGNIZER_INPUT = 112  # ArcFace's input side; persona resizes the whole image to it (`--detector none`)
 EMBEDDING = 128
+TOKENIZER = Path(__file__).resolve().parents[2] / "fixtures" / "clip-tokenizer"  # the real CLIP tokenizer's files
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]  # CLIP's pixel normalisation, as openai's
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def tokenizer():
+    from transformers import CLIPTokenizer
+    return CLIPTokenizer(str(TOKENIZER / "vocab.json"), str(TOKENIZER / "merges.txt"), model_max_length=77)
 
 
 def clip_config():

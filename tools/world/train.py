@@ -1,6 +1,6 @@
 """Trains the world's models from scratch and writes them where persona loads them (`world/`).
 
-    python tools/world/train.py all            # every stage in order (about 2.5 hours on 2 CPU cores)
+    python tools/world/train.py all            # every stage in order (80 minutes on 2 CPU cores, one UNet round)
     python tools/world/train.py STAGE [...]    # data | recognizer | clip | vae | encode | unet | assemble | samples
                                                # (resume: the work folder's models from an assembled world)
     tools/world/gpu.sh                         # the GPU profile: every stage in about 8 minutes on one H200
@@ -9,11 +9,8 @@ Each stage reads the previous stages' outputs from the work folder (`--work`, de
 deterministic for its seed. The pinned reference stack (tools/fixtures/requirements.txt) plus `onnx` (for the
 recogniser's export) is all it needs. Timings and final losses go to `world/training.json`."""
 import argparse
-import fcntl
 import json
 import math
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -25,14 +22,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402
-from loop import Images, Steps, amp, cosine_lr, random_batch, set_lr, to_float  # noqa: E402
+import world  # noqa: E402
+from assemble import stage_assemble, stage_resume, stage_samples  # noqa: E402
+from loop import (Images, Steps, amp, cosine_lr, log, previous_rounds, random_batch, record, set_lr,  # noqa: E402
+                  to_float)
 from names import NameTerm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 WORLD_PY = Path(__file__).resolve().parent / "world.py"
-TOKENIZER = ROOT / "fixtures" / "clip-tokenizer"
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 # Stage sizes: the CPU profile is what fits this machine's 2 cores; the GPU profile trains on four times the data,
 # with larger batches, each training stage for a wall-clock budget (`--budget`) rather than a step count.
@@ -42,47 +39,26 @@ GPU_SIZES = dict(sd_images=240000, recognizer_per_person=60, recognizer_epochs=1
                  clip_batch=512, vae_steps=200000, vae_batch=128, unet_steps=200000, unet_batch=256, unet_lr=8e-4)
 
 
-def log(stage, **values):
-    """Prints a progress line and appends it to the run record."""
-    print(f"[{stage}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()),
-          flush=True)
-
-
-def record(out: Path, stage: str, **values):
-    """Adds a stage's figures to `training.json` (locked: the GPU profile trains three stages at once)."""
-    path = out / "training.json"
-    with open(out / ".training.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        data = json.loads(path.read_text()) if path.exists() else {}
-        data[stage] = values
-        path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def previous_rounds(out: Path, stage: str, first_lr: float) -> list:
-    """The rounds a stage has already recorded in `training.json` (a first run records itself as one)."""
-    path = out / "training.json"
-    done = json.loads(path.read_text()).get(stage, {}) if path.exists() else {}
-    if not done:
-        return []
-    return done.get("rounds") or [{k: done[k] for k in ("minutes", "final_loss", "steps", "batch")} | {"lr": first_lr}]
-
-
 # ---------------------------------------------------------------- data
 
 
 def stage_data(a):
     """Renders the training sets with the world renderer, on every core."""
     w = max(1, a.workers - 2)
+    render = [sys.executable, str(WORLD_PY)]
+    world_args = ["--revision", str(a.revision)]
     jobs = [
-        [sys.executable, str(WORLD_PY), "dataset", "--n", str(a.sizes["sd_images"]), "--seed", "0",
-         "--out", str(a.work / "sd"), "--workers", str(w)],
-        [sys.executable, str(WORLD_PY), "recognizer-data", "--per-person", str(a.sizes["recognizer_per_person"]),
-         "--out", str(a.work / "recognizer"), "--workers", str(max(1, a.workers - w))],
+        render + ["dataset", "--n", str(a.sizes["sd_images"]), "--seed", "0", "--out", str(a.work / "sd"),
+                  "--workers", str(w)] + world_args,
+        render + ["recognizer-data", "--per-person", str(a.sizes["recognizer_per_person"]),
+                  "--out", str(a.work / "recognizer"), "--workers", str(max(1, a.workers - w))] + world_args,
     ]
     procs = [subprocess.Popen(j) for j in jobs]
     if any(p.wait() for p in procs):
         raise SystemExit("rendering failed")
-    subprocess.run([sys.executable, str(WORLD_PY), "people", "--out", str(a.out / "people")], check=True)
+    subprocess.run(render + ["people", "--out", str(a.out / "people")] + world_args, check=True)
+    record(a.out, "data", revision=a.revision, images=a.sizes["sd_images"],
+           recognizer_per_person=a.sizes["recognizer_per_person"])
 
 
 # ---------------------------------------------------------------- recogniser
@@ -167,15 +143,10 @@ def stage_recognizer(a):
 # ---------------------------------------------------------------- CLIP
 
 
-def tokenizer():
-    from transformers import CLIPTokenizer
-    return CLIPTokenizer(str(TOKENIZER / "vocab.json"), str(TOKENIZER / "merges.txt"), model_max_length=77)
-
-
 def clip_pixels(x):
     """float [N, 3, H, W] in [0, 1] → CLIP's normalised pixels."""
-    mean = torch.tensor(CLIP_MEAN, device=x.device)[:, None, None]
-    std = torch.tensor(CLIP_STD, device=x.device)[:, None, None]
+    mean = torch.tensor(models.CLIP_MEAN, device=x.device)[:, None, None]
+    std = torch.tensor(models.CLIP_STD, device=x.device)[:, None, None]
     return (x - mean) / std
 
 
@@ -185,7 +156,7 @@ def stage_clip(a):
     data = a.work / "sd"
     images = Images(data / "images.npy", a.device)
     captions = json.loads((data / "captions.json").read_text())
-    tok = tokenizer()
+    tok = models.tokenizer()
     if a.continue_clip:
         model = CLIPModel.from_pretrained(a.work / "clip-f32").to(a.device)
     else:
@@ -296,7 +267,7 @@ def stage_encode(a):
     captions = json.loads((data / "captions.json").read_text())
     vae = AutoencoderKL.from_pretrained(a.work / "vae-f32").to(a.device).eval()
     text = CLIPTextModel.from_pretrained(a.work / "clip-f32").to(a.device).eval()
-    tok = tokenizer()
+    tok = models.tokenizer()
     means, stds, conds = [], [], []
     start, chunk = time.time(), 256 * a.batch_scale
     with torch.no_grad():
@@ -401,136 +372,6 @@ def stage_unet(a):
            steps=sum(r["steps"] for r in rounds), batch=batch, rounds=rounds)
 
 
-# ---------------------------------------------------------------- the folders persona loads
-
-
-def link(target: Path, link_path: Path):
-    link_path.parent.mkdir(parents=True, exist_ok=True)
-    if link_path.is_symlink() or link_path.exists():
-        link_path.unlink()
-    link_path.symlink_to(os.path.relpath(target, link_path.parent))
-
-
-def save_f16(tensors: dict, path: Path):
-    from safetensors.torch import save_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().half().contiguous() for k, v in tensors.items()}, str(path))
-
-
-def stage_assemble(a):
-    """`world/pipeline` (diffusers StableDiffusionPipeline, f16), `world/clip` (transformers CLIPModel whose text
-    tower is the pipeline's text encoder file: shards, one of them a link, so the 49408-row table is stored
-    once)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from safetensors.torch import load_file
-    from transformers import CLIPConfig, CLIPTextConfig
-    pipe, clip = a.out / "pipeline", a.out / "clip"
-    for d in (pipe, clip):
-        shutil.rmtree(d, ignore_errors=True)
-    scaling = torch.load(a.work / "encoded.pt")["scaling"]
-
-    vae = AutoencoderKL.from_pretrained(a.work / "vae-f32")
-    vae.register_to_config(scaling_factor=scaling)
-    vae.to(torch.float16).save_pretrained(pipe / "vae", safe_serialization=True)
-    UNet2DConditionModel.from_pretrained(a.work / "unet-f32").to(torch.float16).save_pretrained(
-        pipe / "unet", safe_serialization=True)
-
-    full = load_file(str(a.work / "clip-f32" / "model.safetensors"))
-    text = {k: v for k, v in full.items() if k.startswith("text_model.")}
-    rest = {k: v for k, v in full.items() if k not in text}
-    save_f16(text, pipe / "text_encoder" / "model.safetensors")
-    clip_config = CLIPConfig.from_pretrained(a.work / "clip-f32")
-    text_config = CLIPTextConfig(**clip_config.text_config.to_dict())
-    text_config.architectures = ["CLIPTextModel"]
-    text_config.save_pretrained(pipe / "text_encoder")
-    clip_config.save_pretrained(clip)
-    save_f16(rest, clip / "model-vision.safetensors")
-    link(pipe / "text_encoder" / "model.safetensors", clip / "model-text.safetensors")
-    weight_map = {k: "model-text.safetensors" for k in text} | {k: "model-vision.safetensors" for k in rest}
-    (clip / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"note": "model-text.safetensors is the pipeline's text encoder (one copy of the table)"},
-         "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n")
-
-    for folder in (pipe / "tokenizer", clip):
-        for name in ("vocab.json", "merges.txt"):
-            link(TOKENIZER / name, folder / name)
-        tokenizer().save_pretrained(a.work / "tok")
-        for name in ("tokenizer_config.json", "special_tokens_map.json"):
-            if (a.work / "tok" / name).exists():
-                shutil.copy(a.work / "tok" / name, folder / name)
-    (clip / "preprocessor_config.json").write_text(json.dumps({
-        "crop_size": {"height": models.IMAGE, "width": models.IMAGE}, "do_center_crop": True,
-        "do_normalize": True, "do_resize": True, "do_convert_rgb": True, "image_processor_type": "CLIPImageProcessor",
-        "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "resample": 3, "rescale_factor": 1 / 255,
-        "size": {"shortest_edge": models.IMAGE}}, indent=2) + "\n")
-    (pipe / "scheduler").mkdir(parents=True, exist_ok=True)
-    (pipe / "scheduler" / "scheduler_config.json").write_text(json.dumps(models.scheduler_config(), indent=2) + "\n")
-    (pipe / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
-        "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
-        "safety_checker": [None, None], "scheduler": ["diffusers", "PNDMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}, indent=2) + "\n")
-    # The names this world's text encoder ties to faces, for Cross Init's anchor (`--names world/names.txt`).
-    names = json.loads((a.work / "sd" / "names.json").read_text(encoding="utf-8"))
-    (a.out / "names.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
-    sizes = {str(p.relative_to(a.out)): p.stat().st_size for p in a.out.rglob("*")
-             if p.is_file() and not p.is_symlink()}
-    log("assemble", megabytes=sum(sizes.values()) / 1e6)
-
-
-# ---------------------------------------------------------------- samples
-
-
-def stage_samples(a):
-    """A grid of world celebrities in new scenes, drawn by diffusers from the assembled pipeline (docs/world.md)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-    from PIL import Image
-    sys.path.insert(0, str(WORLD_PY.parent))
-    import world
-    pipe = StableDiffusionPipeline.from_pretrained(a.out / "pipeline", torch_dtype=torch.float32).to(a.device)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    celebrities = world.celebrities()[:4]
-    names = [n for n, _ in celebrities]
-    # The first column is the person as the world draws them (a close-up, plain scene), to judge the rest by.
-    plain = world.random_scene(np.random.default_rng(7), 1, framing="close-up")
-    references = [world.render([p], plain, models.IMAGE, seed=0) for _, p in celebrities]
-    scenes = ["on a beach", "in a forest, wearing a red sweater", "in the snow, wearing a hat", "at night, smiling",
-              "in a city, wearing sunglasses", "in a kitchen, laughing"]
-    rows = []
-    for name in names:
-        prompts = [f"a photo of {name} {s}" for s in scenes]
-        g = torch.Generator().manual_seed(0)
-        out = pipe(prompts, num_inference_steps=30, guidance_scale=5.0, generator=g, height=models.IMAGE,
-                   width=models.IMAGE).images
-        rows.append(out)
-    side, gap = models.IMAGE * 2, 8
-    grid = Image.new("RGB", (side * (len(scenes) + 1) + gap, side * len(rows)), (255, 255, 255))
-    for r, (reference, row) in enumerate(zip(references, rows)):
-        grid.paste(reference.resize((side, side), Image.NEAREST), (0, r * side))
-        for c, img in enumerate(row):
-            grid.paste(img.resize((side, side), Image.NEAREST), (side + gap + c * side, r * side))
-    a.samples.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(a.samples)
-    log("samples", rows=len(rows), columns=len(scenes))
-
-
-def stage_resume(a):
-    """The work folder's f32 models from an assembled world (`--out`): the VAE, the CLIP model and the UNet, so
-    that `encode` and `unet --continue-unet` can go on from a world trained elsewhere (an f32 UNet already in the
-    work folder, e.g. the EMA weights brought back from a GPU machine, is kept)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPModel
-    AutoencoderKL.from_pretrained(a.out / "pipeline" / "vae").float().save_pretrained(
-        a.work / "vae-f32", safe_serialization=True)
-    CLIPModel.from_pretrained(a.out / "clip").float().save_pretrained(a.work / "clip-f32", safe_serialization=True)
-    if not (a.work / "unet-f32").exists():
-        UNet2DConditionModel.from_pretrained(a.out / "pipeline" / "unet").float().save_pretrained(
-            a.work / "unet-f32", safe_serialization=True)
-    log("resume", world=str(a.out))
-
-
 STAGES = {"data": stage_data, "recognizer": stage_recognizer, "clip": stage_clip, "vae": stage_vae,
           "encode": stage_encode, "unet": stage_unet, "assemble": stage_assemble, "samples": stage_samples,
           "resume": stage_resume}
@@ -541,7 +382,12 @@ def main():
     p.add_argument("stages", nargs="+", choices=[*STAGES, "all"])
     p.add_argument("--work", type=Path, default=Path("/tmp/persona-world"))
     p.add_argument("--out", type=Path, help="where the world's models go (default: world/; with --quick: WORK/world)")
+    p.add_argument("--resume-from", type=Path, default=ROOT / "world",
+                   help="resume stage: the assembled world whose models go into the work folder (default: world/)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to try the stages end to end in minutes")
+    p.add_argument("--revision", type=int, choices=sorted(world.REVISIONS), default=1,
+                   help="data and samples stages: the world's population (world.py --revision): 1, the committed "
+                        "world's; 2, the next (more names, trait words)")
     p.add_argument("--gpu", action="store_true",
                    help="the GPU profile: device cuda, bf16 autocast, GPU_SIZES (use with --budget, see gpu.sh)")
     p.add_argument("--device", help="torch device (default: cuda with --gpu, else cpu)")

@@ -1,10 +1,10 @@
 """A deterministic procedural "world" of cartoon people, for training tiny models from scratch.
 
-Identity is a hidden combination of face traits (`Person`), never spelled out by captions (some name a
-coarse trait or two, `traits`); everything
-else (background, clothing, accessories, expression, pose) is free variation that captions always
-describe (`Scene`).  Images are drawn at 4x with Pillow and box-downsampled, so they are antialiased
-and a pure function of (people, scene, size, seed).  See README.md for the CLI.
+Identity is a hidden combination of face traits (`Person`), never spelled out by captions (in revision 2
+some name a coarse trait or two, `traits`); everything else (background, clothing, accessories, expression,
+pose) is free variation that captions always describe (`Scene`).  Images are drawn at 4x with Pillow and
+box-downsampled, so they are antialiased and a pure function of (people, scene, size, seed).  See README.md
+for the CLI and the two revisions of the population (`--revision`).
 """
 from __future__ import annotations
 
@@ -20,10 +20,37 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SS = 4  # supersampling factor
-TRAIN_PEOPLE, N_CELEBS, HELD_OUT = 600, 500, 10
-HELD_OUT_SEED0 = 100_000  # held-out people come from seeds >= 100000, disjoint from training seeds 0..599
+HELD_OUT = 10
+HELD_OUT_SEED0 = 100_000  # held-out people come from seeds >= 100000, disjoint from the training seeds
 CELEB_FILE = Path(__file__).resolve().parents[2] / "data" / "celeb_names.txt"
-TRAIT_SHARE = .3  # single-person captions that also name coarse traits ("with curly brown hair")
+
+
+@dataclass(frozen=True)
+class Revision:
+    """Who lives in the world. The people themselves (`person(seed)`) and the scenes are the same in every
+    revision; which seeds are trained on, which are named and how captions name them are not."""
+    number: int
+    train_people: int   # training identities are seeds 0 .. train_people - 1
+    n_celebs: int       # the first n_celebs of them are named in captions
+    celeb_stride: int   # names: every celeb_stride-th line of CELEB_FILE (1: the first n_celebs distinct names)
+    celeb_share: float  # how often a subject is drawn from the named people (0: uniformly from everyone)
+    trait_share: float  # single-person captions that also name coarse traits ("with curly brown hair")
+    unnamed: tuple      # two unnamed training people, for the preview
+
+
+# 1: the world whose models are committed in world/ (docs/world.md); 2: the next one, more names and trait words.
+REVISIONS = {1: Revision(1, 300, 40, 17, .4, 0., (57, 123)), 2: Revision(2, 600, 500, 1, 0., .3, (557, 523))}
+R = REVISIONS[1]
+TRAIN_PEOPLE, N_CELEBS = R.train_people, R.n_celebs
+
+
+def use_revision(number: int):
+    """Switches every function below to another revision (before any data is drawn)."""
+    global R, TRAIN_PEOPLE, N_CELEBS
+    R = REVISIONS[number]
+    TRAIN_PEOPLE, N_CELEBS = R.train_people, R.n_celebs
+    celebrity_names.cache_clear()
+    held_out_seeds.cache_clear()
 
 # ----------------------------------------------------------------------------------------- palettes
 SKIN_STOPS = np.array([(255, 226, 206), (241, 196, 160), (215, 160, 118), (178, 120, 80),
@@ -248,7 +275,7 @@ def _hair_top(p):
 
 # -------------------------------------------------------------------------------------------- face
 def _face(d, p, T, expr):
-    skin, fw, fh = p.skin, p.face_w, p.face_h
+    skin, fw = p.skin, p.face_w
     shade = _mix(skin, (0, 0, 0), .2)
     for s in (-1, 1):  # ears behind the face edge
         d.ellipse(T.box(s * fw * .97, .02, p.ear * .55, p.ear), fill=skin, outline=shade, width=T.w(.02))
@@ -682,9 +709,11 @@ def caption(subjects: list, scene: Scene, described: tuple = ()) -> str:
 # ------------------------------------------------------------------------------------- population
 @lru_cache(maxsize=1)
 def celebrity_names() -> list:
-    """The first N_CELEBS distinct names of data/celeb_names.txt, in file order."""
+    """N_CELEBS distinct names of data/celeb_names.txt: every `celeb_stride`-th line from the first (0-based 0,
+    17, 34, ... in revision 1), then the same walk from offsets 1, 2, ... if that gives too few."""
     lines = [ln.strip() for ln in CELEB_FILE.read_text(encoding="utf-8").splitlines()]
-    return list(dict.fromkeys(ln for ln in lines if ln))[:N_CELEBS]
+    walk = (ln for off in range(R.celeb_stride) for ln in lines[off::R.celeb_stride] if ln)
+    return list(dict.fromkeys(walk))[:N_CELEBS]
 
 
 def celebrities() -> list:
@@ -730,16 +759,35 @@ def held_out_photos(i: int, n: int = 6, size: int = 64) -> list:
     return out
 
 
-def sample(rng, size: int = 64):
-    """One training example: ~85% one person, ~15% two different people, drawn uniformly from the training
-    people (N_CELEBS of TRAIN_PEOPLE are named); TRAIT_SHARE of single-person captions add coarse traits."""
-    ids = [int(rng.integers(TRAIN_PEOPLE))]
+def _draw_ids(rng) -> list:
+    """One person, or (15 %) two different ones. Revision 1 draws each from the named people with probability
+    `celeb_share` and draws a repeated second again; revision 2 draws uniformly, the second from the others."""
+    if not R.celeb_share:
+        ids = [int(rng.integers(TRAIN_PEOPLE))]
+        if rng.random() >= .85:
+            second = int(rng.integers(TRAIN_PEOPLE - 1))
+            ids.append(second + (second >= ids[0]))
+        return ids
+
+    def draw():
+        named = rng.random() < R.celeb_share
+        return int(rng.integers(N_CELEBS)) if named else int(rng.integers(N_CELEBS, TRAIN_PEOPLE))
+    ids = [draw()]
     if rng.random() >= .85:
-        second = int(rng.integers(TRAIN_PEOPLE - 1))
-        ids.append(second + (second >= ids[0]))
+        second = draw()
+        while second == ids[0]:
+            second = draw()
+        ids.append(second)
+    return ids
+
+
+def sample(rng, size: int = 64):
+    """One training example: ~85% one person, ~15% two different people (see `Revision` for who); in revision 2
+    `trait_share` of single-person captions add coarse traits."""
+    ids = _draw_ids(rng)
     scene = random_scene(rng, len(ids))
     img = render([person(i) for i in ids], scene, size, int(rng.integers(2 ** 31)))
-    described = (person(ids[0]), int(rng.integers(5))) if len(ids) == 1 and rng.random() < TRAIT_SHARE else ()
+    described = (person(ids[0]), int(rng.integers(5))) if len(ids) == 1 and rng.random() < R.trait_share else ()
     return img, caption([subject_name(i) for i in ids], scene, described), ids
 
 
@@ -756,12 +804,14 @@ def recognizer_sample(identity: int, k: int, seed: int = 0, size: int = 64):
 
 # -------------------------------------------------------------------------------------------- CLI
 def _dataset_chunk(args):
-    seed, start, n, size = args
+    revision, seed, start, n, size = args
+    use_revision(revision)  # a worker that is not a fork of this process starts at revision 1
     return [(np.asarray(im), c, ids) for im, c, ids in dataset(n, seed, start, size)]
 
 
 def _recognizer_chunk(args):
-    seed, ident, per, size = args
+    revision, seed, ident, per, size = args
+    use_revision(revision)
     return np.stack([np.asarray(recognizer_sample(ident, k, seed, size)) for k in range(per)])
 
 
@@ -778,7 +828,7 @@ def cmd_dataset(a):
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     images = np.lib.format.open_memmap(out / "images.npy", "w+", np.uint8, (a.n, a.size, a.size, 3))
     caps, ids, i = [], [], 0
-    jobs = [(a.seed, s, min(500, a.n - s), a.size) for s in range(0, a.n, 500)]
+    jobs = [(R.number, a.seed, s, min(500, a.n - s), a.size) for s in range(0, a.n, 500)]
     for chunk in _pmap(_dataset_chunk, jobs, a.workers):
         for im, c, ident in chunk:
             images[i], i = im, i + 1
@@ -796,7 +846,7 @@ def cmd_recognizer(a):
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     n = TRAIN_PEOPLE * a.per_person
     images = np.lib.format.open_memmap(out / "images.npy", "w+", np.uint8, (n, a.size, a.size, 3))
-    jobs = [(a.seed, ident, a.per_person, a.size) for ident in range(TRAIN_PEOPLE)]
+    jobs = [(R.number, a.seed, ident, a.per_person, a.size) for ident in range(TRAIN_PEOPLE)]
     for ident, block in enumerate(_pmap(_recognizer_chunk, jobs, a.workers)):
         images[ident * a.per_person:(ident + 1) * a.per_person] = block
     images.flush()
@@ -818,8 +868,8 @@ def cmd_people(a):
 
 def preview_image(size: int = 64, zoom: int = 2) -> Image.Image:
     """Rows: 2 celebrities, 2 other training people, 2 held-out people; columns: 8 scenes shared by all rows."""
-    rows = [(celebrity_names()[0], person(0)), (celebrity_names()[1], person(1)), ("person 557", person(557)),
-            ("person 523", person(523)), ("heldout_0", held_out_person(0)), ("heldout_1", held_out_person(1))]
+    rows = [(celebrity_names()[i], person(i)) for i in range(2)] + [(f"person {i}", person(i)) for i in R.unnamed]
+    rows += [(f"heldout_{i}", held_out_person(i)) for i in range(2)]
     scenes = []
     for c in range(8):
         rng = np.random.default_rng([99, c])
@@ -861,7 +911,11 @@ def main(argv=None):
     p = sub.add_parser("bench"); p.add_argument("--n", type=int, default=1000); p.set_defaults(fn=cmd_bench)
     for p in sub.choices.values():
         p.add_argument("--size", type=int, default=64)
+        p.add_argument("--revision", type=int, choices=sorted(REVISIONS), default=1,
+                       help="who lives in the world: 1, the committed world's 300 people (40 named); 2, 600 people "
+                            "(500 named) and trait words in captions (README.md)")
     a = ap.parse_args(argv)
+    use_revision(a.revision)
     a.fn(a)
 
 
