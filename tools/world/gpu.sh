@@ -2,6 +2,7 @@
 # tools/world/gpu.sh — the world's models on one GPU (about 9 minutes on an H200; docs/world.md).
 #
 #   tools/world/gpu.sh                 # writes world/ and docs/world_samples.png, as `train.py all` does
+#                                      # (revision 1, the committed world's people; WORLD_ARGS="--revision 2": the next)
 #
 # The GPU profile of train.py (`--gpu`: bf16 autocast, four times the CPU profile's data, larger batches), each
 # training stage for a wall-clock budget rather than a step count, so the run fits the time a lent GPU has:
