@@ -41,14 +41,12 @@ class Revision:
 # 1: the world whose models are committed in world/ (docs/world.md); 2: the next one, more names and trait words.
 REVISIONS = {1: Revision(1, 300, 40, 17, .4, 0., (57, 123)), 2: Revision(2, 600, 500, 1, 0., .3, (557, 523))}
 R = REVISIONS[1]
-TRAIN_PEOPLE, N_CELEBS = R.train_people, R.n_celebs
 
 
 def use_revision(number: int):
     """Switches every function below to another revision (before any data is drawn)."""
-    global R, TRAIN_PEOPLE, N_CELEBS
+    global R
     R = REVISIONS[number]
-    TRAIN_PEOPLE, N_CELEBS = R.train_people, R.n_celebs
     celebrity_names.cache_clear()
     held_out_seeds.cache_clear()
 
@@ -709,11 +707,11 @@ def caption(subjects: list, scene: Scene, described: tuple = ()) -> str:
 # ------------------------------------------------------------------------------------- population
 @lru_cache(maxsize=1)
 def celebrity_names() -> list:
-    """N_CELEBS distinct names of data/celeb_names.txt: every `celeb_stride`-th line from the first (0-based 0,
+    """`n_celebs` distinct names of data/celeb_names.txt: every `celeb_stride`-th line from the first (0-based 0,
     17, 34, ... in revision 1), then the same walk from offsets 1, 2, ... if that gives too few."""
     lines = [ln.strip() for ln in CELEB_FILE.read_text(encoding="utf-8").splitlines()]
     walk = (ln for off in range(R.celeb_stride) for ln in lines[off::R.celeb_stride] if ln)
-    return list(dict.fromkeys(walk))[:N_CELEBS]
+    return list(dict.fromkeys(walk))[:R.n_celebs]
 
 
 def celebrities() -> list:
@@ -721,7 +719,7 @@ def celebrities() -> list:
 
 
 def subject_name(identity: int) -> str:
-    return celebrity_names()[identity] if identity < N_CELEBS else "a person"
+    return celebrity_names()[identity] if identity < R.n_celebs else "a person"
 
 
 def _look_alike(a: Person, b: Person) -> bool:
@@ -736,7 +734,7 @@ def held_out_seeds() -> list:
     or earlier held-out people, so no training identity can stand in for them; only near-twins are skipped,
     which keeps the held-out trait distribution close to the training one."""
     chosen, s = [], HELD_OUT_SEED0
-    others = [person(i) for i in range(TRAIN_PEOPLE)]
+    others = [person(i) for i in range(R.train_people)]
     while len(chosen) < HELD_OUT:
         if not any(_look_alike(person(s), o) for o in others):
             chosen.append(s)
@@ -763,15 +761,15 @@ def _draw_ids(rng) -> list:
     """One person, or (15 %) two different ones. Revision 1 draws each from the named people with probability
     `celeb_share` and draws a repeated second again; revision 2 draws uniformly, the second from the others."""
     if not R.celeb_share:
-        ids = [int(rng.integers(TRAIN_PEOPLE))]
+        ids = [int(rng.integers(R.train_people))]
         if rng.random() >= .85:
-            second = int(rng.integers(TRAIN_PEOPLE - 1))
+            second = int(rng.integers(R.train_people - 1))
             ids.append(second + (second >= ids[0]))
         return ids
 
     def draw():
         named = rng.random() < R.celeb_share
-        return int(rng.integers(N_CELEBS)) if named else int(rng.integers(N_CELEBS, TRAIN_PEOPLE))
+        return int(rng.integers(R.n_celebs)) if named else int(rng.integers(R.n_celebs, R.train_people))
     ids = [draw()]
     if rng.random() >= .85:
         second = draw()
@@ -844,14 +842,14 @@ def cmd_dataset(a):
 
 def cmd_recognizer(a):
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    n = TRAIN_PEOPLE * a.per_person
+    n = R.train_people * a.per_person
     images = np.lib.format.open_memmap(out / "images.npy", "w+", np.uint8, (n, a.size, a.size, 3))
-    jobs = [(R.number, a.seed, ident, a.per_person, a.size) for ident in range(TRAIN_PEOPLE)]
+    jobs = [(R.number, a.seed, ident, a.per_person, a.size) for ident in range(R.train_people)]
     for ident, block in enumerate(_pmap(_recognizer_chunk, jobs, a.workers)):
         images[ident * a.per_person:(ident + 1) * a.per_person] = block
     images.flush()
-    np.save(out / "labels.npy", np.repeat(np.arange(TRAIN_PEOPLE, dtype=np.int64), a.per_person))
-    print(f"wrote {n} images of {TRAIN_PEOPLE} identities to {out}")
+    np.save(out / "labels.npy", np.repeat(np.arange(R.train_people, dtype=np.int64), a.per_person))
+    print(f"wrote {n} images of {R.train_people} identities to {out}")
 
 
 def cmd_people(a):
