@@ -60,10 +60,10 @@ def stage_assemble(a):
         {"metadata": {"note": "model-text.safetensors is the pipeline's text encoder (one copy of the table)"},
          "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n")
 
+    models.tokenizer().save_pretrained(a.work / "tok")  # its config files, copied beside the linked vocabulary
     for folder in (pipe / "tokenizer", clip):
         for name in ("vocab.json", "merges.txt"):
             link(models.TOKENIZER / name, folder / name)
-        models.tokenizer().save_pretrained(a.work / "tok")
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
             if (a.work / "tok" / name).exists():
                 shutil.copy(a.work / "tok" / name, folder / name)
