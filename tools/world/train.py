@@ -394,8 +394,9 @@ def main():
     p.add_argument("--amp", action="store_true", help="bf16 autocast (on with --gpu)")
     p.add_argument("--budget", action="append", default=[], metavar="STAGE=SECONDS",
                    help="train STAGE (recognizer, clip, vae, unet) for this many seconds instead of its step count")
-    p.add_argument("--samples", type=Path, default=ROOT / "docs" / "world_samples.png",
-                   help="where the samples stage writes its grid (with --quick: WORK/world_samples.png)")
+    p.add_argument("--samples", type=Path,
+                   help="where the samples stage writes its grid (default: docs/world_samples.png; with --quick: "
+                        "WORK/world_samples.png)")
     p.add_argument("--compile", action="store_true", help="unet stage: torch.compile the UNet's training forward")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=2, help="rendering processes of the data stage")
@@ -427,8 +428,8 @@ def main():
     a.batch_scale = 4 if a.gpu else 1
     a.budget = {k: float(v) for k, v in (b.split("=", 1) for b in a.budget)}
     a.out = a.out or (a.work / "world" if a.quick else ROOT / "world")
+    a.samples = a.samples or (a.work / "world_samples.png" if a.quick else ROOT / "docs" / "world_samples.png")
     if a.quick:
-        a.samples = a.work / "world_samples.png"
         a.sizes.update(sd_images=2000, recognizer_per_person=4, recognizer_epochs=1, clip_steps=20, clip_batch=64,
                        vae_steps=20, unet_steps=20, unet_batch=32)
     if a.unet_steps:
