@@ -43,6 +43,7 @@ unet=${BUDGET_UNET:-240}
 if [ -n "${DEADLINE_S:-}" ]; then
   left=$(( DEADLINE_S - ($(date +%s) - T0) - 45 ))
   (( left < unet )) && unet=$left
+  (( unet < 30 )) && unet=30  # past the deadline already: a short round, so that the world is still assembled
 fi
 say "unet for $unet s"
 train unet --budget "unet=$unet" ${UNET_COMPILE:+--compile} > "$LOGS/unet.log" 2>&1
