@@ -8,7 +8,7 @@
 #
 # A lent GPU has about 15 minutes a session and a call at most 10; the machine keeps nothing, and at most eight
 # files of 16 MiB come back. So each mode is one call (device `run`, carry .whl, timeout_s 590), bounded by
-# DEADLINE_S (default 540 s), that leaves the world in two or three files.
+# DEADLINE_S (default 540 s), that leaves the world in two files, and the logs in logs.tar even when it fails.
 #
 # unet: keeps the committed recogniser, CLIP and VAE (train.py resume) and gives the UNet everything else, so only
 # the UNet differs and every number compares directly with the committed world's (docs/world.md, "On a GPU").
@@ -42,6 +42,8 @@ say() { echo "world/device: $* at $(( $(date +%s) - T0 )) s" >&2; }
 prepare() {
   mkdir -p "$OUT" "$LOGS" "$WORLD"
   export PYTHONUNBUFFERED=1 PYTHON="$PY" WORK LOGS
+  # The stages' logs come back whatever happens: a failed call is then read from them, not guessed at.
+  trap 'tar -cf "$OUT/logs.tar" -C "$LOGS" . 2>/dev/null || true' EXIT
   if ! "$PY" -c "import diffusers" 2>/dev/null; then
     "$PY" -m pip install -q --no-deps --no-index --target "$WORK/site" .whl/diffusers-*.whl
     export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
