@@ -135,15 +135,10 @@ stage train 240 "${P[@]}" train --model "$WORK/model" --images fixtures/faces/ph
 
 # --- diffusers' figures -----------------------------------------------------------------------------------
 peer() {
-  local site="$WORK/site"
-  if ! "$PY" -c 'import diffusers' 2>/dev/null; then
-    local whl
-    whl=$(ls .whl/diffusers-*.whl 2>/dev/null | head -1)
-    [ -n "$whl" ] || { echo "no diffusers and no .whl/diffusers-*.whl" >&2; return 1; }
-    "$PY" -m pip install --quiet --no-index --no-deps --target "$site" "$whl" >&2 || return 1
-  fi
+  local site
+  site=$(tools/gpu/diffusers-wheel.sh "$PY" "$WORK/site") || return 1
   # shellcheck disable=SC2086
-  PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" "$PY" tools/bench/diffusers_gpu.py $PEER_ARGS --out "$LOGS/diffusers.json"
+  PYTHONPATH="${site:-$WORK/site}${PYTHONPATH:+:$PYTHONPATH}" "$PY" tools/bench/diffusers_gpu.py $PEER_ARGS --out "$LOGS/diffusers.json"
 }
 export -f peer
 stage diffusers 300 peer

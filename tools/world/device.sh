@@ -22,9 +22,8 @@
 # world.tar (the whole world folder, samples and logs) and unet-f32.safetensors.
 #
 # Environment: WORLD_ARGS, UNET_COMPILE=1, DEADLINE_S, PYTHON (default python3), WORK (default /tmp/persona-world),
-# OUT (default WORK/out). diffusers is installed from .whl/ when the host lacks it (tools/bench/README.md says how
-# to fetch the wheel). CPU smoke test of the unet mode, about 6 minutes here (bf16 autocast on a CPU without bf16
-# instructions is slow):
+# OUT (default WORK/out). diffusers is installed from .whl/ when the host lacks it (tools/gpu/diffusers-wheel.sh).
+# CPU smoke test of the unet mode, about 6 minutes here (bf16 autocast on a CPU without bf16 instructions is slow):
 #   WORLD_ARGS="--device cpu --quick --attend-first --unet-channels 64,64,96" DEADLINE_S=300 WORK=/tmp/wd \
 #     PYTHON=/work/venv-ref/bin/python tools/world/device.sh unet
 #   tools/world/device.sh land /tmp/wd/out /tmp/wd/landed
@@ -44,10 +43,9 @@ prepare() {
   export PYTHONUNBUFFERED=1 PYTHON="$PY" WORK LOGS
   # The stages' logs come back whatever happens: a failed call is then read from them, not guessed at.
   trap 'tar -cf "$OUT/logs.tar" -C "$LOGS" . 2>/dev/null || true' EXIT
-  if ! "$PY" -c "import diffusers" 2>/dev/null; then
-    "$PY" -m pip install -q --no-deps --no-index --target "$WORK/site" .whl/diffusers-*.whl
-    export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
-  fi
+  local site
+  site=$(tools/gpu/diffusers-wheel.sh "$PY" "$WORK/site")
+  [ -z "$site" ] || export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 }
 
 unet_only() {
